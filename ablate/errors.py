@@ -1,0 +1,12 @@
+"""User-facing errors: one clear line, no traceback (the CLI prints str(err) and exits 2)."""
+import difflib
+
+
+class AblateError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+def closest(name: str, valid) -> str:
+    """' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
+    match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)
+    return f" (did you mean '{match[0]}'?)" if match else ""

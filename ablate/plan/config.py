@@ -1,0 +1,223 @@
+"""RunConfig: one flat, typed, frozen description of a grid cell.
+
+Every knob that changes what a run computes is a field here and is hashed into the run_id;
+fields that only change cadence or bookkeeping opt out with `meta(..., hashed=False)`
+(levanter's rule: hash by default, opt out explicitly, so stale results are never reused).
+Fields left as None are resolved from the others (arch defaults, data vocab) by `resolve`,
+which always happens before hashing: an explicit value equal to the default hashes the same.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Literal, Optional
+
+from ablate.errors import AblateError, closest
+
+ARCH_DEFAULTS = {
+    # NVIDIA launcher.sh recipe: GPT gets weight decay and warmup; nGPT neither.
+    "gpt": {"weight_decay": 0.1, "warmup_frac": 0.2},
+    "ngpt": {"weight_decay": 0.0, "warmup_frac": 0.0},
+}
+
+
+def meta(default, doc: str, hashed: bool = True):
+    return field(default=default, metadata={"doc": doc, "hashed": hashed})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # ---- architecture
+    arch: Literal["gpt", "ngpt"] = meta("gpt", "baseline GPT (RMSNorm, pre-norm) or nGPT (hypersphere)")
+    n_layer: int = meta(4, "number of transformer blocks")
+    n_head: int = meta(4, "query heads per layer")
+    n_embd: int = meta(128, "model width d")
+    n_kv_head: Optional[int] = meta(None, "key/value heads (GQA); must divide n_head; None = n_head")
+    tie_embeddings: bool = meta(False, "lm_head.weight is wte.weight")
+    share_attn: Optional[int] = meta(None, "ALBERT sharing: attention weight groups, divides n_layer; None = n_layer (no sharing)")
+    window: Optional[int] = meta(None, "sliding window: keys seen including self; None = full causal")
+    context: int = meta(256, "sequence length T")
+    vocab_size: Optional[int] = meta(None, "vocabulary size; None = the data set's, padded to a multiple of 64")
+    attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else sdpa")
+    # ---- data
+    dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
+    tokenizer: Literal["gpt2", "char"] = meta("char", "GPT-2 BPE (tiktoken) or character-level")
+    # ---- optimization
+    max_iters: int = meta(1000, "optimizer steps (the training budget)")
+    batch_size: int = meta(16, "sequences per micro-batch (per process)")
+    grad_accum: int = meta(1, "micro-batches per step, summed over all processes")
+    lr: float = meta(3e-3, "peak learning rate")
+    min_lr: float = meta(0.0, "final learning rate of the cosine decay")
+    warmup_iters: Optional[int] = meta(None, "linear warmup steps; None = arch default (GPT 20% capped at 2000, nGPT 0)")
+    lr_decay_iters: Optional[int] = meta(None, "cosine decay length; None = max_iters")
+    weight_decay: Optional[float] = meta(None, "AdamW decay on matrices; None = arch default (GPT 0.1, nGPT 0)")
+    beta1: float = meta(0.9, "AdamW beta1")
+    beta2: float = meta(0.95, "AdamW beta2")
+    grad_clip: float = meta(1.0, "max global grad norm; 0 = off")
+    seed: int = meta(0, "seed for init and batch sampling")
+    # ---- numerics
+    dtype: Literal["fp32", "bf16"] = meta("fp32", "compute dtype (bf16 = autocast)")
+    param_dtype: Literal["fp32", "bf16"] = meta("fp32", "storage of block matrices (bf16 = NVIDIA reference, CUDA only)")
+    compile: bool = meta(False, "torch.compile the model")
+    device: Literal["auto", "cpu", "cuda"] = meta("auto", "auto = cuda when available", hashed=False)
+    diverge_loss: float = meta(20.0, "stop as diverged when train loss is NaN/inf or above this")
+    # ---- cadence (does not change what is learned: not hashed)
+    eval_interval: int = meta(100, "steps between evals (the last step always evals)", hashed=False)
+    eval_iters: int = meta(20, "val batches per eval")
+    log_interval: int = meta(10, "steps between metrics.jsonl lines", hashed=False)
+    ckpt_interval: int = meta(500, "steps between checkpoints (0 = only on signals and at the end)", hashed=False)
+
+    def __post_init__(self):
+        for f in fields(self):
+            _check_type(f, getattr(self, f.name))
+
+    # ---- derived
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def attn_groups(self) -> int:
+        return self.share_attn or self.n_layer
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.grad_accum * self.context
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hashed_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+
+    def run_id(self) -> str:
+        """Short hash of the canonical JSON of every field that changes results."""
+        blob = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+FIELDS = {f.name: f for f in fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _allowed(name: str) -> str:
+    hint = _HINTS[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(hint)))
+    if args and typing.get_origin(args[0]) is Literal:
+        return "one of " + ", ".join(map(str, typing.get_args(args[0])))
+    names = [getattr(a, "__name__", str(a)) for a in (args or [hint])]
+    return " or ".join(names) + (" or null" if type(None) in typing.get_args(hint) else "")
+
+
+def _check_type(f, value) -> None:
+    hint = _HINTS[f.name]
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return
+        raise AblateError(f"key '{f.name}': null is not allowed, expected {_allowed(f.name)}")
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if typing.get_origin(base) is Literal:
+        if value not in typing.get_args(base):
+            raise AblateError(f"key '{f.name}': {value!r} is not allowed, expected {_allowed(f.name)}")
+        return
+    ok = (
+        (base is bool and isinstance(value, bool))
+        or (base is int and isinstance(value, int) and not isinstance(value, bool))
+        or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool))
+        or (base is str and isinstance(value, str))
+    )
+    if not ok:
+        raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
+
+
+def make_config(values: dict) -> RunConfig:
+    """RunConfig from a plain dict: unknown keys name the closest valid one; ints become floats where needed."""
+    for key in values:
+        if key not in FIELDS:
+            raise AblateError(f"unknown key '{key}'{closest(key, FIELDS)}")
+    clean = {}
+    for key, value in values.items():
+        base = _HINTS[key]
+        if base in (float, Optional[float]) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, str) and base in (float, Optional[float]):
+            try:  # YAML 1.1 reads 3e-3 as a string; accept plain numeric strings
+                value = float(value)
+            except ValueError:
+                pass
+        clean[key] = value
+    return RunConfig(**clean)
+
+
+def pad_vocab(n: int, multiple: int = 64) -> int:
+    return -(-n // multiple) * multiple
+
+
+def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
+    """Fill the None fields from the others, then check cross-field rules. Idempotent."""
+    d = ARCH_DEFAULTS[cfg.arch]
+    warmup = cfg.warmup_iters
+    if warmup is None:
+        warmup = min(2000, int(d["warmup_frac"] * cfg.max_iters))
+    vocab = cfg.vocab_size
+    if vocab is None and data_vocab is not None:
+        vocab = pad_vocab(data_vocab)
+    out = dataclasses.replace(
+        cfg,
+        n_kv_head=cfg.n_kv_head or cfg.n_head,
+        share_attn=cfg.share_attn or cfg.n_layer,
+        lr_decay_iters=cfg.lr_decay_iters or cfg.max_iters,
+        weight_decay=d["weight_decay"] if cfg.weight_decay is None else cfg.weight_decay,
+        warmup_iters=warmup,
+        vocab_size=vocab,
+    )
+    validate(out, data_vocab)
+    return out
+
+
+def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
+    """Cross-field rules that need no torch (MODEL_SPEC sections 3-4)."""
+    def bad(msg):
+        raise AblateError(msg)
+
+    for name in ("n_layer", "n_head", "n_embd", "context", "max_iters", "batch_size", "grad_accum", "eval_iters",
+                 "eval_interval", "log_interval"):
+        if getattr(c, name) < 1:
+            bad(f"key '{name}': {getattr(c, name)} must be >= 1")
+    if c.ckpt_interval < 0:
+        bad(f"key 'ckpt_interval': {c.ckpt_interval} must be >= 0")
+    if c.n_embd % c.n_head:
+        bad(f"key 'n_embd': {c.n_embd} is not divisible by n_head={c.n_head}")
+    if c.head_dim % 2:
+        bad(f"key 'n_head': head_dim = n_embd/n_head = {c.head_dim} is odd; RoPE rotates pairs, so it must be even")
+    if c.n_kv_head is not None and (c.n_kv_head < 1 or c.n_head % c.n_kv_head):
+        bad(f"key 'n_kv_head': {c.n_kv_head} must divide n_head={c.n_head}")
+    if c.share_attn is not None and (c.share_attn < 1 or c.n_layer % c.share_attn):
+        bad(f"key 'share_attn': {c.share_attn} must divide n_layer={c.n_layer} (1 = one attention for all layers)")
+    if c.window is not None and c.window < 1:
+        bad(f"key 'window': {c.window} must be >= 1 (keys seen including the query itself) or null")
+    if c.lr <= 0:
+        bad(f"key 'lr': {c.lr} must be > 0")
+    if c.min_lr < 0 or c.min_lr > c.lr:
+        bad(f"key 'min_lr': {c.min_lr} must be between 0 and lr={c.lr}")
+    if c.warmup_iters is not None and c.warmup_iters < 0:
+        bad(f"key 'warmup_iters': {c.warmup_iters} must be >= 0")
+    if c.weight_decay is not None and c.weight_decay < 0:
+        bad(f"key 'weight_decay': {c.weight_decay} must be >= 0")
+    if c.vocab_size is not None and data_vocab is not None and c.vocab_size < data_vocab:
+        bad(f"key 'vocab_size': {c.vocab_size} is smaller than the data's vocabulary ({data_vocab})")
+    if c.dataset not in ("shakespeare", "openwebtext") and not c.dataset.startswith("text:"):
+        bad(f"key 'dataset': {c.dataset!r} is not allowed, expected shakespeare, openwebtext or text:PATH"
+            f"{closest(c.dataset, ['shakespeare', 'openwebtext'])}")
+    if c.attn_backend == "flash" and c.device == "cpu":
+        bad("key 'attn_backend': flash needs CUDA, but device is cpu (use sdpa or auto)")
