@@ -1,0 +1,312 @@
+"""Grid files: YAML -> validated, fully resolved cells (one RunConfig each).
+
+A grid is a short diff of defaults:
+
+    name: quickstart                 # names runs/<name>/ and reports/<name>/
+    data: {dataset: shakespeare, tokenizer: char}
+    base: {n_layer: 4, n_embd: 128}  # defaults for every cell
+    arch_defaults: {ngpt: {lr: 5e-3}}  # per-arch defaults, over base, under the axes
+    grid: {arch: [gpt, ngpt]}        # cross product
+    zip: [{context: [1024, 4096], batch_size: [8, 2]}]   # lists varied together
+    exclude: [{arch: ngpt, window: 64}]                  # drop matching cells
+    include: [{arch: gpt, n_layer: 8}]                   # extra cells (over base)
+    seeds: [0, 1]
+    compare: {baseline: {arch: gpt}, group_by: [context]}
+    resources: {gpus: 1, time_min: 60, partition: gpu}
+
+Cell order is deterministic (grid axes in file order, then zip groups, then seeds).
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ablate.errors import AblateError, closest
+from ablate.plan.config import FIELDS, RunConfig, make_config, resolve
+from ablate.plan.yamlload import load_yaml
+
+TOP_KEYS = ("name", "description", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
+            "seeds", "compare", "resources")
+NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks of the scheduler (translated per executor in ablate.launch)."""
+    gpus: int = 0                     # GPUs per job (>1 runs DDP)
+    nodes: int = 1
+    cpus: int = 0                     # CPUs per task; 0 = executor default
+    mem_gb: float = 0                 # 0 = executor default
+    time_min: int = 60
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    max_requeue: int = 3
+
+    def signature(self) -> tuple:
+        return dataclasses.astuple(self)
+
+
+RESOURCE_KEYS = {f.name: f.type for f in dataclasses.fields(Resources)}
+
+
+@dataclass
+class Cell:
+    run_id: str
+    config: RunConfig
+    varied: dict                      # the keys that vary across the grid -> this cell's values
+    run_dir: Path
+
+
+@dataclass
+class Grid:
+    name: str
+    path: Path
+    description: str
+    cells: list
+    varied_keys: list
+    compare: dict
+    resources: Resources
+    warnings: list = field(default_factory=list)
+
+    @property
+    def runs_dir(self) -> Path:
+        return runs_root() / self.name
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("ABLATE_RUNS_DIR", "runs"))
+
+
+def reports_root() -> Path:
+    return Path(os.environ.get("ABLATE_REPORTS_DIR", "reports"))
+
+
+class _Ctx:
+    """Error helper that prefixes the file and the line of a key when known."""
+
+    def __init__(self, path, doc):
+        self.path, self.lines = path, {}
+        self._collect(doc)
+
+    def _collect(self, node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                self.lines.setdefault(k, getattr(node, "lines", {}).get(k))
+                self._collect(v)
+        elif isinstance(node, list):
+            for v in node:
+                self._collect(v)
+
+    def error(self, msg, key=None) -> AblateError:
+        line = self.lines.get(key) if key is not None else None
+        return AblateError(f"{self.path}{f':{line}' if line else ''}: {msg}")
+
+
+def _mapping(ctx, value, what) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ctx.error(f"'{what}' must be a mapping of key: value, got {type(value).__name__}", what)
+    return value
+
+
+def _check_keys(ctx, mapping, where):
+    for key in mapping:
+        if key not in FIELDS:
+            raise ctx.error(f"{where}: unknown key '{key}'{closest(key, FIELDS)}", key)
+
+
+def _axis_list(ctx, key, values, where) -> list:
+    if not isinstance(values, list) or not values:
+        raise ctx.error(f"{where}: '{key}' must be a non-empty list of values, got {values!r}", key)
+    return values
+
+
+def _resources(ctx, raw) -> Resources:
+    raw = _mapping(ctx, raw, "resources")
+    for key, value in raw.items():
+        if key not in RESOURCE_KEYS:
+            raise ctx.error(f"resources: unknown key '{key}'{closest(key, RESOURCE_KEYS)}; "
+                            f"allowed: {', '.join(RESOURCE_KEYS)}", key)
+        want = {"int": int, "float": float}.get(str(RESOURCE_KEYS[key]).split("]")[0].split("[")[-1])
+        if want is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ctx.error(f"resources: '{key}' must be a non-negative integer, got {value!r}", key)
+        if want is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+            raise ctx.error(f"resources: '{key}' must be a non-negative number, got {value!r}", key)
+        if want is None and value is not None and not isinstance(value, str):
+            raise ctx.error(f"resources: '{key}' must be a string, got {value!r}", key)
+    return Resources(**raw)
+
+
+def _axes(ctx, doc) -> list[dict]:
+    """The cross product of `grid` times each `zip` group, in file order, as partial configs."""
+    grid = _mapping(ctx, doc.get("grid"), "grid")
+    _check_keys(ctx, grid, "grid")
+    factors = [[{k: v} for v in _axis_list(ctx, k, vals, "grid")] for k, vals in grid.items()]
+    zips = doc.get("zip") or []
+    if isinstance(zips, dict):
+        zips = [zips]
+    if not isinstance(zips, list):
+        raise ctx.error("'zip' must be a list of mappings {key: [values...]}", "zip")
+    for group in zips:
+        group = _mapping(ctx, group, "zip")
+        _check_keys(ctx, group, "zip")
+        lengths = {k: len(_axis_list(ctx, k, v, "zip")) for k, v in group.items()}
+        if len(set(lengths.values())) > 1:
+            raise ctx.error(f"zip: lists must have equal lengths, got {lengths}", next(iter(group)))
+        both = set(group) & set(grid)
+        if both:
+            raise ctx.error(f"zip: key '{sorted(both)[0]}' is also a grid axis", sorted(both)[0])
+        n = next(iter(lengths.values())) if lengths else 0
+        factors.append([{k: group[k][i] for k in group} for i in range(n)])
+    return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*factors)]
+
+
+def _matches(partial: dict, values: dict) -> bool:
+    return all(values.get(k) == v for k, v in partial.items())
+
+
+def load_grid(path, check_backend_device: bool = True) -> Grid:
+    """Parse, expand and validate a grid file. Every error is one AblateError line."""
+    from ablate.train.data import vocab_size as data_vocab_size  # no torch there
+
+    path = Path(path)
+    doc = load_yaml(path)
+    if not isinstance(doc, dict):
+        raise AblateError(f"{path}: a grid must be a YAML mapping with at least 'name' and 'grid' or 'base'")
+    ctx = _Ctx(path, doc)
+    for key in doc:
+        if key not in TOP_KEYS:
+            raise ctx.error(f"unknown top-level key '{key}'{closest(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}", key)
+    name = doc.get("name")
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ctx.error(f"'name' must be a plain identifier (letters, digits, '-', '_'), got {name!r}", "name")
+
+    data = _mapping(ctx, doc.get("data"), "data")
+    for key in data:
+        if key not in ("dataset", "tokenizer"):
+            raise ctx.error(f"data: unknown key '{key}'{closest(key, ['dataset', 'tokenizer'])}; allowed: dataset, tokenizer", key)
+    base = {**data, **_mapping(ctx, doc.get("base"), "base")}
+    _check_keys(ctx, base, "base")
+    arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults")
+    for arch, overrides in arch_defaults.items():
+        if arch not in ("gpt", "ngpt"):
+            raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: gpt, ngpt", arch)
+        _check_keys(ctx, _mapping(ctx, overrides, arch), f"arch_defaults.{arch}")
+
+    points = _axes(ctx, doc)
+    includes = doc.get("include") or []
+    if not isinstance(includes, list):
+        raise ctx.error("'include' must be a list of partial configs", "include")
+    for inc in includes:
+        _check_keys(ctx, _mapping(ctx, inc, "include"), "include")
+    excludes = doc.get("exclude") or []
+    if not isinstance(excludes, list):
+        raise ctx.error("'exclude' must be a list of partial configs", "exclude")
+    for exc in excludes:
+        _check_keys(ctx, _mapping(ctx, exc, "exclude"), "exclude")
+    seeds = doc.get("seeds")
+    if seeds is not None:
+        if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ctx.error(f"'seeds' must be a non-empty list of integers, got {seeds!r}", "seeds")
+        if len(set(seeds)) != len(seeds):
+            raise ctx.error(f"'seeds' has duplicates: {seeds}", "seeds")
+        if any("seed" in p for p in points):
+            raise ctx.error("'seed' is both a grid axis and 'seeds'; use one", "seeds")
+
+    warnings = []
+    used_excludes = [False] * len(excludes)
+    raw_cells = []  # (explicit values, merged values)
+    for explicit in points + [dict(inc) for inc in includes]:
+        for seed in (seeds or [None]):
+            ex = dict(explicit) if seed is None else {**explicit, "seed": seed}
+            arch = ex.get("arch", base.get("arch", "gpt"))
+            merged = {**base, **(arch_defaults.get(arch) or {}), **ex}
+            hit = [i for i, e in enumerate(excludes) if _matches(e, merged)]
+            for i in hit:
+                used_excludes[i] = True
+            if not hit:
+                raw_cells.append((ex, merged))
+    for i, used in enumerate(used_excludes):
+        if not used:
+            warnings.append(f"{path}: exclude {dict(excludes[i])} matches no cell")
+    if not raw_cells:
+        raise ctx.error("the grid has no cells (empty axes, or everything excluded)", "grid")
+
+    vocab_cache: dict = {}
+    cells, seen = [], {}
+    for ex, merged in raw_cells:
+        try:
+            cfg = make_config(merged)
+            key = (cfg.dataset, cfg.tokenizer)
+            if key not in vocab_cache:
+                vocab_cache[key] = data_vocab_size(cfg.dataset, cfg.tokenizer)
+            cfg = resolve(cfg, vocab_cache[key])
+        except AblateError as e:
+            bad_key = re.search(r"key '(\w+)'", str(e))
+            cell = ", ".join(f"{k}={v}" for k, v in ex.items()) or "base"
+            raise ctx.error(f"{e} (cell {cell})", bad_key.group(1) if bad_key else None) from None
+        if cfg.window is not None and cfg.window > cfg.context:
+            warnings.append(f"{path}: window {cfg.window} >= context {cfg.context} is full causal attention")
+        rid = cfg.run_id()
+        if rid in seen:
+            warnings.append(f"{path}: cells {seen[rid]} and {ex} resolve to the same config; kept once")
+            continue
+        seen[rid] = ex
+        cells.append((rid, cfg, ex))
+
+    resolved = [c.to_dict() for _, c, _ in cells]
+    varied = [k for k in FIELDS if len({repr(r[k]) for r in resolved}) > 1]
+    compare = _compare(ctx, doc.get("compare"), varied)
+    grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
+                varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources")),
+                warnings=warnings)
+    grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, grid.runs_dir / rid) for rid, cfg, _ in cells]
+    return grid
+
+
+def _compare(ctx, raw, varied) -> dict:
+    raw = _mapping(ctx, raw, "compare")
+    for key in raw:
+        if key not in ("baseline", "group_by"):
+            raise ctx.error(f"compare: unknown key '{key}'{closest(key, ['baseline', 'group_by'])}; allowed: baseline, group_by", key)
+    baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline")
+    _check_keys(ctx, baseline, "compare.baseline")
+    group_by = raw.get("group_by")
+    if group_by is None:  # default: compare within each value of the non-architecture axes
+        group_by = [k for k in varied if k not in baseline and k not in ("seed", "lr")]
+    if not isinstance(group_by, list):
+        raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by")
+    _check_keys(ctx, {k: None for k in group_by}, "compare.group_by")
+    return {"baseline": dict(baseline), "group_by": list(group_by)}
+
+
+def select(cells, where: list[str]) -> list:
+    """Filter cells by KEY=VALUE terms (values compared as their string form)."""
+    terms = []
+    for term in where or []:
+        if "=" not in term:
+            raise AblateError(f"--where {term!r}: expected KEY=VALUE")
+        key, value = term.split("=", 1)
+        if key not in FIELDS and key != "run_id":
+            raise AblateError(f"--where: unknown key '{key}'{closest(key, FIELDS)}")
+        terms.append((key, value))
+
+    def value_of(cell, key):
+        return cell.run_id if key == "run_id" else getattr(cell.config, key)
+
+    return [c for c in cells if all(str(value_of(c, k)) == v or _num_eq(value_of(c, k), v) for k, v in terms)]
+
+
+def _num_eq(actual, text) -> bool:
+    try:
+        return isinstance(actual, (int, float)) and not isinstance(actual, bool) and float(text) == float(actual)
+    except ValueError:
+        return False

@@ -1,0 +1,97 @@
+"""`ablate plan`: what will run, what it will cost, what is already done. No side effects."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+from ablate.plan import estimate
+from ablate.plan.grid import Grid, runs_root
+from ablate.plan.rundir import SUMMARY, read_json, state_of
+
+GIB = 1024 ** 3
+# the fields that decide throughput: equal shape + equal device => comparable tokens/s
+SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
+              "vocab_size", "batch_size", "dtype", "param_dtype", "compile", "attn_backend")
+
+
+def _shape(cfg: dict) -> tuple:
+    return tuple(cfg.get(k) for k in SHAPE_KEYS)
+
+
+def measured_throughput(root: Path | None = None) -> dict:
+    """tokens/s of finished runs, keyed by shape, from every grid's run dirs (newest wins)."""
+    out = {}
+    root = Path(root or runs_root())
+    for path in sorted(glob.glob(str(root / "*" / "*" / SUMMARY)), key=os.path.getmtime):
+        summary = read_json(path) or {}
+        config = (read_json(Path(path).parent / "config.json") or {}).get("config", {})
+        if summary.get("tokens_per_s"):
+            out[_shape(config)] = (summary["tokens_per_s"], summary.get("device_name"))
+    return out
+
+
+def plan_rows(grid: Grid, cells=None) -> list[dict]:
+    throughput = measured_throughput()
+    rows = []
+    for cell in cells if cells is not None else grid.cells:
+        c = cell.config
+        params = estimate.param_counts(c)
+        mem = estimate.memory_breakdown(c)
+        tokens = estimate.total_tokens(c)
+        known = throughput.get(_shape(c.to_dict()))
+        rows.append({
+            "run_id": cell.run_id,
+            "state": state_of(cell.run_dir),
+            "varied": cell.varied,
+            "config": c.to_dict(),
+            "n_params": params["total"],
+            "n_params_non_embedding": params["non_embedding"],
+            "n_params_attention": params["attention"],
+            "ckpt_bytes": estimate.checkpoint_bytes(c),
+            "tokens": tokens,
+            "flops": estimate.total_flops(c),
+            "est_peak_mem_bytes": mem["total"],
+            "memory": mem,
+            "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
+            "throughput_device": known[1] if known else None,
+            "run_dir": str(cell.run_dir),
+        })
+    return rows
+
+
+def _human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+def format_table(grid: Grid, rows: list[dict]) -> str:
+    keys = grid.varied_keys
+    head = ["run_id", *keys, "state", "params", "tokens", "est_mem", "flops"]
+    body = [[r["run_id"], *[str(r["varied"].get(k)) for k in keys], r["state"], _human(r["n_params"]),
+             _human(r["tokens"]), f"{r['est_peak_mem_bytes'] / GIB:.2f}GiB", _human(r["flops"])] for r in rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
+    line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
+    out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    todo = [r for r in rows if r["state"] != "done"]
+    hours = [r["est_hours"] for r in todo]
+    cost = (f"~{sum(hours):.2f} {'GPU-' if grid.resources.gpus else ''}hours (from measured tokens/s)"
+            if todo and all(h is not None for h in hours) else f"{_human(sum(r['flops'] for r in todo))}FLOPs")
+    out.append("")
+    out.append(f"{len(rows)} cells, {len(todo)} to run, {_human(sum(r['tokens'] for r in todo))} tokens to train, "
+               f"cost {cost}")
+    return "\n".join(out)
+
+
+def explain(row: dict) -> str:
+    mem = row["memory"]
+    lines = [f"run {row['run_id']}: estimated peak training memory per process"]
+    for part in ("params", "grads", "optimizer", "activations", "logits", "total"):
+        lines.append(f"  {part:<12} {mem[part] / GIB:9.3f} GiB")
+    lines.append(f"  params: {row['n_params']:,} total, {row['n_params_non_embedding']:,} non-embedding, "
+                 f"{row['n_params_attention']:,} attention; checkpoint ~{row['ckpt_bytes'] / 1e6:.1f} MB")
+    lines.append("config: " + json.dumps(row["config"], sort_keys=True))
+    return "\n".join(lines)
