@@ -71,8 +71,10 @@ class RunConfig:
     ckpt_interval: int = meta(500, "steps between checkpoints (0 = only on signals and at the end)", hashed=False)
 
     def __post_init__(self):
-        for f in fields(self):
-            _check_type(f, getattr(self, f.name))
+        for name, default in _DEFAULTS:  # defaults are valid by construction: check the rest
+            value = getattr(self, name)
+            if value is not default and (type(value) is not type(default) or value != default):
+                _check_type(FIELDS[name], value)
 
     # ---- derived
     @property
@@ -92,14 +94,14 @@ class RunConfig:
         return self.batch_size * self.grad_accum * self.context
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in FIELD_NAMES}
 
     def hashed_dict(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("hashed", True)}
+        return {name: getattr(self, name) for name in HASHED_NAMES}  # sorted by name
 
     def run_id(self) -> str:
-        """Short hash of the canonical JSON of every field that changes results."""
-        blob = json.dumps(self.hashed_dict(), sort_keys=True, separators=(",", ":"))
+        """Short hash of the canonical JSON (sorted keys, no spaces) of every field that changes results."""
+        blob = json.dumps(self.hashed_dict(), separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -118,26 +120,43 @@ def _allowed(name: str) -> str:
     return " or ".join(names) + (" or null" if type(None) in typing.get_args(hint) else "")
 
 
-def _check_type(f, value) -> None:
-    hint = _HINTS[f.name]
+def _checker(name: str):
+    """A fast (value -> ok) predicate for one field, built once from its type hint."""
+    hint = _HINTS[name]
     optional = type(None) in typing.get_args(hint)
+    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
+    if typing.get_origin(base) is Literal:
+        choices = set(typing.get_args(base))
+        ok = lambda v: v in choices
+    elif base is bool:
+        ok = lambda v: v is True or v is False
+    elif base is int:
+        ok = lambda v: type(v) is int
+    elif base is float:
+        ok = lambda v: type(v) in (int, float)
+    else:
+        ok = lambda v: type(v) is str
+    return optional, ok
+
+
+_CHECKERS = {name: _checker(name) for name in FIELDS}
+FIELD_NAMES = tuple(FIELDS)
+HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
+_DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
+_FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
+
+
+def _check_type(f, value) -> None:
+    optional, ok = _CHECKERS[f.name]
     if value is None:
         if optional:
             return
         raise AblateError(f"key '{f.name}': null is not allowed, expected {_allowed(f.name)}")
-    base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
-    if typing.get_origin(base) is Literal:
-        if value not in typing.get_args(base):
-            raise AblateError(f"key '{f.name}': {value!r} is not allowed, expected {_allowed(f.name)}")
+    if ok(value):
         return
-    ok = (
-        (base is bool and isinstance(value, bool))
-        or (base is int and isinstance(value, int) and not isinstance(value, bool))
-        or (base is float and isinstance(value, (int, float)) and not isinstance(value, bool))
-        or (base is str and isinstance(value, str))
-    )
-    if not ok:
-        raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
+    if typing.get_origin(_HINTS[f.name]) is Literal or "Literal" in str(_HINTS[f.name]):
+        raise AblateError(f"key '{f.name}': {value!r} is not allowed, expected {_allowed(f.name)}")
+    raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
 
 
 def make_config(values: dict) -> RunConfig:
@@ -147,10 +166,9 @@ def make_config(values: dict) -> RunConfig:
             raise AblateError(f"unknown key '{key}'{closest(key, FIELDS)}")
     clean = {}
     for key, value in values.items():
-        base = _HINTS[key]
-        if base in (float, Optional[float]) and isinstance(value, int) and not isinstance(value, bool):
+        if key in _FLOAT_FIELDS and type(value) is int:
             value = float(value)
-        if isinstance(value, str) and base in (float, Optional[float]):
+        if key in _FLOAT_FIELDS and type(value) is str:
             try:  # YAML 1.1 reads 3e-3 as a string; accept plain numeric strings
                 value = float(value)
             except ValueError:
@@ -172,7 +190,7 @@ def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
     vocab = cfg.vocab_size
     if vocab is None and data_vocab is not None:
         vocab = pad_vocab(data_vocab)
-    out = dataclasses.replace(
+    out = _derived(
         cfg,
         n_kv_head=cfg.n_kv_head or cfg.n_head,
         share_attn=cfg.share_attn or cfg.n_layer,
@@ -182,6 +200,15 @@ def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
         vocab_size=vocab,
     )
     validate(out, data_vocab)
+    return out
+
+
+def _derived(cfg: RunConfig, **changes) -> RunConfig:
+    """dataclasses.replace without re-checking types: every change is computed here from
+    already-checked values (a 10,000-cell plan spends most of its time in __init__)."""
+    out = object.__new__(RunConfig)
+    out.__dict__.update(cfg.__dict__)
+    out.__dict__.update(changes)
     return out
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Optional
 
 from ablate.errors import AblateError, closest
-from ablate.plan.config import FIELDS, RunConfig, make_config, resolve
+from ablate.plan.config import FIELDS, RunConfig, make_config, resolve, validate
 from ablate.plan.yamlload import load_yaml
 
 TOP_KEYS = ("name", "description", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
@@ -233,7 +233,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
             for i in hit:
                 used_excludes[i] = True
             if not hit:
-                raw_cells.append((ex, merged))
+                raw_cells.append((ex, merged))  # explicit values, full values
     for i, used in enumerate(used_excludes):
         if not used:
             warnings.append(f"{path}: exclude {dict(excludes[i])} matches no cell")
@@ -245,6 +245,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     for ex, merged in raw_cells:
         try:
             cfg = make_config(merged)
+            validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
             key = (cfg.dataset, cfg.tokenizer)
             if key not in vocab_cache:
                 vocab_cache[key] = data_vocab_size(cfg.dataset, cfg.tokenizer)
@@ -262,13 +263,17 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
         seen[rid] = ex
         cells.append((rid, cfg, ex))
 
+    # the keys the grid varies on purpose (axes, zips, includes, seeds), in file order, that
+    # really take several values; derived differences (warmup per arch...) are not axes
+    axis_keys = list(dict.fromkeys(k for ex, _ in raw_cells for k in ex))
     resolved = [c.to_dict() for _, c, _ in cells]
-    varied = [k for k in FIELDS if len({repr(r[k]) for r in resolved}) > 1]
+    varied = [k for k in axis_keys if len({repr(r[k]) for r in resolved}) > 1]
     compare = _compare(ctx, doc.get("compare"), varied)
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources")),
                 warnings=warnings)
-    grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, grid.runs_dir / rid) for rid, cfg, _ in cells]
+    runs_dir = grid.runs_dir
+    grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, runs_dir / rid) for rid, cfg, _ in cells]
     return grid
 
 

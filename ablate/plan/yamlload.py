@@ -16,6 +16,12 @@ class _StrictLoader(yaml.SafeLoader):
     pass
 
 
+class _KeyProblem(Exception):
+    def __init__(self, line: int, message: str):
+        super().__init__(message)
+        self.line = line
+
+
 def _construct_mapping(loader, node, deep=False):
     loader.flatten_mapping(node)
     out = LineDict()
@@ -25,10 +31,10 @@ def _construct_mapping(loader, node, deep=False):
         try:
             hash(key)
         except TypeError:
-            raise AblateError(f"line {key_node.start_mark.line + 1}: a mapping key must be a plain value") from None
+            raise _KeyProblem(key_node.start_mark.line + 1, "a mapping key must be a plain value") from None
         if key in out:
-            raise AblateError(f"line {key_node.start_mark.line + 1}: duplicate key '{key}' "
-                              f"(first at line {out.lines[key]}); YAML would silently keep the last one")
+            raise _KeyProblem(key_node.start_mark.line + 1, f"duplicate key '{key}' (first at line {out.lines[key]}); "
+                              "plain YAML would silently keep the last one")
         out[key] = loader.construct_object(value_node, deep=True)
         out.lines[key] = key_node.start_mark.line + 1
     return out
@@ -48,8 +54,8 @@ def load_yaml(path) -> object:
         raise AblateError(f"{path}: cannot read grid file ({e.__class__.__name__})") from None
     try:
         return yaml.load(text, Loader=_StrictLoader)
-    except AblateError as e:
-        raise AblateError(f"{path}: {e}") from None
+    except _KeyProblem as e:
+        raise AblateError(f"{path}:{e.line}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""

@@ -11,7 +11,8 @@ GOOD = """
 name: g
 data: {dataset: shakespeare, tokenizer: char}
 base: {n_layer: 2, n_head: 2, n_embd: 32, context: 16, max_iters: 10}
-grid: {arch: [gpt, ngpt]}
+grid:
+  arch: [gpt, ngpt]
 """
 
 
@@ -49,11 +50,11 @@ arch_defaults:
     ]
     assert {c.config.lr for c in g.cells if c.config.arch == "ngpt"} == {5e-3}
     assert {c.config.lr for c in g.cells if c.config.arch == "gpt"} == {3e-3}
-    assert g.compare == {"baseline": {"arch": "gpt"}, "group_by": ["n_layer", "context", "batch_size"]}
+    assert g.compare == {"baseline": {"arch": "gpt"}, "group_by": ["context", "batch_size", "n_layer"]}
 
 
 def test_explicit_axis_beats_arch_default(tmp_path):
-    g = load_grid(write(tmp_path, GOOD.replace("grid: {arch: [gpt, ngpt]}", "grid: {arch: [ngpt], lr: [1e-3]}")
+    g = load_grid(write(tmp_path, GOOD.replace("  arch: [gpt, ngpt]", "  arch: [ngpt]\n  lr: [1e-3]")
                         + "arch_defaults: {ngpt: {lr: 5e-3}}\n"))
     assert g.cells[0].config.lr == 1e-3
 
