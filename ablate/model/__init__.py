@@ -1,0 +1,11 @@
+"""GPT and nGPT with the four ablations (gpt.py) and the attention kernels (backends.py).
+
+    model = build_model(cfg)                 # a resolved RunConfig -> GPT (CPU, fp32)
+    logits, loss = model(idx, targets)
+    model.normalize_()                        # nGPT: after building the optimizer and every step
+    torch.optim.AdamW(model.optimizer_groups(cfg.weight_decay), ...)
+"""
+from ablate.model.backends import attend, resolve_backend
+from ablate.model.gpt import GPT, build_model
+
+__all__ = ["GPT", "attend", "build_model", "resolve_backend"]

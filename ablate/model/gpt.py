@@ -1,0 +1,329 @@
+"""GPT and nGPT in one model, with the four ablations: GQA, weight tying, ALBERT attention
+sharing and sliding-window attention (MODEL_SPEC sections 1-4).
+
+Reads like nanoGPT, from the smallest part to the largest: norms, RoPE, nGPT scale vectors,
+attention, MLP, block, model. Both archs run the same lines except where the math differs,
+and each difference lives in exactly one place:
+
+    pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
+    q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
+    MLP input       -                        | u, v scaled by s_uv sqrt(d)      MLP.forward
+    residual        h + out                  | Norm(h + |alpha| (Norm(out) - h)) Block.residual
+    logits          lm_head(h)               | s_z * lm_head(h)                 GPT.forward
+    weights         free                     | unit rows/columns, normalize_()  GPT.normalize_
+    weight decay    matrices                 | none                             GPT.optimizer_groups
+
+Ablations: GQA is W_k, W_v with n_kv_head heads (every backend runs it natively); tying makes
+lm_head.weight the same Parameter as wte.weight; sharing makes the blocks of a group hold the
+same Attention module (only W_q, W_k, W_v, W_o; alpha and s_qk stay per layer); the window
+is passed to the attention backend (see backends.py for the exact predicate).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ablate.errors import AblateError
+from ablate.model.backends import attend, resolve_backend
+
+ROPE_BASE = 10000.0
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    """x in at least fp32 (bf16 -> fp32; fp32 and fp64 unchanged)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """nGPT's Norm: x / ||x||_2 over the last dim, computed in fp32, cast back to x's dtype."""
+    return F.normalize(_f32(x), dim=-1).type_as(x)
+
+
+class RMSNorm(nn.Module):
+    """GPT's pre-norm: eps 1e-6, statistics in fp32 (bf16 squares lose the small entries)."""
+
+    def __init__(self, d: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        xf = _f32(x)
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+# ---------------------------------------------------------------- RoPE
+
+def rope_cos_sin(T: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, each (T, hd/2) fp32: position t turns pair i by
+    t * base^(-2i/hd). Recomputed per forward: O(T hd), negligible next to attention, and no
+    buffer to go stale when T exceeds the configured context."""
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (i, i + hd/2) of every head of x (B, T, H, hd) by its angle.
+
+    A real rotation, so it keeps ||x|| and <R_m q, R_n k> depends only on m - n. NVIDIA's
+    reference drops the cos term (NVIDIA/ngpt issue #10), which breaks both."""
+    x1, x2 = _f32(x).chunk(2, dim=-1)  # (B, T, H, hd/2) each
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2): the same angle for every head
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+# ---------------------------------------------------------------- nGPT scale vectors
+
+class Scale(nn.Module):
+    """An nGPT learnable vector, stored as `scale * ones(shape)` and used as `param * (init / scale)`.
+
+    The effective value at init is `init` whatever `scale` is; `scale` only sets the effective
+    Adam step (Adam moves `param` by ~lr, so the effective value moves by ~lr * init / scale).
+    Always fp32, never normalized, never weight-decayed."""
+
+    def __init__(self, shape, init: float, scale: float):
+        super().__init__()
+        self.init, self.scale = init, scale
+        self.param = nn.Parameter(torch.full(shape if isinstance(shape, tuple) else (shape,), float(scale),
+                                             dtype=torch.float32))
+
+    def forward(self) -> torch.Tensor:
+        return self.param * (self.init / self.scale)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.param.shape)}, init={self.init}, scale={self.scale:.4g}"
+
+
+# ---------------------------------------------------------------- attention
+
+class Attention(nn.Module):
+    """Causal self-attention with GQA and an optional sliding window.
+
+    Holds only W_q, W_k, W_v, W_o (c_proj), so ALBERT sharing is simply several blocks
+    holding this one module; the per-layer s_qk lives in the block and is passed in."""
+
+    def __init__(self, cfg, backend: str):
+        super().__init__()
+        d, hd = cfg.n_embd, cfg.head_dim
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.kv_heads, hd
+        self.window, self.backend = cfg.window, backend
+        self.c_q = nn.Linear(d, cfg.n_head * hd, bias=False)
+        self.c_k = nn.Linear(d, cfg.kv_heads * hd, bias=False)
+        self.c_v = nn.Linear(d, cfg.kv_heads * hd, bias=False)
+        self.c_proj = nn.Linear(cfg.n_head * hd, d, bias=False)
+        # GPT: 1/sqrt(hd) keeps random dot products O(1). nGPT: q.k is a cosine in [-1, 1]
+        # (times s_qk^2), so it needs the opposite, a temperature of sqrt(hd).
+        self.softmax_scale = hd ** 0.5 if cfg.arch == "ngpt" else hd ** -0.5
+
+    def qkv(self, x, rope, s_qk=None):
+        """q (B, T, H, hd), k and v (B, T, H_kv, hd), ready for the kernel."""
+        B, T, _ = x.shape
+        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
+        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # before nGPT's normalization
+        if s_qk is not None:
+            # nGPT scores are (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k):
+            # the same function and gradients, and k stays free of per-query-head factors, so
+            # GQA kernels still see only n_kv_head distinct keys.
+            q = unit(q) * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
+            k = unit(k)
+        return q, k, v
+
+    def forward(self, x, rope, s_qk=None):
+        q, k, v = self.qkv(x, rope, s_qk)
+        y = attend(q, k, v, scale=self.softmax_scale, window=self.window, backend=self.backend)  # (B, T, H, hd)
+        return self.c_proj(y.flatten(2))  # (B, T, d)
+
+
+class MLP(nn.Module):
+    """SwiGLU with a 4d hidden size: c_fc d -> 8d (u and v halves), u * silu(v), c_proj 4d -> d."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        d = cfg.n_embd
+        self.c_fc = nn.Linear(d, 8 * d, bias=False)
+        self.c_proj = nn.Linear(4 * d, d, bias=False)
+        # nGPT: rows of c_fc are unit vectors, so u and v are ~1/sqrt(d) cosines; s_uv * sqrt(d)
+        # brings them back to the range where SiLU is not just linear.
+        self.s_uv = Scale(8 * d, 1.0, 1.0) if cfg.arch == "ngpt" else None
+        self.sqrt_d = d ** 0.5
+
+    def forward(self, x):
+        uv = self.c_fc(x)  # (B, T, 8d)
+        if self.s_uv is not None:
+            uv = uv * (self.s_uv() * self.sqrt_d).type_as(uv)
+        u, v = uv.chunk(2, dim=-1)  # (B, T, 4d) each
+        return self.c_proj(u * F.silu(v))
+
+
+# ---------------------------------------------------------------- block
+
+class Block(nn.Module):
+    def __init__(self, cfg, attn: Attention):
+        super().__init__()
+        d = cfg.n_embd
+        self.attn = attn  # possibly the same module as in the other blocks of its sharing group
+        self.mlp = MLP(cfg)
+        if cfg.arch == "ngpt":
+            base = d ** -0.5  # base_scale = 1/sqrt(d), passed explicitly to every vector
+            self.norm_A, self.norm_M = nn.Identity(), nn.Identity()
+            self.alpha_A, self.alpha_M = Scale(d, 0.05, base), Scale(d, 0.05, base)
+            self.s_qk = Scale((cfg.n_head, cfg.head_dim), 1.0, base)
+        else:
+            self.norm_A, self.norm_M = RMSNorm(d), RMSNorm(d)
+            self.alpha_A = self.alpha_M = self.s_qk = None
+
+    def forward(self, h, rope):
+        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A)
+        h = self.residual(h, self.mlp(self.norm_M(h)), self.alpha_M)
+        return h
+
+    @staticmethod
+    def residual(h, out, alpha):
+        if alpha is None:  # GPT: the plain residual stream
+            return h + out
+        # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere
+        return unit(h + alpha().abs() * (unit(_f32(out)) - h))
+
+
+# ---------------------------------------------------------------- model
+
+class GPT(nn.Module):
+    """The whole model for one RunConfig: cfg.arch picks GPT or nGPT."""
+
+    def __init__(self, cfg, attn_backend: str = "sdpa"):
+        super().__init__()
+        check_config(cfg)
+        self.config = cfg
+        self.ngpt = cfg.arch == "ngpt"
+        self.attn_backend = attn_backend
+        d, V, L, G = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.attn_groups
+        self.wte = nn.Embedding(V, d)
+        groups = [Attention(cfg, attn_backend) for _ in range(G)]
+        self.blocks = nn.ModuleList(Block(cfg, groups[layer // (L // G)]) for layer in range(L))
+        self.norm_f = nn.Identity() if self.ngpt else RMSNorm(d)
+        self.lm_head = nn.Linear(d, V, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight  # one Parameter: (V, d) either way
+        self.s_z = Scale(V, 1.0, d ** -0.5) if self.ngpt else None
+        for w, axis in self._matrices():  # N(0, 0.02); output projections 0.02 / sqrt(2L)
+            nn.init.normal_(w, mean=0.0, std=0.02 / math.sqrt(2 * L) if axis == 0 else 0.02)
+        self.normalize_()
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        rope = rope_cos_sin(T, self.config.head_dim, idx.device)
+        h = self.wte(idx)  # (B, T, d); nGPT: unit rows
+        for block in self.blocks:
+            h = block(h, rope)
+        logits = self.lm_head(self.norm_f(h))  # (B, T, V)
+        if self.s_z is not None:
+            # nGPT: the logits are cosines in [-1, 1]; s_z is a learned per-token temperature
+            logits = logits * self.s_z()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(_f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        return logits, loss
+
+    # ---- nGPT's hypersphere
+
+    def _matrices(self):
+        """(weight, axis of n_embd) for every distinct matrix, each once even when tied or shared:
+        wte, lm_head, W_q, W_k, W_v, c_fc rows (dim 1); the output projections' columns (dim 0)."""
+        seen = set()
+        for name, module in self.named_modules():  # named_modules visits a shared module once
+            if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in seen:
+                seen.add(id(module.weight))
+                yield module.weight, 0 if name.endswith("c_proj") else 1
+
+    @torch.no_grad()
+    def normalize_(self) -> None:
+        """nGPT: put every matrix back on the unit sphere along its n_embd axis (in fp32, cast
+        back to the storage dtype). Call after building the optimizer and after every step.
+        Scale vectors are never normalized. GPT: a no-op."""
+        if not self.ngpt:
+            return
+        for w, axis in self._matrices():
+            w.copy_(F.normalize(_f32(w), dim=axis))
+
+    # ---- what the trainer and the report ask of a model
+
+    def optimizer_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups from the de-duplicated named_parameters() (a tied or shared tensor once;
+        walking the blocks would add it once per layer). GPT: matrices (dim >= 2) decay,
+        vectors do not. nGPT: nothing decays, whatever weight_decay says: its matrices are
+        renormalized every step, so decay has nothing to shrink, and scale vectors never decay."""
+        params = [p for _, p in self.named_parameters() if p.requires_grad]
+        if self.ngpt:
+            return [{"params": params, "weight_decay": 0.0}]
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def param_counts(self) -> dict:
+        """Counts from the real, de-duplicated parameters; the same keys as
+        ablate.plan.estimate.param_counts (and equal to it: a test checks every option mix)."""
+        def count(params):
+            return sum(p.numel() for p in {id(p): p for p in params}.values())
+
+        total = count(self.parameters())
+        embedding = count([self.wte.weight, self.lm_head.weight])
+        attention = count(p for b in self.blocks for p in b.attn.parameters())
+        mlp = count(p for b in self.blocks for m in (b.mlp.c_fc, b.mlp.c_proj) for p in m.parameters())
+        return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
+                "attention": attention, "mlp": mlp, "vectors": total - embedding - attention - mlp}
+
+
+# ---------------------------------------------------------------- building
+
+def check_config(cfg) -> None:
+    """The structural rules the model relies on, as one-line errors (plan.validate checks them
+    too; this keeps the model usable on its own)."""
+    def bad(msg):
+        raise AblateError(msg)
+
+    if cfg.vocab_size is None:
+        bad("vocab_size is not set: resolve the config with the data's vocabulary before building the model")
+    if cfg.arch not in ("gpt", "ngpt"):
+        bad(f"arch {cfg.arch!r} is not one of gpt, ngpt")
+    if cfg.n_embd % cfg.n_head or cfg.head_dim % 2:
+        bad(f"n_embd={cfg.n_embd} / n_head={cfg.n_head} must be an even integer head_dim (RoPE rotates pairs)")
+    if cfg.n_head % cfg.kv_heads:
+        bad(f"n_kv_head={cfg.kv_heads} must divide n_head={cfg.n_head}")
+    if cfg.n_layer % cfg.attn_groups:
+        bad(f"share_attn={cfg.attn_groups} must divide n_layer={cfg.n_layer}")
+    if cfg.window is not None and cfg.window < 1:
+        bad(f"window={cfg.window} must be >= 1 (keys seen including the query itself) or null")
+
+
+def store_block_matrices(model: GPT, dtype: torch.dtype) -> GPT:
+    """Store the attention and MLP matrices in `dtype` (the NVIDIA reference's bf16 storage);
+    embeddings, head, norms and scale vectors stay fp32."""
+    for module in model.blocks.modules():
+        if isinstance(module, nn.Linear):
+            module.to(dtype)
+    return model
+
+
+def build_model(cfg, device_type: str | None = None) -> GPT:
+    """The model for a resolved RunConfig, on CPU (the caller moves it), fp32 except the block
+    matrices with param_dtype bf16. `device_type` is where it will run ("cpu" | "cuda"; default
+    from cfg.device, auto = cuda when available): it picks the attention backend
+    (model.attn_backend) and decides whether bf16 storage is allowed."""
+    if device_type is None:
+        device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.param_dtype == "bf16":
+        if device_type != "cuda":
+            raise AblateError(f"param_dtype bf16 (bf16 block matrices) needs CUDA, device is {device_type}: "
+                              "use param_dtype fp32 (dtype bf16 still autocasts)")
+        if cfg.dtype != "bf16":
+            raise AblateError("param_dtype bf16 needs dtype bf16 (autocast): fp32 activations cannot meet bf16 weights")
+    model = GPT(cfg, resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window))
+    if cfg.param_dtype == "bf16":
+        store_block_matrices(model, torch.bfloat16)
+    return model

@@ -1,0 +1,145 @@
+"""Attention kernels against an explicit-softmax reference; backend resolution (MODEL_SPEC 3, 6.6, 6.8, 6.10, 7)."""
+import pytest
+import torch
+
+from ablate.errors import AblateError
+from ablate.model import backends
+from ablate.model.backends import attend, resolve_backend, window_mask
+from model_helpers import single_thread  # noqa: F401  (autouse fixture)
+
+CPU_BACKENDS = ["sdpa"] + (["flex"] if backends._has_flex() else [])
+T, H, HD = 16, 4, 8
+
+
+def reference(q, k, v, scale, window):
+    """Plain MHA written out: each K/V head repeated for its H/H_kv query heads, key j visible
+    from query i iff i - window < j <= i."""
+    rep = q.size(2) // k.size(2)
+    k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
+    scores = torch.einsum("bihd,bjhd->bhij", q, k) * scale
+    i, j = torch.arange(q.size(1))[:, None], torch.arange(q.size(1))[None, :]
+    visible = (j <= i) & (i - j < (window or q.size(1)))
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("bhij,bjhd->bihd", scores.softmax(-1), v)
+
+
+def qkv(kv_heads, seed=0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, T, H, HD, generator=g)
+    k = torch.randn(2, T, kv_heads, HD, generator=g)
+    v = torch.randn(2, T, kv_heads, HD, generator=g)
+    return (t.to(device=device, dtype=dtype) for t in (q, k, v))
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("window", [None, 1, 3, T, T + 5])
+def test_backend_matches_reference(backend, kv_heads, window):
+    q, k, v = qkv(kv_heads)
+    y = attend(q, k, v, scale=0.37, window=window, backend=backend)
+    assert y.shape == q.shape
+    torch.testing.assert_close(y, reference(q, k, v, 0.37, window), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("window", [None, 4])
+def test_gqa_equals_mha_with_repeated_kv_heads(backend, window):
+    q, k, v = qkv(2)
+    gqa = attend(q, k, v, scale=0.5, window=window, backend=backend)
+    mha = attend(q, k.repeat_interleave(2, dim=2), v.repeat_interleave(2, dim=2), scale=0.5, window=window, backend=backend)
+    torch.testing.assert_close(gqa, mha, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_window_covering_the_sequence_equals_causal(backend):
+    q, k, v = qkv(2)
+    causal = attend(q, k, v, scale=0.5, window=None, backend=backend)
+    for w in (T, T + 1, 10 * T):
+        torch.testing.assert_close(attend(q, k, v, scale=0.5, window=w, backend=backend), causal, atol=1e-6, rtol=1e-6)
+    # the sliding path itself (sdpa's boolean mask), not only the is_causal shortcut
+    assert torch.equal(window_mask(T, T), torch.ones(T, T, dtype=torch.bool).tril())
+    sliding = torch.nn.functional.scaled_dot_product_attention(
+        *(t.transpose(1, 2) for t in (q, k.repeat_interleave(2, 2), v.repeat_interleave(2, 2))),
+        attn_mask=window_mask(T, T), scale=0.5).transpose(1, 2)
+    torch.testing.assert_close(sliding, causal, atol=1e-6, rtol=1e-6)
+
+
+def test_window_mask_sees_exactly_w_keys_including_self():
+    for w in (1, 2, 5):
+        m = window_mask(T, w)
+        assert m.sum(1).tolist() == [min(i + 1, w) for i in range(T)]
+        i, j = torch.nonzero(m, as_tuple=True)
+        assert bool(((j <= i) & (i - j < w)).all())
+    assert torch.equal(window_mask(T, 1), torch.eye(T, dtype=torch.bool))
+
+
+@pytest.mark.skipif("flex" not in CPU_BACKENDS, reason="FlexAttention needs torch >= 2.5")
+def test_flex_on_cpu_refuses_backward_with_one_line():
+    q, k, v = qkv(4)
+    q.requires_grad_(True)
+    with pytest.raises(AblateError, match="sdpa") as err:
+        attend(q, k, v, scale=0.5, backend="flex")
+    assert "\n" not in str(err.value)
+
+
+def _flash_available():
+    return torch.cuda.is_available() and backends._flash_probe() is not None
+
+
+@pytest.mark.skipif(not _flash_available(), reason="flash-attn needs CUDA and the flash_attn package (not importable here)")
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("window", [None, 1, 5])
+def test_flash_matches_sdpa(kv_heads, window):
+    q, k, v = qkv(kv_heads, dtype=torch.bfloat16, device="cuda")
+    y = attend(q, k, v, scale=0.3, window=window, backend="flash")
+    ref = attend(q, k, v, scale=0.3, window=window, backend="sdpa")
+    torch.testing.assert_close(y.float(), ref.float(), atol=2e-2, rtol=2e-2)
+
+
+# ---------------------------------------------------------------- resolve_backend
+
+@pytest.fixture
+def flash(monkeypatch):
+    """Pretend flash-attn of a given version is (or is not, None) installed."""
+    def install(version):
+        monkeypatch.setattr(backends, "_flash_probe", lambda: None if version is None else (object(), version))
+    return install
+
+
+def test_auto_picks_flash_only_where_it_runs(flash):
+    flash((2, 6))
+    assert resolve_backend("auto", "cuda", "bf16", None) == "flash"
+    assert resolve_backend("auto", "cuda", "bf16", 128) == "flash"
+    assert resolve_backend("auto", "cpu", "bf16", None) == "sdpa"
+    assert resolve_backend("auto", "cuda", "fp32", None) == "sdpa"  # flash-attn has no fp32
+    flash((2, 2))
+    assert resolve_backend("auto", "cuda", "bf16", None) == "flash"
+    assert resolve_backend("auto", "cuda", "bf16", 128) == "sdpa"  # no window_size before 2.3
+    flash(None)
+    assert resolve_backend("auto", "cuda", "bf16", None) == "sdpa"
+
+
+@pytest.mark.parametrize("version, device, dtype, window, needle", [
+    ((2, 6), "cpu", "bf16", None, "CUDA"),
+    (None, "cuda", "bf16", None, "not installed"),
+    ((2, 6), "cuda", "fp32", None, "bf16"),
+    ((2, 2), "cuda", "bf16", 64, "2.3"),
+])
+def test_explicit_flash_that_cannot_run_is_a_one_line_error(flash, version, device, dtype, window, needle):
+    flash(version)
+    with pytest.raises(AblateError, match=needle) as err:
+        resolve_backend("flash", device, dtype, window)
+    assert "\n" not in str(err.value)
+
+
+def test_explicit_choices_and_unknown_names(flash):
+    flash((2, 6))
+    assert resolve_backend("flash", "cuda", "bf16", 64) == "flash"
+    assert resolve_backend("sdpa", "cuda", "bf16", None) == "sdpa"
+    if "flex" in CPU_BACKENDS:
+        assert resolve_backend("flex", "cpu", "fp32", 8) == "flex"  # allowed: forward only on CPU
+    with pytest.raises(AblateError, match="did you mean 'flash'"):
+        resolve_backend("flsh", "cuda", "bf16", None)
