@@ -1,0 +1,14 @@
+"""The trainer layer: what every grid cell runs (`ablate train RUN_DIR`).
+
+    data.py         corpora -> train.bin / val.bin / meta.json (no torch: the plan imports it)
+    tokenizer.py    GPT-2 BPE (tiktoken, offline) and character level (no torch)
+    trainer.py      train(run_dir): the loop, outcomes, status; main() for `python -m ablate.train`
+    batches.py      deterministic random-offset batches (a pure function of seed, step, micro)
+    checkpoint.py   ckpt.pt (atomic) and model.pt
+    signals.py      preemption: flag on SIGUSR1/SIGUSR2/SIGTERM, Preempted, exit code 75
+    distributed.py  DDP from torchrun / Slurm / submitit environments
+    memory.py       device name, memory counters, bf16 peaks, MFU
+    summary.py      summary.json
+
+Nothing here imports torch at package import time.
+"""

@@ -1,0 +1,81 @@
+"""torch.distributed setup from the environment: torchrun / Slurm env vars, or submitit.
+
+WORLD_SIZE > 1 (RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set by torchrun or the launcher)
+means DDP; under a multi-task submitit job without those, submitit's
+TorchDistributedEnvironment exports them. Backend: nccl on CUDA, gloo on CPU. Rank 0 is the
+only process that writes files.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def _export_submitit_env() -> None:
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+
+        env = TorchDistributedEnvironment()
+        if env.world_size > 1:
+            env.export(set_cuda_visible_devices=False)
+    except Exception:  # not really inside a submitit job: single process
+        pass
+
+
+def env_rank() -> int:
+    """This process's rank as the environment says, before (or without) init."""
+    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            from ablate.errors import AblateError
+
+            raise AblateError("key 'device': cuda requested but torch sees no CUDA device")
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def setup(device_pref: str) -> Dist:
+    _export_submitit_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_pref, local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+    return Dist(rank, local_rank, world, device)
+
+
+def teardown(d: Dist | None) -> None:
+    if d is not None and d.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce(t: torch.Tensor, d: Dist, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    if d.enabled:
+        dist.all_reduce(t, op=op)
+    return t

@@ -1,0 +1,93 @@
+"""summary.json: one flat record per run for the store (DuckDB columns), written atomically.
+
+Keys: state, run_id, grid; params_total / params_embedding / params_non_embedding /
+params_attention (counted on the model); ckpt_bytes (size of model.pt, the final state_dict);
+peak_alloc / peak_reserved / device_capacity (CUDA bytes, None on CPU); tokens_per_s (median
+over logged intervals, warm-up excluded); mfu_causal / mfu_nanogpt (6N + attention, the two
+conventions of estimate.flops_per_token, against the device's bf16 peak; None when unknown);
+final_val_loss, final_train_loss, steps, tokens, train_s (training seconds, evals and
+checkpoints excluded, over all attempts), wall_s (all attempts, everything included);
+attn_backend, device, device_name, world_size, torch_version, ablate_version, git_sha.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+from pathlib import Path
+
+import torch
+
+from ablate import __version__
+from ablate.plan import estimate, rundir
+from ablate.train import memory
+
+
+def git_sha() -> str:
+    """Commit of the ablate checkout (+ '-dirty'), 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=here, capture_output=True, text=True,
+                               timeout=5).stdout.strip()
+        return sha + ("-dirty" if dirty else "") if sha else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def job_fields() -> dict:
+    """Scheduler identity of this process, for status.json."""
+    out = {"host": socket.gethostname(), "pid": os.getpid()}
+    if os.environ.get("SLURM_JOB_ID"):
+        out["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        try:
+            import submitit
+
+            out["job_id"] = str(submitit.JobEnvironment().job_id)
+        except Exception:  # an env var without a real submitit job: nothing to add
+            pass
+    elif out.get("slurm_job_id"):
+        out["job_id"] = out["slurm_job_id"]
+    return out
+
+
+def median_tokens_per_s(records: list[dict], attempt_starts: list[int]) -> float | None:
+    """Median tokens/s over metrics lines, skipping each attempt's warm-up (the first line after
+    a start, and lines within the first WARMUP_STEPS steps: compile, allocator, caches)."""
+    keep, starts = [], sorted(attempt_starts)
+    for prev, r in zip([None] + records[:-1], records):
+        start = max([s for s in starts if s < r["step"]], default=0)
+        first_after_start = prev is None or prev["step"] <= start
+        if r.get("tokens_per_s") and not first_after_start and r["step"] - start > memory.WARMUP_STEPS:
+            keep.append(r["tokens_per_s"])
+    if not keep:  # a run too short to have a steady state: use what there is
+        keep = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
+    return statistics.median(keep) if keep else None
+
+
+def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, train_s: float, wall_s: float,
+          attempt_starts: list[int], ckpt_bytes: int | None, peaks: dict) -> dict:
+    evals = rundir.read_jsonl(run_dir / rundir.EVALS)
+    last = evals[-1] if evals else {}
+    tps = median_tokens_per_s(rundir.read_jsonl(run_dir / rundir.METRICS), attempt_starts)
+    name = memory.device_name(d.device)
+    fpt = estimate.flops_per_token(cfg)
+    counts = model.param_counts()
+    return {
+        "state": state, "run_id": doc.get("run_id"), "grid": doc.get("grid"),
+        **{f"params_{k}": counts.get(k) for k in ("total", "embedding", "non_embedding", "attention")},
+        "ckpt_bytes": ckpt_bytes, **peaks, "device_capacity": memory.capacity(d.device),
+        "tokens_per_s": tps,
+        "mfu_causal": memory.mfu(fpt["causal"], tps, name, d.world_size),
+        "mfu_nanogpt": memory.mfu(fpt["nanogpt"], tps, name, d.world_size),
+        "peak_flops": memory.peak_flops(name),
+        "final_val_loss": last.get("val_loss"), "final_train_loss": last.get("train_loss"),
+        "final_eval_step": last.get("step"),
+        "steps": steps, "tokens": steps * cfg.tokens_per_step, "train_s": train_s, "wall_s": wall_s,
+        "attn_backend": getattr(model, "attn_backend", None), "device": d.device.type, "device_name": name,
+        "world_size": d.world_size, "dtype": cfg.dtype, "compile": cfg.compile,
+        "torch_version": torch.__version__, "ablate_version": __version__,
+        "git_sha": doc.get("git_sha") or git_sha(),
+    }

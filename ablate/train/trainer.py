@@ -1,0 +1,370 @@
+"""The trainer every grid cell runs: `train(run_dir)`.
+
+    config.json -> data (prepared once) -> model + AdamW -> [resume from ckpt.pt] -> loop -> summary
+
+The loop, per optimizer step: grad_accum micro-batches (split over DDP ranks), clip, AdamW
+step, nGPT's post-step normalize_(); then, as due, a metrics line, an eval, a checkpoint.
+A step's records are written before its checkpoint, so resuming from step s keeps every
+record with step <= s and drops the rest: curves are unbroken and never duplicated.
+
+Outcomes (status.json "state", and what train() does):
+  done      trained max_iters steps; summary.json, model.pt, final ckpt.pt written; returns "done"
+  diverged  logged or eval loss NaN/inf or > diverge_loss: stops, keeps logs; returns "diverged"
+  oom       CUDA out of memory: records the step and memory; returns "oom"
+  failed    any other exception: the traceback's last lines in "error"; re-raises
+  pending   a signal (SIGUSR1/SIGUSR2/SIGTERM): checkpoint saved, note "preempted"; raises Preempted
+  cancelled as pending, when `ablate cancel` had marked the run meanwhile; raises Preempted
+`python -m ablate.train RUN_DIR` maps these to exit codes 0 / 0 / 0 / 1 / 75 / 75.
+Only rank 0 writes files. Nothing happens at import time.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ablate.errors import AblateError
+from ablate.plan import rundir
+from ablate.plan.config import RunConfig, make_config, resolve
+from ablate.train import checkpoint, data, distributed, memory, summary
+from ablate.train.batches import Batches
+from ablate.train.distributed import Dist
+from ablate.train.signals import EXIT_PREEMPTED, Preempted, StopFlag
+
+__all__ = ["train", "main", "lr_at", "Preempted", "EXIT_PREEMPTED"]
+HEARTBEAT_S = 60.0  # status.json heartbeat at least this often, whatever log_interval is
+
+
+def lr_at(it: int, cfg: RunConfig) -> float:
+    """LR for the update at 0-based step `it`: linear warmup, then cosine to min_lr (nanoGPT).
+    With no warmup (nGPT) lr(0) = lr."""
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= cfg.lr_decay_iters:
+        return cfg.min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
+    groups = model.optimizer_groups(cfg.weight_decay)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def load_config(run_dir: Path) -> tuple[RunConfig, dict]:
+    """The run's RunConfig (unresolved) and the whole config.json document."""
+    doc = rundir.read_json(run_dir / rundir.CONFIG)
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise AblateError(f"{run_dir / rundir.CONFIG} is missing, unreadable or has no 'config' mapping")
+    return make_config(doc["config"]), doc
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+class Trainer:
+    """One attempt at one run: built from the run dir, resumed from ckpt.pt when there is one."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, doc: dict, d: Dist, stop: StopFlag):
+        from ablate.model import build_model  # the model layer, imported when a run starts
+
+        self.run_dir, self.doc, self.d, self.stop = run_dir, doc, d, stop
+        data_path = data.prepare(cfg.dataset, cfg.tokenizer)  # a file lock makes ranks / cells wait
+        self.cfg = cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+        if cfg.grad_accum % d.world_size:
+            raise AblateError(f"key 'grad_accum': {cfg.grad_accum} is not divisible by the {d.world_size} processes")
+        self.micro = cfg.grad_accum // d.world_size
+        if d.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")
+
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        torch.manual_seed(cfg.seed)  # the init is a function of the seed alone
+        self.raw = build_model(cfg, d.device.type).to(d.device)
+        self.optimizer = build_optimizer(self.raw, cfg, d.device)
+        self.raw.normalize_()
+        self.step, self.train_s, self.wall_s, self.attempt_starts = 0, 0.0, 0.0, []
+        self._resume()
+        self.attempt_starts.append(self.step)
+        self.lr = lr_at(self.step, cfg)
+
+        self.fwd = torch.compile(self.raw) if cfg.compile else self.raw
+        self.model = self.fwd
+        if d.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.fwd, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        self.batches = Batches(data_path, cfg.context, cfg.batch_size, cfg.seed, d.device)
+        self.autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if cfg.dtype == "bf16" \
+            else contextlib.nullcontext
+
+    # ---- resume / checkpoint
+    def _resume(self) -> None:
+        ckpt = self.run_dir / rundir.CKPT
+        if ckpt.exists():
+            saved = checkpoint.read_checkpoint(ckpt)
+            if saved.get("run_id") not in (None, self.cfg.run_id()):
+                raise AblateError(f"{ckpt} belongs to another config (run_id {saved['run_id']}, this one is "
+                                  f"{self.cfg.run_id()}): delete it to start over")
+            state = checkpoint.restore(saved, self.raw, self.optimizer)
+            self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
+            self.attempt_starts = list(state["attempt_starts"])
+        if self.d.is_main:
+            checkpoint.remove_stale_temps(self.run_dir)
+            for name in (rundir.METRICS, rundir.EVALS):  # without a checkpoint: start both logs over
+                rundir.truncate_jsonl_after(self.run_dir / name, "step", self.step if ckpt.exists() else -1)
+            if ckpt.exists():
+                self.log(f"resumed from {ckpt} at step {self.step}")
+
+    def save(self) -> None:
+        t0 = self._sync_time()
+        if self.d.is_main:
+            checkpoint.save_checkpoint(
+                self.run_dir / rundir.CKPT, self.raw, self.optimizer, self.step,
+                data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
+                train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
+                run_id=self.cfg.run_id())
+        if self.d.enabled:
+            torch.distributed.barrier()
+        self._excluded += time.perf_counter() - t0
+
+    # ---- clocks: training seconds exclude evals and checkpoints
+    def _sync_time(self) -> float:
+        if self.d.device.type == "cuda":
+            torch.cuda.synchronize(self.d.device)
+        return time.perf_counter()
+
+    def _train_s(self) -> float:
+        return self.train_s + (time.perf_counter() - self._t_start) - self._excluded
+
+    def _wall_s(self) -> float:
+        return self.wall_s + (time.perf_counter() - self._t_start)
+
+    # ---- one optimizer step
+    def train_step(self) -> torch.Tensor:
+        lr = lr_at(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        first = self.d.rank * self.micro
+        total = torch.zeros((), device=self.d.device)
+        for i in range(self.micro):
+            x, y = self.batches.train(self.step, first + i)
+            # DDP all-reduces gradients on the last micro-batch only
+            sync = self.model.no_sync() if self.d.enabled and i < self.micro - 1 else contextlib.nullcontext()
+            with sync:
+                with self.autocast():
+                    _, loss = self.model(x, y)
+                (loss / self.micro).backward()
+            total += loss.detach().float()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.raw.normalize_()  # nGPT: back onto the hypersphere after every step (GPT: no-op)
+        self.step += 1
+        self.lr = lr
+        return total / self.micro
+
+    def _mean(self, t: torch.Tensor) -> float:
+        return distributed.all_reduce(t.clone(), self.d).item() / self.d.world_size
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        t0 = self._sync_time()
+        self.fwd.eval()
+        out = {}
+        for split in ("val", "train"):
+            total = torch.zeros((), device=self.d.device)
+            for i in range(self.d.rank, self.cfg.eval_iters, self.d.world_size):  # fixed batches, split over ranks
+                x, y = self.batches.eval(split, i)
+                with self.autocast():
+                    _, loss = self.fwd(x, y)
+                total += loss.float()
+            out[split] = distributed.all_reduce(total, self.d).item() / self.cfg.eval_iters
+        self.fwd.train()
+        self._excluded += self._sync_time() - t0
+        rec = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "elapsed": self._train_s(),
+               "val_loss": _finite(out["val"]), "train_loss": _finite(out["train"])}
+        if self.d.is_main:
+            rundir.append_jsonl(self.run_dir / rundir.EVALS, rec)
+            self.log(f"eval step {self.step}: val {out['val']:.4f} train {out['train']:.4f}")
+        return rec
+
+    def log_metrics(self, loss: float) -> None:
+        now = self._sync_time()
+        steps = self.step - self._last_step
+        seconds = max(1e-9, now - self._last_t - (self._excluded - self._last_excluded))
+        self._last_step, self._last_t, self._last_excluded = self.step, now, self._excluded
+        tps = steps * self.cfg.tokens_per_step / seconds
+        alloc, peak = memory.current(self.d.device)
+        rec = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "loss": _finite(loss), "lr": self.lr,
+               "step_time": seconds / steps, "tokens_per_s": tps, "mem_alloc": alloc, "mem_peak": peak}
+        if self.d.is_main:
+            rundir.append_jsonl(self.run_dir / rundir.METRICS, rec)
+            self._beat()
+            self.log(f"step {self.step}/{self.cfg.max_iters} loss {loss:.4f} lr {self.lr:.2e} {tps:,.0f} tok/s "
+                     f"{1000 * seconds / steps:.1f} ms/step")
+
+    def _beat(self) -> None:
+        self._last_beat = time.time()
+        rundir.update_status(self.run_dir, heartbeat=self._last_beat, step=self.step)
+
+    def log(self, msg: str) -> None:
+        if self.d.is_main:
+            print(f"[{self.doc.get('run_id') or self.run_dir.name}] {msg}", file=sys.stderr, flush=True)
+
+    def _diverged(self, loss: float | None) -> bool:
+        return loss is None or not math.isfinite(loss) or loss > self.cfg.diverge_loss
+
+    def _stop_requested(self) -> bool:
+        flag = torch.tensor(1.0 if self.stop.signum is not None else 0.0, device=self.d.device)
+        return distributed.all_reduce(flag, self.d, torch.distributed.ReduceOp.MAX).item() > 0 if self.d.enabled \
+            else self.stop.signum is not None
+
+    # ---- the loop
+    def fit(self) -> str:
+        cfg = self.cfg
+        self._t_start = self._last_t = time.perf_counter()
+        self._excluded = self._last_excluded = 0.0
+        self._last_step, self._last_beat = self.step, time.time()
+        if self.step == 0 and self._diverged(self.evaluate()["val_loss"]):
+            return self.finish("diverged", f"val loss {self._last_eval_text()} at init")
+        while self.step < cfg.max_iters:
+            loss = self.train_step()
+            last = self.step == cfg.max_iters
+            if self.step == self.attempt_starts[-1] + memory.WARMUP_STEPS:
+                memory.reset_peaks(self.d.device)
+            if self.step % cfg.log_interval == 0 or last:
+                value = self._mean(loss)
+                self.log_metrics(value)
+                if self._diverged(value):
+                    return self.finish("diverged", f"train loss {value} at step {self.step} (limit {cfg.diverge_loss})")
+            if self.step % cfg.eval_interval == 0 or last:
+                rec = self.evaluate()
+                if self._diverged(rec["val_loss"]):
+                    return self.finish("diverged", f"val loss {rec['val_loss']} at step {self.step}")
+            if self.d.is_main and time.time() - self._last_beat > HEARTBEAT_S:  # slow steps, rare logs
+                self._beat()
+            if self._stop_requested() and not last:
+                self.save()
+                self.preempt()
+            if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or last:
+                self.save()
+        return self.finish("done")
+
+    def _last_eval_text(self) -> str:
+        evals = rundir.read_jsonl(self.run_dir / rundir.EVALS)
+        return str(evals[-1]["val_loss"]) if evals else "?"
+
+    def preempt(self) -> None:
+        signum = self.stop.signum or 15
+        state = "pending"
+        if self.d.is_main:
+            if rundir.read_status(self.run_dir).get("state") == "cancelled":  # `ablate cancel` sent the signal
+                state = "cancelled"
+            rundir.update_status(self.run_dir, state=state, note="preempted" if state == "pending" else "cancelled",
+                                 ckpt_step=self.step, ended=time.time() if state == "cancelled" else None)
+        self.log(f"signal {signum}: checkpoint saved at step {self.step}, state {state}")
+        self.stop.chain_previous()  # submitit's checkpoint-and-requeue handler, when there is one
+        raise Preempted(self.step, signum, state)
+
+    def finish(self, state: str, error: str | None = None) -> str:
+        ckpt_bytes = None
+        if self.d.is_main:
+            if state == "done":
+                ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", self.raw)
+            rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
+                                train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
+                                ckpt_bytes=ckpt_bytes, peaks=memory.peaks(self.d.device))
+            rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
+            rundir.update_status(self.run_dir, state=state, ended=time.time(), step=self.step, error=error)
+            self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))
+        return state
+
+
+def _error_text(e: BaseException, lines: int = 15) -> str:
+    tail = "".join(traceback.format_exception(e)).rstrip().splitlines()[-lines:]
+    return "\n".join(tail)[-3000:]
+
+
+def _start_status(run_dir: Path, d: Dist | None) -> None:
+    prev = rundir.read_status(run_dir)
+    now = time.time()
+    fields = dict(state="running", attempts=int(prev.get("attempts") or 0) + 1, started=now, heartbeat=now, ended=None,
+                  error=None, note=None, **summary.job_fields())
+    if d is not None:
+        fields.update(device=str(d.device), device_name=memory.device_name(d.device), world_size=d.world_size)
+    rundir.update_status(run_dir, **fields)
+
+
+def train(run_dir) -> str:
+    """Train (or resume) the run in run_dir; returns the final state. See the module docstring."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AblateError(f"run dir {run_dir} does not exist")
+    is_main = distributed.env_rank() == 0
+    d, trainer = None, None
+    with StopFlag() as stop:
+        try:
+            cfg, doc = load_config(run_dir)
+            d = distributed.setup(cfg.device)
+            if is_main:
+                _start_status(run_dir, d)
+            trainer = Trainer(run_dir, cfg, doc, d, stop)
+            return trainer.fit()
+        except Preempted:
+            raise
+        except torch.OutOfMemoryError as e:  # a result (this config does not fit), not a failure
+            step = trainer.step if trainer is not None else 0
+            err = f"out of memory at step {step}: {str(e).splitlines()[0][:300]}"
+            if is_main:
+                rundir.update_status(run_dir, oom_step=step, oom_peak_alloc=memory.peaks(d.device)["peak_alloc"],
+                                     oom_capacity=memory.capacity(d.device))
+            if trainer is None or not hasattr(trainer, "_t_start"):  # while building: no summary to write
+                if is_main:
+                    rundir.update_status(run_dir, state="oom", ended=time.time(), error=err)
+                return "oom"
+            trainer.optimizer.zero_grad(set_to_none=True)
+            return trainer.finish("oom", err)
+        except KeyboardInterrupt:
+            if is_main:
+                rundir.update_status(run_dir, state="cancelled", ended=time.time(), error="KeyboardInterrupt")
+            raise
+        except Exception as e:
+            if is_main:
+                rundir.update_status(run_dir, state="failed", ended=time.time(), error=_error_text(e))
+            raise
+        finally:
+            distributed.teardown(d)
+
+
+def main(argv=None) -> int:
+    """`python -m ablate.train RUN_DIR`: exit 0 done/diverged/oom, 75 preempted, 2 config error, 1 failure."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m ablate.train", description="train (or resume) one run dir")
+    p.add_argument("run_dir")
+    args = p.parse_args(argv)
+    try:
+        state = train(args.run_dir)
+    except Preempted as e:
+        print(f"ablate train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except AblateError as e:
+        print(f"ablate train: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        traceback.print_exc()
+        return 1
+    print(f"ablate train: {state}", file=sys.stderr)
+    return 0

@@ -1,0 +1,56 @@
+"""DDP: two gloo processes on CPU compute the same run as one process with the same global batch."""
+import socket
+
+import pytest
+
+from ablate.plan import rundir
+from ablate.train.trainer import train
+from train_helpers import log_of, read_lines, train_subprocess
+
+CFG = dict(max_iters=20, grad_accum=2, eval_interval=10, eval_iters=4, log_interval=5, ckpt_interval=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(run_dir, world: int):
+    port = str(_free_port())
+    return [train_subprocess(run_dir, log_name=f"rank{r}", env={
+        "WORLD_SIZE": str(world), "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
+        for r in range(world)]
+
+
+@pytest.mark.parametrize("arch", ["gpt", "ngpt"])
+def test_two_gloo_processes_equal_one_process(make_run, arch):
+    single = make_run("single", arch=arch, **CFG)
+    assert train(single) == "done"
+    ddp = make_run("ddp", arch=arch, **CFG)
+    procs = _launch(ddp, 2)
+    for r, p in enumerate(procs):
+        assert p.wait(timeout=180) == 0, log_of(ddp, f"rank{r}")
+    assert "step 20/20" in log_of(ddp, "rank0") and "step 20/20" not in log_of(ddp, "rank1")  # rank 0 reports
+
+    e1, e2 = read_lines(single / rundir.EVALS), read_lines(ddp / rundir.EVALS)
+    assert [e["step"] for e in e2] == [0, 10, 20]
+    for a, b in zip(e1, e2):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-6)
+        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=2e-6)
+    m1, m2 = read_lines(single / rundir.METRICS), read_lines(ddp / rundir.METRICS)
+    assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1] == [s * 2 * 8 * 32 for s in (5, 10, 15, 20)]
+    for a, b in zip(m1, m2):
+        assert b["loss"] == pytest.approx(a["loss"], abs=2e-6)
+    assert e2[-1]["val_loss"] < e2[0]["val_loss"] - 0.3  # it learned (in step with the single process)
+    status = rundir.read_status(ddp)
+    assert (status["state"], status["attempts"], status["world_size"]) == ("done", 1, 2)
+    assert rundir.read_json(ddp / rundir.SUMMARY)["world_size"] == 2
+
+
+def test_grad_accum_must_divide_over_processes(make_run):
+    run_dir = make_run("odd", max_iters=4, grad_accum=3)
+    procs = _launch(run_dir, 2)
+    assert [p.wait(timeout=180) for p in procs] == [2, 2]
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed" and "grad_accum': 3 is not divisible by the 2 processes" in status["error"]
