@@ -55,7 +55,8 @@ def cmd_submit(args) -> int:
 
     grid = _grid(args)
     submit(grid, _cells(grid, args), executor=args.executor or default_executor(), retry=_retry(args.retry),
-           force=args.force, jobs=args.jobs, wait=not args.no_wait)
+           force=args.force, jobs=args.jobs, gpus=args.gpus, array_parallelism=args.array_parallelism,
+           wait=True if args.verb == "run" else args.wait, detach=args.detach and args.verb != "run")
     return 0
 
 
@@ -156,10 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     def submit_args(s):
         s.add_argument("--executor", choices=("local", "slurm", "debug"), help="default: slurm if sbatch is on PATH, else local")
-        s.add_argument("--retry", nargs="?", const="all", metavar="STATES", help="re-run failed cells (e.g. failed,oom)")
-        s.add_argument("--force", action="store_true", help="retrain cells even if done")
-        s.add_argument("--jobs", type=int, default=1, help="concurrent local jobs")
-        s.add_argument("--no-wait", action="store_true", help="return once submitted")
+        s.add_argument("--retry", nargs="?", const="all", metavar="STATES",
+                       help="also re-run failed / diverged / oom / cancelled cells (all, or e.g. failed,oom)")
+        s.add_argument("--force", action="store_true", help="retrain cells even if done (deletes their results)")
+        s.add_argument("--jobs", type=int, metavar="N", help="local: concurrent jobs on a CPU-only machine (cores divided)")
+        s.add_argument("--gpus", metavar="IDS", help="local: GPUs to use, e.g. 0,1,2,3 (default: all visible)")
+        s.add_argument("--array-parallelism", type=int, metavar="N", help="slurm: at most N tasks of an array at once")
+        s.add_argument("--wait", action="store_true", help="slurm: show progress until every cell has ended")
+        s.add_argument("--detach", action="store_true", help="local: return at once, the cells keep running")
 
     submit_args(grid_cmd("submit", cmd_submit, "run every cell that is not done"))
     s = grid_cmd("report", cmd_report, "ingest run dirs into DuckDB and write reports/<grid>/")
@@ -168,10 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="do not print summary.md")
     submit_args(grid_cmd("run", cmd_run, "plan + submit + wait + report"))
 
-    s = sub.add_parser("status", help="states of a grid's cells")
-    s.add_argument("grid", nargs="?")
+    s = sub.add_parser("status", help="states of a grid's cells, checked against the scheduler")
+    s.add_argument("grid", nargs="?", help="grid YAML file (default: every run under the runs dir)")
     s.set_defaults(fn=cmd_status)
-    grid_cmd("cancel", cmd_cancel, "cancel queued/running cells")
+    grid_cmd("cancel", cmd_cancel, "cancel queued/running cells (running ones save a checkpoint)")
     s = sub.add_parser("train", help="train one run dir (what every job runs)")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_train)

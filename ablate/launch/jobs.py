@@ -1,22 +1,49 @@
-"""The one thing every job runs: `train(run_dir)`, wrapped so submitit can requeue it.
+"""The one thing every job runs: `train(run_dir)`, wrapped so that submitit can requeue it.
 
-The callable holds only the run directory: on requeue submitit pickles it again and the
-trainer resumes from the run dir's latest checkpoint, never from state baked into the pickle.
+Preemption and time limits, step by step (Slurm sends SIGUSR2 `signal_delay_s` before the limit):
+  1. submitit installed its handler for SIGUSR2 (checkpoint_and_try_requeue) before calling us;
+  2. the trainer's StopFlag (ablate.train.signals) replaces it with a flag for the length of
+     train(), remembering the old handler;
+  3. at the next step boundary the trainer saves ckpt.pt, writes status "pending" (note
+     "preempted") and calls the remembered handler (`StopFlag.chain_previous`);
+  4. submitit's handler calls CellJob.checkpoint() below, pickles what it returns and runs
+     `scontrol requeue` (up to max_requeue time-outs; preemptions are not counted), then exits;
+  5. the requeued job unpickles a CellJob that holds nothing but the run dir, and train()
+     resumes from run_dir/ckpt.pt. Nothing about the model is ever baked into the pickle.
+A SIGTERM (scancel, `ablate cancel`, a local stop) also saves, but is not requeued.
 """
 from __future__ import annotations
 
+import os
+
 import submitit
+
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    def __init__(self, run_dir: str):
+    """`ablate train RUN_DIR` as a picklable callable: run_dir, and the CPU threads it may use."""
+
+    def __init__(self, run_dir: str, threads: int | None = None):
         self.run_dir = str(run_dir)
+        self.threads = threads
 
-    def __call__(self):
-        from ablate.train.trainer import train  # torch is imported on the compute node only
+    def __call__(self) -> str:
+        if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
+            for var in THREAD_VARS:
+                os.environ[var] = str(self.threads)
+        from ablate.train.trainer import train  # torch is imported in the job only
 
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
         return train(self.run_dir)
 
-    def checkpoint(self, *args, **kwargs):
-        # The trainer saves ckpt.pt from its own signal handler; requeue the same run dir.
-        return submitit.helpers.DelayedSubmission(CellJob(self.run_dir))
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        # The trainer has already saved ckpt.pt (it calls submitit's handler after saving);
+        # requeue a fresh job for the same run dir, which resumes from that checkpoint.
+        return submitit.helpers.DelayedSubmission(CellJob(self.run_dir, self.threads))
+
+    def __repr__(self) -> str:
+        return f"CellJob({self.run_dir!r})"

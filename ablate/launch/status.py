@@ -1,52 +1,200 @@
-"""`ablate status` and `ablate cancel`: what the run dirs (and the scheduler) say."""
+"""`ablate status`, `ablate cancel` and the progress view of `submit --wait` / local submit.
+
+Every view starts from `scheduler.reconcile`: status.json corrected by squeue / sacct / the
+local pids, so a job that died without a word shows as failed with its scheduler state
+(TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, CANCELLED...), and `status` records that in status.json.
+"""
 from __future__ import annotations
 
 import collections
+import math
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
+from ablate.launch import scheduler
 from ablate.plan import rundir
 from ablate.plan.grid import Grid, runs_root
 
+SHOWN = ("queued", "running", "pending", "failed", "diverged", "oom", "cancelled")
+ORDER = ("running", "queued", "pending", "failed", "oom", "diverged", "cancelled", "done", "new")
 
-def _rows(grid: Grid | None):
+
+class _RunDir:
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.run_id = run_dir, run_dir.name
+
+
+def _cells(grid: Grid | None) -> list:
     if grid is not None:
-        return [(c.run_id, c.run_dir) for c in grid.cells]
-    root = runs_root()
-    return [(p.name, p) for p in sorted(root.glob("*/*")) if (p / rundir.CONFIG).exists()]
+        return list(grid.cells)
+    return [_RunDir(p) for p in sorted(runs_root().glob("*/*")) if (p / rundir.CONFIG).exists()]
+
+
+def _last_metrics(run_dir) -> dict:
+    """The last metrics line, read from the end of the file (it can be long)."""
+    path = Path(run_dir) / rundir.METRICS
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4096))
+            lines = f.read().decode(errors="replace").splitlines(keepends=True)
+    except OSError:
+        return {}
+    import json
+
+    for line in reversed(lines):
+        if line.endswith("\n"):
+            try:
+                return json.loads(line)
+            except json.JSONDecodeError:
+                continue
+    return {}
+
+
+def _max_iters(run_dir) -> object:
+    doc = rundir.read_json(Path(run_dir) / rundir.CONFIG) or {}
+    return (doc.get("config") or {}).get("max_iters", "?")
+
+
+def _elapsed(s: dict) -> str:
+    start = s.get("started")
+    if not start:
+        return "-"
+    end = s.get("ended") if s.get("state") not in ("running", "queued") else None
+    secs = max(0, (end or time.time()) - start)
+    return f"{int(secs // 3600)}:{int(secs % 3600 // 60):02d}:{int(secs % 60):02d}"
+
+
+def last_error_line(s: dict) -> str:
+    err = (s.get("error") or "").strip().splitlines()
+    if err:
+        return err[-1].strip()
+    path = s.get("stderr")  # nothing recorded: the job's own stderr, when the scheduler killed it
+    if path and s.get("state") in ("failed", "cancelled"):
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 2048))
+                lines = [l for l in f.read().decode(errors="replace").splitlines() if l.strip()]
+            return lines[-1].strip() if lines else ""
+        except OSError:
+            return ""
+    return ""
+
+
+def _fmt(x, spec: str, dash: str = "-") -> str:
+    return format(x, spec) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)) else dash
+
+
+def table(cells: list[scheduler.Cell], states=SHOWN, width: int = 160) -> list[str]:
+    rows = []
+    for c in sorted(cells, key=lambda c: (ORDER.index(c.state) if c.state in ORDER else 99, c.run_id)):
+        if c.state not in states:
+            continue
+        s, m = c.status, _last_metrics(c.run_dir)
+        step = s.get("step", m.get("step"))
+        job = s.get("job_id") or (c.job.job_id if c.job else "-")
+        sched = "" if c.job is None or c.job.state in ("ALIVE", "GONE") else c.job.state
+        note = c.note if c.note and c.state not in ("failed", "cancelled") else ""
+        tail = last_error_line({**s, "state": c.state}) if c.state in ("failed", "oom", "diverged", "cancelled") \
+            else note
+        if c.state in ("failed", "cancelled") and c.note and c.note not in tail and not s.get("error"):
+            tail = f"{c.note}; {tail}" if tail else c.note
+        rows.append(f"{c.run_id:<12} {c.state:<9} {_fmt(step, 'd'):>7}/{_max_iters(c.run_dir)!s:<7} "
+                    f"{_fmt(m.get('loss'), '.3f'):>7} {_fmt(m.get('tokens_per_s'), ',.0f'):>9} "
+                    f"{_elapsed(s):>8} {job:<12} {sched:<10} {tail}"[:width])
+    if not rows:
+        return []
+    head = f"{'run_id':<12} {'state':<9} {'step':>7}/{'max':<7} {'loss':>7} {'tok/s':>9} {'elapsed':>8} " \
+           f"{'job':<12} {'scheduler':<10} note / last error"
+    return [head, *rows]
+
+
+def counts_line(cells: list[scheduler.Cell]) -> str:
+    counts = collections.Counter(c.state for c in cells)
+    return ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]) or "no runs"
 
 
 def status_report(grid: Grid | None) -> str:
-    counts = collections.Counter()
-    lines = []
-    for rid, run_dir in _rows(grid):
-        st = rundir.read_status(run_dir)
-        state = st.get("state", "new")
-        counts[state] += 1
-        if state in ("running", "queued", "failed", "oom", "diverged", "cancelled"):
-            m = (rundir.read_jsonl(run_dir / rundir.METRICS)[-1:] or [{}])[0]
-            age = time.time() - st.get("heartbeat", st.get("updated", time.time()))
-            err = (st.get("error") or "").strip().splitlines()[-1:] or [""]
-            lines.append(f"{rid}  {state:<9} step {m.get('step', '-')!s:>6}  loss {m.get('loss', float('nan')):.3f}  "
-                         f"{m.get('tokens_per_s') or 0:>9,.0f} tok/s  job {st.get('job_id', '-')}  "
-                         f"heartbeat {age:.0f}s ago  {err[0][:120]}")
-    head = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no runs"
-    return "\n".join([head, *lines])
+    """Counts per state, then a table of the active and failed cells."""
+    cells = scheduler.reconcile(_cells(grid))
+    scheduler.record_lost(cells)
+    lines = [f"grid {grid.name}: {counts_line(cells)}" if grid is not None else counts_line(cells)]
+    if any(c.job is not None and c.job.active is None for c in cells):
+        lines.append("warning: the scheduler did not answer (squeue failed): states are as the run dirs last said")
+    return "\n".join(lines + table(cells))
 
 
 def cancel(grid: Grid, cells) -> list[str]:
-    out = []
-    for cell in cells:
-        st = rundir.read_status(cell.run_dir)
-        if st.get("state") not in ("queued", "running", "pending"):
+    """Cancel the queued / running cells among `cells`: mark them cancelled, then signal the jobs
+    (scancel; SIGTERM to local jobs). A running trainer saves a checkpoint and keeps 'cancelled'."""
+    out, slurm_ids = [], []
+    for c in scheduler.reconcile(cells):
+        if not (c.active or c.status.get("state") in scheduler.WORKING):
             continue
-        job = st.get("job_id")
-        if st.get("executor") == "local" and job and job.isdigit():
+        s = c.status
+        rundir.update_status(c.run_dir, state="cancelled", note="cancelled by ablate cancel", ended=time.time())
+        job = s.get("job_id")
+        if s.get("executor") == "slurm" and job:
+            slurm_ids.append(job)
+        elif s.get("executor") == "local" and job and str(job).isdigit() and scheduler.pid_alive(job):
             try:
-                os.kill(int(job), signal.SIGTERM)
+                os.kill(int(job), signal.SIGTERM)  # the submitit controller forwards it to the trainer
             except ProcessLookupError:
                 pass
-        rundir.update_status(cell.run_dir, state="cancelled")
-        out.append(f"cancelled {cell.run_id} (job {job})")
+        out.append(f"cancelled {c.run_id} (was {c.state}, {s.get('executor')} job {job or '-'})")
+    if slurm_ids:
+        r = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, timeout=60)
+        if r.returncode != 0:
+            out.append(f"warning: scancel: {r.stderr.strip()}")
     return out or ["nothing to cancel"]
+
+
+def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> list[scheduler.Cell]:
+    """Show progress until no cell is queued or running (and the local runner, if any, has exited).
+    A terminal gets a table redrawn in place; a log gets a line whenever the counts change.
+    Ctrl-C: a local runner is asked to stop its jobs (they checkpoint); Slurm jobs keep running."""
+    tty = sys.stdout.isatty() and echo is print
+    last, last_print, drawn = None, 0.0, 0
+    try:
+        while True:
+            views = scheduler.reconcile(cells)
+            active = [v for v in views if v.active or (v.state in scheduler.WORKING and v.job is None)]
+            runner_alive = runner is not None and runner.poll() is None
+            line = counts_line(views)
+            if tty:
+                text = [f"grid {grid.name}: {line}", *table(views, states=("running", "queued", "failed"))]
+                sys.stdout.write(("\x1b[F\x1b[2K" * drawn) + "\n".join(text) + "\n")
+                sys.stdout.flush()
+                drawn = len(text)
+            elif line != last or time.time() - last_print > 60:
+                running = [v for v in views if v.state == "running"]
+                extra = "; ".join(f"{v.run_id} step {v.status.get('step', 0)}" for v in running[:4])
+                echo(f"[{time.strftime('%H:%M:%S')}] {line}" + (f" ({extra})" if extra else ""))
+                last, last_print = line, time.time()
+            if not active and not runner_alive:
+                break
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        if runner is not None:
+            from ablate.launch.local import stop_runner
+
+            stop_runner(runner, echo=echo)
+        else:
+            echo("stopped watching; the jobs keep running (`ablate cancel` stops them)")
+        raise
+    scheduler.record_lost(views)
+    views = scheduler.reconcile(cells)
+    for line in table(views, states=("failed", "oom", "diverged", "cancelled", "pending")):
+        echo(line)
+    done = [v for v in views if v.state == "done"]
+    for v in done[:20]:
+        summary = rundir.read_json(Path(v.run_dir) / rundir.SUMMARY) or {}
+        loss = summary.get("final_val_loss")
+        echo(f"{v.run_id}: done" + (f", final val loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
+    echo(f"grid {grid.name}: {counts_line(views)}")
+    return views

@@ -1,19 +1,32 @@
-"""`ablate submit`: write run dirs for the cells that need running and hand them to submitit.
+"""`ablate submit`: decide which cells run, write their run dirs, hand them to an executor.
 
-Which cells run: new ones; failed / diverged / oom / cancelled only with --retry; everything
-with --force; a cell already queued or running never twice. Local runs are throttled to
-`jobs` concurrent cells (one on a CPU-only machine) and show progress until done.
+Which cells run (`select_cells`), decided on the reconciled state (scheduler.reconcile), so a
+job that died without writing its state counts as failed and a live job is never doubled:
+
+    new, pending (preempted / never started)   run
+    failed, diverged, oom, cancelled           only with --retry (all) or --retry failed,oom
+    done                                       only with --force (which also deletes its files)
+    queued / running (a live job owns it)      never, whatever the flags
+
+--retry resumes from the cell's checkpoint when it has one; --force starts over. A per-grid
+lock makes two concurrent `ablate submit` of one grid take turns.
+
+Executors: slurm (job arrays, returns at once; --wait to follow), local (a runner with one job
+per GPU slot or CPU share; shows progress, --detach to return), debug (in-process).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from ablate import __version__
 from ablate.errors import AblateError
+from ablate.launch import resources as res
+from ablate.launch import scheduler
 from ablate.plan import rundir
 from ablate.plan.grid import Cell, Grid
 
@@ -41,19 +54,29 @@ def write_config(grid: Grid, cell: Cell, sha: str) -> None:
         "grid_file": str(grid.path), "resources": grid.resources.__dict__})
 
 
-def select_cells(grid: Grid, cells, retry=(), force=False) -> tuple[list, dict]:
-    """(cells to run, {cell run_id: reason skipped})."""
+def parse_retry(retry) -> tuple:
+    retry = tuple(retry or ())
+    bad = [s for s in retry if s not in rundir.RETRYABLE and s != "all"]
+    if bad:
+        raise AblateError(f"--retry {','.join(bad)}: not a retryable state; allowed: all, {', '.join(rundir.RETRYABLE)}")
+    return retry
+
+
+def select_cells(views: list[scheduler.Cell], retry=(), force=False) -> tuple[list[str], dict[str, str]]:
+    """(run_ids to run, {run_id: why skipped}) from reconciled cells."""
     run, skipped = [], {}
-    for cell in cells:
-        state = rundir.state_of(cell.run_dir)
-        if force and state not in ("queued", "running"):
-            run.append(cell)
-        elif state in ("new", "pending"):
-            run.append(cell)
-        elif state in rundir.RETRYABLE and (state in retry or "all" in retry):
-            run.append(cell)
+    for v in views:
+        if v.active:
+            job = v.job.job_id if v.job else "?"
+            skipped[v.run_id] = f"{v.state} (job {job}{', ' + v.note if v.note else ''}): never submitted twice"
+        elif force or v.state in ("new", "pending"):
+            run.append(v.run_id)
+        elif v.state in rundir.RETRYABLE and (v.state in retry or "all" in retry):
+            run.append(v.run_id)
+        elif v.state in rundir.RETRYABLE:
+            skipped[v.run_id] = f"{v.state} (use --retry to run it again)"
         else:
-            skipped[cell.run_id] = state
+            skipped[v.run_id] = f"{v.state}" + (" (use --force to retrain)" if v.state == "done" else "")
     return run, skipped
 
 
@@ -61,22 +84,6 @@ def reset_run_dir(run_dir: Path) -> None:
     """--force: start over (keeps config.json)."""
     for name in (rundir.STATUS, rundir.METRICS, rundir.EVALS, rundir.SUMMARY, rundir.CKPT, "model.pt"):
         (run_dir / name).unlink(missing_ok=True)
-
-
-def make_executor(kind: str, folder: Path, grid: Grid, gpus_visible=None):
-    import submitit
-
-    r = grid.resources
-    if kind == "debug":
-        return submitit.DebugExecutor(folder=str(folder))
-    if kind == "local":
-        ex = submitit.LocalExecutor(folder=str(folder))
-        params = dict(timeout_min=max(r.time_min, 1), gpus_per_node=r.gpus)
-        if gpus_visible:
-            params["visible_gpus"] = list(gpus_visible)
-        ex.update_parameters(**params)
-        return ex
-    raise AblateError(f"executor '{kind}' is not available here; allowed: {', '.join(EXECUTORS)}")
 
 
 def prepare_data(cells) -> None:
@@ -87,75 +94,99 @@ def prepare_data(cells) -> None:
         prepare(*key)
 
 
-def submit(grid: Grid, cells, executor: str = "local", retry=(), force=False, jobs: int = 1,
-           wait: bool = True, echo=print) -> list[Cell]:
-    """Submit the cells that need running; with wait, block (showing progress) until they end."""
+@contextlib.contextmanager
+def grid_lock(grid: Grid):
+    """One `ablate submit` per grid at a time (check-then-submit must not interleave)."""
+    grid.runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(grid.runs_dir / ".submit.lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AblateError(f"another `ablate submit` of grid {grid.name} is running; try again when it has "
+                              f"returned") from None
+        yield
+
+
+def submission_folder(grid: Grid) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = grid.runs_dir.resolve() / ".submitit"
+    for n in range(1000):
+        folder = base / (stamp if n == 0 else f"{stamp}-{n}")
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            return folder
+    raise AblateError(f"could not make a new submission folder under {base}")
+
+
+def _summarize_skips(skipped: dict, echo) -> None:
+    by_reason: dict = {}
+    for rid, why in skipped.items():
+        by_reason.setdefault(why.split(" (")[0] if why.startswith("done") else why, []).append(rid)
+    for why, rids in by_reason.items():
+        if len(rids) > 3:
+            echo(f"skip {len(rids)} cells: {why}")
+        else:
+            for rid in rids:
+                echo(f"skip {rid}: {skipped[rid]}")
+
+
+def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool = False, jobs: int | None = None,
+           gpus: str | None = None, wait: bool | None = None, detach: bool = False,
+           array_parallelism: int | None = None, echo=print) -> list[Cell]:
+    """Submit the cells that need running. Slurm returns at once unless wait; local shows progress
+    until done unless detach; debug runs them here. Returns the submitted cells."""
+    executor = executor or default_executor()
     if executor not in EXECUTORS:
         raise AblateError(f"unknown executor '{executor}'; allowed: {', '.join(EXECUTORS)}")
-    todo, skipped = select_cells(grid, cells, retry, force)
-    for rid, state in skipped.items():
-        echo(f"skip {rid}: {state}" + (" (use --retry to run again)" if state in rundir.RETRYABLE else ""))
-    if not todo:
-        echo("nothing to submit")
-        return []
-    prepare_data(todo)
-    sha = git_sha()
-    for cell in todo:
-        write_config(grid, cell, sha)
-        if force:
-            reset_run_dir(cell.run_dir)
-    pending = list(todo)
-    running: dict = {}
-    while pending or running:
-        while pending and len(running) < max(1, jobs):
-            cell = pending.pop(0)
-            ex = make_executor(executor, cell.run_dir / "submitit", grid)
-            from ablate.launch.jobs import CellJob
+    if executor == "slurm" and not shutil.which("sbatch"):
+        raise AblateError("--executor slurm: sbatch is not on PATH (no Slurm here); use --executor local")
+    if array_parallelism is not None and array_parallelism < 1:
+        raise AblateError(f"--array-parallelism must be >= 1, got {array_parallelism}")
+    retry = parse_retry(retry)
+    cells = list(cells)
+    by_id = {c.run_id: c for c in cells}
+    runner = None
+    with grid_lock(grid):
+        views = scheduler.reconcile(cells)
+        scheduler.record_lost(views)
+        todo_ids, skipped = select_cells(views, retry, force)
+        _summarize_skips(skipped, echo)
+        todo = [by_id[r] for r in todo_ids]
+        if not todo:
+            echo("nothing to submit")
+            return []
+        slots = res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo) if executor == "local" else None
+        prepare_data(todo)
+        sha = git_sha()
+        for cell in todo:
+            if force:
+                reset_run_dir(cell.run_dir)
+            write_config(grid, cell, sha)
+        folder = submission_folder(grid)
+        if executor == "slurm":
+            from ablate.launch.slurm import submit_arrays
 
-            job = ex.submit(CellJob(str(cell.run_dir)))
-            rundir.update_status(cell.run_dir, state="queued" if executor != "debug" else "running",
-                                 executor=executor, job_id=str(job.job_id))
-            echo(f"submitted {cell.run_id} ({executor} job {job.job_id})")
-            if executor == "debug":
-                _finish(cell, job, echo)
-                continue
-            running[cell.run_id] = (cell, job)
-        if not wait:
-            break
-        for rid, (cell, job) in list(running.items()):
-            if job.done():
-                _finish(cell, job, echo)
-                del running[rid]
-        if running:
-            _progress(running, echo)
-            time.sleep(2)
+            submit_arrays(grid, todo, folder, array_parallelism=array_parallelism, echo=echo)
+        elif executor == "local":
+            from ablate.launch.local import start_runner
+
+            runner = start_runner(grid, todo, slots, folder)
+            echo(f"started {len(todo)} cell(s) on {len(slots)} local slot(s) "
+                 f"({', '.join(s.label() for s in slots[:8])}); runner pid {runner.pid}, log {folder}/runner.log")
+        else:
+            from ablate.launch.local import run_debug
+
+            run_debug(todo, folder, echo=echo)
+    if executor == "local" and not detach:
+        from ablate.launch.status import watch
+
+        watch(grid, todo, runner=runner, echo=echo)
+    elif executor == "local":
+        echo("detached: the cells keep running; follow them with `ablate status " + str(grid.path) + "`")
+    elif executor == "slurm" and wait:
+        from ablate.launch.status import watch
+
+        watch(grid, todo, echo=echo)
+    elif executor == "slurm":
+        echo(f"submitted {len(todo)} cell(s); `ablate status {grid.path}` shows progress")
     return todo
-
-
-def _finish(cell: Cell, job, echo) -> None:
-    try:
-        job.result()
-    except Exception as e:  # the trainer records its own failure; this catches crashes before it could
-        status = rundir.read_status(cell.run_dir)
-        if status.get("state") not in rundir.TERMINAL:
-            rundir.update_status(cell.run_dir, state="failed", error=str(e).strip().splitlines()[-1][:500])
-    state = rundir.state_of(cell.run_dir)
-    summary = rundir.read_json(cell.run_dir / rundir.SUMMARY) or {}
-    loss = summary.get("final_val_loss")
-    echo(f"{cell.run_id}: {state}" + (f", final val loss {loss:.4f}" if isinstance(loss, (int, float)) else ""))
-
-
-_last = [0.0]
-
-
-def _progress(running: dict, echo) -> None:
-    if time.time() - _last[0] < 15:
-        return
-    _last[0] = time.time()
-    for rid, (cell, _) in running.items():
-        last = rundir.read_jsonl(cell.run_dir / rundir.METRICS)[-1:] or [{}]
-        m = last[0]
-        if m:
-            echo(f"  {rid}: step {m.get('step')}/{cell.config.max_iters} loss {m.get('loss', float('nan')):.3f} "
-                 f"{m.get('tokens_per_s') or 0:,.0f} tok/s")
-    sys.stdout.flush()
