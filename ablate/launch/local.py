@@ -102,7 +102,7 @@ class Runner:
         for run_dir in self.queue:
             rundir.update_status(run_dir, state="queued", executor="local", runner_pid=me, job_id=None,
                                  submitit_folder=str(self.folder), submitted=time.time(), error=None, note=None,
-                                 ended=None, scheduler_state=None, submitter_pid=None)
+                                 ended=None, scheduler_state=None)
         (self.folder / "ready").touch()
         log(f"runner {me}: {len(self.queue)} cells, slots: {', '.join(s.label() for s in self.slots)}")
         signalled = False
@@ -170,8 +170,9 @@ def run_debug(cells, folder: Path, echo=print) -> None:
     for cell in cells:
         ex = submitit.DebugExecutor(folder=str(folder / cell.run_id))
         job = ex.submit(CellJob(str(cell.run_dir.resolve())))
-        rundir.update_status(cell.run_dir, state="queued", executor="debug", job_id=str(job.job_id),
-                             submitter_pid=os.getpid(), runner_pid=None, submitit_folder=str(ex.folder),
+        # job_id: this process, which is where the cell runs (scheduler.local_view checks it is alive)
+        rundir.update_status(cell.run_dir, state="queued", executor="debug", job_id=str(os.getpid()),
+                             runner_pid=None, submitit_folder=str(ex.folder),
                              submitted=time.time(), error=None, note=None, ended=None, scheduler_state=None)
         echo(f"running {cell.run_id} in-process (debug)")
         try:

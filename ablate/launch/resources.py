@@ -75,8 +75,11 @@ def slurm_parameters(resources, grid_name: str, array_parallelism: int | None = 
 
 
 def threads_per_job(jobs: int, cpus: int | None = None) -> int:
-    """Torch threads for each of `jobs` concurrent jobs sharing this machine's cores."""
-    return max(1, (cpus or os.cpu_count() or 1) // max(1, jobs))
+    """Torch threads for each of `jobs` concurrent jobs sharing this machine's cores; an
+    OMP_NUM_THREADS set by the user caps it (tiny models run faster on one thread)."""
+    share = max(1, (cpus or os.cpu_count() or 1) // max(1, jobs))
+    cap = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(cap)) if cap.isdigit() and int(cap) > 0 else share
 
 
 # ---- local GPU slots

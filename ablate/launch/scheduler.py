@@ -17,6 +17,7 @@ stays "pending": the next submit resumes it from its checkpoint.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -88,15 +89,26 @@ def sacct(job_ids) -> dict[str, str] | None:
     out = _run(["sacct", "-X", "-n", "-P", "-j", ",".join(bases), "-o", "JobID,State"])
     if out is None or out.returncode != 0:
         return None
-    states = {}
-    for line in out.stdout.splitlines():  # a requeued job has several records: the last one is current
+    states, ranges = {}, {}
+    for line in out.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 2 and parts[0]:
-            states[parts[0]] = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0"
-    return states
+        if len(parts) != 2 or not parts[0]:
+            continue
+        state = parts[1].split()[0] if parts[1] else "UNKNOWN"  # "CANCELLED by 0"
+        m = re.match(r"^(\d+)_\[([\d,-]+)(?:%\d+)?\]$", parts[0])  # array tasks that never started: 12_[3-5%2]
+        if m:
+            for part in m.group(2).split(","):
+                lo, _, hi = part.partition("-")
+                for i in range(int(lo), int(hi or lo) + 1):
+                    ranges[f"{m.group(1)}_{i}"] = state
+        else:
+            states[parts[0]] = state
+    return {**ranges, **states}
 
 
-def slurm_views(job_ids) -> dict[str, JobView]:
+def slurm_views(job_ids, final_needed=None) -> dict[str, JobView]:
+    """Views of these jobs: squeue for all; sacct only for the ended ones in final_needed (default:
+    all), the jobs whose run dir still waits for a final state."""
     job_ids = [j for j in job_ids if j]
     queue = squeue(job_ids)
     if queue is None:
@@ -107,7 +119,8 @@ def slurm_views(job_ids) -> dict[str, JobView]:
             views[j] = JobView(j, queue[j][0], True, queue[j][1])
         else:
             ended.append(j)
-    accounting = sacct(ended) if ended else {}
+    asked = [j for j in ended if final_needed is None or j in final_needed]
+    accounting = sacct(asked) if asked else {}
     for j in ended:
         state = (accounting or {}).get(j) or (queue.get(j, ("",))[0]) or ("GONE" if accounting is None else "UNKNOWN")
         # sacct can lag squeue by a moment; an active state there is not to be trusted once squeue forgot the job
@@ -137,7 +150,7 @@ def pid_alive(pid) -> bool:
 def local_view(status: dict) -> JobView | None:
     """Local / debug jobs: the process that owns the cell (its job, or the runner before it starts)."""
     job_id, owner = status.get("job_id"), status.get("runner_pid")
-    pid = job_id if job_id and str(job_id).isdigit() else status.get("submitter_pid")
+    pid = job_id if job_id and str(job_id).isdigit() else None
     if pid is None and owner is None:
         return None
     if status.get("host") not in (None, socket.gethostname()):
@@ -183,15 +196,19 @@ def effective_state(status: dict, job: JobView | None, scheduler: str) -> tuple[
 def reconcile(cells) -> list[Cell]:
     """Every cell's recorded status, its job as the scheduler sees it, and its effective state."""
     statuses = [(c, rundir.read_status(c.run_dir)) for c in cells]
-    slurm_ids = [s.get("job_id") for _, s in statuses if s.get("executor") == "slurm" and s.get("job_id")
-                 and s.get("state") != "done"]
-    views = slurm_views(slurm_ids) if slurm_ids else {}
+    slurm = [s for _, s in statuses if s.get("executor") == "slurm" and s.get("job_id")]
+    # every job is looked up in squeue (a "done" one may still be exiting); only those whose
+    # run dir has no final state need sacct
+    final_needed = {s["job_id"] for s in slurm if s.get("state") in WORKING}
+    views = slurm_views([s["job_id"] for s in slurm], final_needed) if slurm else {}
     out = []
     for c, s in statuses:
         executor = s.get("executor")
         if executor == "slurm":
             job = views.get(s.get("job_id"))
-        elif executor in ("local", "debug") and s.get("state") != "done":
+        elif executor == "local" and s.get("state") != "done":
+            job = local_view(s)
+        elif executor == "debug" and s.get("state") in WORKING:  # its "job" is the submitting process
             job = local_view(s)
         else:
             job = None

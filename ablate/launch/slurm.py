@@ -73,7 +73,7 @@ def submit_arrays(grid, cells, folder, resources_of=None, array_parallelism=None
                     cell.run_dir, state="queued", executor="slurm", job_id=str(job.job_id), array_job_id=base,
                     array_index=i if "_" in job.job_id else None, submitit_folder=str(sub), submitted=now,
                     stdout=str(job.paths.stdout), stderr=str(job.paths.stderr), error=None, note=None, ended=None,
-                    scheduler_state=None, runner_pid=None, submitter_pid=None)
+                    scheduler_state=None, runner_pid=None)
             release(base)
             arrays.append(base)
             kind = f"array {base} ({len(part)} tasks" + (f", {array_parallelism} at a time" if array_parallelism else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def _fmt(x, spec: str, dash: str = "-") -> str:
     return format(x, spec) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)) else dash
 
 
-def table(cells: list[scheduler.Cell], states=SHOWN, width: int = 160) -> list[str]:
+def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -> list[str]:
     rows = []
     for c in sorted(cells, key=lambda c: (ORDER.index(c.state) if c.state in ORDER else 99, c.run_id)):
         if c.state not in states:
@@ -106,7 +107,7 @@ def table(cells: list[scheduler.Cell], states=SHOWN, width: int = 160) -> list[s
             tail = f"{c.note}; {tail}" if tail else c.note
         rows.append(f"{c.run_id:<12} {c.state:<9} {_fmt(step, 'd'):>7}/{_max_iters(c.run_dir)!s:<7} "
                     f"{_fmt(m.get('loss'), '.3f'):>7} {_fmt(m.get('tokens_per_s'), ',.0f'):>9} "
-                    f"{_elapsed(s):>8} {job:<12} {sched:<10} {tail}"[:width])
+                    f"{_elapsed(s):>8} {job:<12} {sched:<10} {tail}"[:width or None])
     if not rows:
         return []
     head = f"{'run_id':<12} {'state':<9} {'step':>7}/{'max':<7} {'loss':>7} {'tok/s':>9} {'elapsed':>8} " \
@@ -167,7 +168,8 @@ def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> 
             runner_alive = runner is not None and runner.poll() is None
             line = counts_line(views)
             if tty:
-                text = [f"grid {grid.name}: {line}", *table(views, states=("running", "queued", "failed"))]
+                width = shutil.get_terminal_size().columns
+                text = [f"grid {grid.name}: {line}", *table(views, states=("running", "queued", "failed"), width=width)]
                 sys.stdout.write(("\x1b[F\x1b[2K" * drawn) + "\n".join(text) + "\n")
                 sys.stdout.flush()
                 drawn = len(text)

@@ -1,0 +1,90 @@
+"""Helpers for the launch tests (a plain module: tests/launch is on sys.path)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ablate.plan import rundir
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# 2 layers x 32 wide, character level: a step takes a few milliseconds on one core
+GRID = """\
+name: {name}
+data: {{dataset: 'text:{corpus}', tokenizer: char}}
+base: {{n_layer: 2, n_head: 2, n_embd: 32, context: 16, batch_size: 4, max_iters: {steps}, eval_interval: {eval_interval},
+        eval_iters: 2, log_interval: {log_interval}, ckpt_interval: {ckpt_interval}, device: {device}{extra}}}
+arch_defaults: {{gpt: {{lr: 3e-3}}, ngpt: {{lr: 1e-2}}}}
+grid: {grid}
+resources: {resources}
+"""
+
+
+def make_corpus(path: Path) -> Path:
+    words = "the king and queen of the castle walk in the garden while the fool sings".split()
+    lines = [" ".join(words[(i * 7 + j) % len(words)] for j in range(5 + i % 4)) for i in range(400)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_grid(tmp_path: Path, name: str = "g", grid: str = "{arch: [gpt]}", steps: int = 30, resources: str = "{}",
+               device: str = "cpu", eval_interval: int = 10, log_interval: int = 5, ckpt_interval: int = 10,
+               extra: str = "") -> Path:
+    corpus = tmp_path / "corpus.txt"
+    if not corpus.exists():
+        make_corpus(corpus)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(GRID.format(name=name, corpus=corpus, steps=steps, grid=grid, resources=resources, device=device,
+                                eval_interval=eval_interval, log_interval=log_interval, ckpt_interval=ckpt_interval,
+                                extra=extra))
+    return path
+
+
+def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    """The real `ablate` entry point in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_dirs(grid_name: str) -> list[Path]:
+    root = Path(os.environ["ABLATE_RUNS_DIR"]) / grid_name
+    return sorted(p for p in root.iterdir() if (p / rundir.CONFIG).exists()) if root.exists() else []
+
+
+def states(grid_name: str) -> list[str]:
+    return [rundir.state_of(p) for p in run_dirs(grid_name)]
+
+
+def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def steps_unbroken(run_dir: Path, key_file: str, every: int, last: int) -> list[int]:
+    """The logged steps, asserting they run every..last with no gap and no repeat."""
+    steps = [json.loads(l)["step"] for l in (run_dir / key_file).read_text().splitlines()]
+    assert steps == list(range(every, last + 1, every)) or steps == list(range(0, last + 1, every)), steps
+    return steps
+
+
+def slurm_skip_reason() -> str | None:
+    """None when a Slurm controller answers here; otherwise why the Slurm tests are skipped."""
+    if not shutil.which("sbatch"):
+        return "Slurm is not installed here (no sbatch on PATH); start it with scripts/start-slurm.sh"
+    try:
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"Slurm is not running (scontrol ping: {e}); start it with scripts/start-slurm.sh"
+    if "UP" not in out.stdout:
+        return f"Slurm is not running (scontrol ping: {(out.stdout + out.stderr).strip()}); start it with scripts/start-slurm.sh"
+    return None

@@ -1,0 +1,83 @@
+"""The local executor through the real CLI: slots and threads, progress, --detach, cancel,
+Ctrl-C (jobs checkpoint, the next submit resumes them)."""
+import signal
+import subprocess
+import sys
+import time
+
+from ablate.plan import rundir
+from launch_helpers import ROOT, cli, run_dirs, states, steps_unbroken, wait_until
+
+LONG = dict(steps=1000, log_interval=50, eval_interval=500, ckpt_interval=500)
+
+
+def test_two_cpu_slots_share_the_cores_and_show_progress(grid_file):
+    grid = grid_file(grid="{arch: [gpt, ngpt]}")
+    r = cli("submit", grid, "--executor", "local", "--jobs", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "on 2 local slot(s) (cpu x1, cpu x1)" in r.stdout and "grid g: 2 done" in r.stdout
+    assert "final val loss" in r.stdout
+    for d in run_dirs("g"):
+        st = rundir.read_status(d)
+        assert st["state"] == "done" and st["executor"] == "local" and st["slot"] == "cpu x1"
+        assert "1 threads" in st["device_name"]  # os.cpu_count() // 2 jobs (this machine: 2 cores)
+        assert st["job_id"].isdigit() and st["stderr"].endswith("_0_log.err")
+    r = cli("submit", grid, "--executor", "local")
+    assert "nothing to submit" in r.stdout
+    r = cli("status", grid)
+    assert r.returncode == 0 and r.stdout.startswith("grid g: 2 done"), r.stdout
+
+
+def test_detach_then_status_then_cancel_then_retry_resumes(grid_file):
+    grid = grid_file(grid="{arch: [gpt, ngpt]}", **LONG)
+    t0 = time.time()
+    r = cli("submit", grid, "--executor", "local", "--detach")  # one slot: the second cell waits
+    assert r.returncode == 0 and time.time() - t0 < 20, r.stdout + r.stderr
+    assert "detached" in r.stdout
+    first, second = wait_until(lambda: [d for d in run_dirs("g") if rundir.read_status(d).get("step", 0) >= 100]
+                               and run_dirs("g"), 60, "a cell at step 100")
+    running = first if rundir.read_status(first).get("step", 0) >= 100 else second
+    waiting = second if running == first else first
+    r = cli("status", grid)
+    assert "1 running, 1 queued" in r.stdout and "waiting for a free slot" in r.stdout, r.stdout
+    assert "never submitted twice" in cli("submit", grid, "--executor", "local", "--retry").stdout
+
+    r = cli("cancel", grid)
+    assert r.returncode == 0 and r.stdout.count("cancelled ") == 2, r.stdout
+    wait_until(lambda: rundir.read_status(running).get("ckpt_step"), 30, "the checkpoint on SIGTERM")
+    runner = int(rundir.read_status(running)["runner_pid"])
+    wait_until(lambda: not _alive(runner), 30, "the runner to exit")
+    assert states("g") == ["cancelled", "cancelled"]
+    ckpt_step = rundir.read_status(running)["ckpt_step"]
+    assert 100 <= ckpt_step < 1000 and not (waiting / rundir.METRICS).exists()
+    r = cli("status", grid)
+    assert "2 cancelled" in r.stdout
+
+    r = cli("submit", grid, "--executor", "local", "--retry", "cancelled", "--where", f"run_id={running.name}")
+    assert r.returncode == 0 and "1 done" in r.stdout, r.stdout + r.stderr
+    st = rundir.read_status(running)
+    assert st["state"] == "done" and st["attempts"] == 2
+    steps_unbroken(running, rundir.METRICS, 50, 1000)  # resumed where it stopped: no gap, no repeat
+
+
+def test_ctrl_c_stops_jobs_with_a_checkpoint_and_the_next_submit_resumes(grid_file):
+    grid = grid_file(**LONG)
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "submit", str(grid), "--executor", "local"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    run_dir = wait_until(lambda: [d for d in run_dirs("g") if rundir.read_status(d).get("step", 0) >= 100],
+                         60, "step 100")[0]
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "stopping: running cells save a checkpoint" in out, out
+    st = rundir.read_status(run_dir)
+    assert (st["state"], st["note"]) == ("pending", "preempted") and st["ckpt_step"] >= 100
+    r = cli("submit", grid, "--executor", "local")  # pending: resumed without --retry
+    assert r.returncode == 0 and "1 done" in r.stdout, r.stdout + r.stderr
+    assert rundir.read_status(run_dir)["attempts"] == 2
+    steps_unbroken(run_dir, rundir.METRICS, 50, 1000)
+
+
+def _alive(pid: int) -> bool:
+    from ablate.launch.scheduler import pid_alive
+
+    return pid_alive(pid)
