@@ -1,0 +1,136 @@
+"""`ablate report`: what each change buys, from the store. No torch.
+
+    make_report(store, "quickstart", {"baseline": {"arch": "gpt"}, "group_by": ["context"]},
+                "reports/quickstart", plan_estimates={run_id: memory_breakdown})
+
+writes, into out_dir: loss_curves, loss_vs_tokens, speedup, memory, size, throughput and (when
+the grid sweeps lr) lr_sweep, each as .png and .svg; speedup.csv, memory.csv, size.csv (raw
+numbers, bytes); summary.md (every table); index.html (every chart and table, JavaScript
+inlined, opens offline). Works on a grid that is still running (curves so far, "not reached
+yet") or empty (a report that says what is missing). The speedup table is also stored in
+the DuckDB table `speedup` for `ablate query`.
+
+Modules: compare (groups, variants, baseline), speedup (curve and budget modes), tables
+(memory, size, throughput, lr sweep, status), charts (altair), render (files).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ablate.report import charts, compare as cmp, render, speedup as spd, tables
+
+MAX_CHART_ROWS = 4500  # under altair's 5,000-row limit, whatever the grid size
+
+
+def _runs(store, grid: str) -> pd.DataFrame:
+    """Every run of the grid with its final loss / step / tokens / seconds (the `final` view's)."""
+    return store.query("""
+        select r.* replace (f.final_val_loss as final_val_loss, f.final_train_loss as final_train_loss),
+               f.final_step, f.final_tokens, f.final_elapsed
+        from runs r join final f on r.grid = f.grid and r.run_id = f.run_id
+        where r.grid = ? order by r.run_id""", [grid])
+
+
+def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The curves to draw (each cell's representative, downsampled in SQL so that all of them
+    fit under MAX_CHART_ROWS) and a note when there were too many to draw them all."""
+    reps = cells[cells.rep]
+    note = ""
+    if len(reps) > MAX_CHART_ROWS // 2:  # two points a curve at least
+        note = f"first {MAX_CHART_ROWS // 2} of {len(reps)} curves drawn"
+        reps = reps.head(MAX_CHART_ROWS // 2)
+    if not len(reps):
+        return pd.DataFrame(columns=["cell_id", "step", "tokens", "val_loss", "group", "variant", "max_iters", "lr"]), note
+    per_curve = max(2, min(300, MAX_CHART_ROWS // len(reps)))
+    cur = store.curves(grid, reps.cell_id.tolist(), max_points=per_curve)
+    cur = cur.merge(reps[["cell_id", "group", "variant", "max_iters", "lr", "gorder", "vorder"]], on="cell_id")
+    return cur.sort_values(["gorder", "vorder", "max_iters", "cell_id", "step"], ignore_index=True), note
+
+
+def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
+    n = status["n_runs"]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
+    lines = [f"{n} runs in the store ({counts})." if n else
+             f"No runs of grid '{grid}' in the store: nothing has been submitted yet (or runs/ is elsewhere)."]
+    if status["missing"]:
+        lines.append(f"{len(status['missing'])} planned runs have no run dir yet (not submitted): "
+                     + ", ".join(status["missing"][:10]) + (" ..." if len(status["missing"]) > 10 else ""))
+    running = status["counts"].get("running", 0) + status["counts"].get("queued", 0) + status["counts"].get("pending", 0)
+    if running:
+        lines.append(f"{running} runs not finished: their curves are shown so far; losses, speedups and sizes "
+                     "count finished seeds only.")
+    if comp is not None:
+        lines.append(f"Baseline: {comp.baseline}; comparison groups by {comp.group_by or '(one group)'}; "
+                     f"variants by {comp.variant_keys or '(none)'}; several lrs in a variant: its best lr stands for it.")
+        lines += comp.notes
+    return lines
+
+
+def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None) -> dict:
+    """Write the report of one grid into out_dir; returns {"paths": {name: Path}, "speedup",
+    "memory", "size", "throughput", "cells", "lr_sweep" (DataFrames), "status" (dict),
+    "comparison"}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = cmp.plain(_runs(store, grid_name))
+    comp = cmp.resolve(runs, compare) if len(runs) else None
+    if comp is not None:
+        runs = cmp.annotate(runs, comp)
+    else:
+        runs = runs.assign(group=[], mgroup=[], variant=[], is_baseline=[], budget_tokens=[], gorder=[], morder=[], vorder=[])
+    stats = store.query("select cell_id, n_runs, n_done, states, mean_val_loss, se_val_loss from cells "
+                        "where grid = ?", [grid_name])
+    cells = cmp.cells(runs, stats)
+    sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
+    mem, sz, th = tables.memory(runs, plan_estimates), tables.size(runs), tables.throughput(runs)
+    lr = tables.lr_sweep(cells)
+    status = tables.status(runs, plan_estimates)
+    curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
+
+    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note),
+            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note),
+            "speedup": charts.speedup(sp), "memory": charts.memory(mem), "size": charts.size(sz),
+            "throughput": charts.throughput(th)}
+    if len(lr):
+        figs["lr_sweep"] = charts.lr_sweep(lr)
+    else:  # a previous report's lr chart would describe other runs
+        for suffix in (".png", ".svg"):
+            (out / f"lr_sweep{suffix}").unlink(missing_ok=True)
+    specs = render.write_charts(figs, out)
+
+    paths = {name: out / f"{name}.png" for name in figs}
+    for name, df in (("speedup", sp), ("memory", mem), ("size", sz)):
+        df.to_csv(out / f"{name}.csv", index=False)
+        paths[f"{name}.csv"] = out / f"{name}.csv"
+
+    intro = _intro(grid_name, runs, comp, status)
+    problems = pd.DataFrame(status["problems"])
+    sections = [
+        ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),
+        ("Validation loss curves", "loss_curves", None),
+        ("Validation loss vs tokens", "loss_vs_tokens", None),
+        ("Final validation loss per cell (mean ± standard error over seeds)", "lr_sweep",
+         render.loss_table(cells) if len(cells) else None),
+        ("Peak memory", "memory", render.memory_table(mem) if len(mem) else None),
+        ("Model size", "size", render.size_table(sz) if len(sz) else None),
+        ("Throughput", "throughput", render.throughput_table(th) if len(th) else None),
+        ("Runs that did not finish cleanly", None, problems if len(problems) else None),
+    ]
+    md = [f"# ablate report: {grid_name}\n", *[f"{l}\n" for l in intro]]
+    for heading, chart, table in sections:
+        if table is None and chart is None:
+            continue
+        md.append(f"\n## {heading}\n")
+        if chart in figs:
+            md.append(f"![{chart}]({chart}.png)\n")
+        if table is not None or chart is None:
+            md.append("\n" + render.markdown(table))
+    (out / "summary.md").write_text("".join(md))
+    html_sections = [(h, c, render.html_table(t) if t is not None else "") for h, c, t in sections]
+    (out / "index.html").write_text(render.index_html(f"ablate report: {grid_name}", intro, html_sections, specs))
+    paths.update({"summary.md": out / "summary.md", "index.html": out / "index.html"})
+    store.put_table("speedup", grid_name, sp)  # an empty table still clears the grid's old rows
+    return {"paths": paths, "speedup": sp, "memory": mem, "size": sz, "throughput": th, "cells": cells,
+            "lr_sweep": lr, "status": status, "comparison": comp}

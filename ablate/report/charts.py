@@ -1,0 +1,214 @@
+"""Altair charts of the report. Each function takes a small, already-aggregated DataFrame and
+returns a chart; a chart with nothing to show is a placeholder that says why (an empty grid, a
+CPU run without CUDA memory), so the report never crashes on missing data. Curves arrive
+downsampled from SQL (Store.curves), so no chart carries more than altair's 5,000 rows.
+"""
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import pandas as pd
+
+from ablate.report.tables import memory_unit
+
+W, H = 260, 180  # one panel
+MAX_ROWS = 5000
+GIB, MIB = 2 ** 30, 2 ** 20
+
+
+def placeholder(title: str, message: str) -> alt.Chart:
+    return (alt.Chart(pd.DataFrame({"message": [message]}))
+            .mark_text(fontSize=14, color="#666").encode(text="message:N")
+            .properties(title=title, width=420, height=60))
+
+
+def _facet(chart, d: pd.DataFrame, field: str, columns: int = 3):
+    """A panel per value of `field` (the group) when there are several, in the data's order
+    (the report sorts groups by value: context 256 before 1024)."""
+    order = list(dict.fromkeys(d[field]))
+    if len(order) <= 1:
+        return chart
+    return chart.facet(facet=alt.Facet(f"{field}:N", title=None, sort=order), columns=min(columns, len(order)))
+
+
+def _xvar(field: str) -> alt.X:
+    """A categorical x axis of variant names: in data order, slanted labels that fit."""
+    return alt.X(f"{field}:N", title=None, sort=None, axis=alt.Axis(labelAngle=-30, labelLimit=180))
+
+
+def _facet_layer(layer, d: pd.DataFrame, field: str):
+    """A panel per group, each with only its own variants on x."""
+    out = _facet(layer, d, field)
+    return out if out is layer else out.resolve_scale(x="independent", xOffset="independent")
+
+
+def _subtitle(title: str, lines) -> alt.TitleParams:
+    lines = [l for l in lines if l]
+    return alt.TitleParams(title, subtitle=lines, anchor="start") if lines else alt.TitleParams(title, anchor="start")
+
+
+def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "") -> alt.Chart:
+    """Val loss vs steps (or tokens), one line per cell (mean over seeds), a panel per group."""
+    title = f"Validation loss vs {'tokens' if x == 'tokens' else 'steps'}"
+    if not len(curves):
+        return placeholder(title, "no evals yet: nothing has been evaluated in this grid")
+    assert len(curves) <= MAX_ROWS, len(curves)
+    budgets = curves.max_iters.nunique() > 1
+    lrs = curves.lr.nunique() > 1
+    enc = {"x": alt.X(f"{x}:Q", title="tokens" if x == "tokens" else "step",
+                      axis=alt.Axis(format="~s" if x == "tokens" else ",d")),
+           "y": alt.Y("val_loss:Q", title="val loss", scale=alt.Scale(zero=False)),
+           "color": alt.Color("variant:N", title="variant"),
+           "detail": "cell_id:N",
+           "tooltip": ["variant:N", "group:N", "lr:Q", "max_iters:Q", f"{x}:Q", alt.Tooltip("val_loss:Q", format=".4f"),
+                       "n_seeds:Q"]}
+    if budgets:
+        enc["strokeDash"] = alt.StrokeDash("max_iters:O", title="budget (steps)")
+    chart = alt.Chart(curves).mark_line(strokeWidth=1.6).encode(**enc).properties(width=W, height=H)
+    lines = ["mean over seeds; each variant at its best lr" if lrs else "mean over seeds", note]
+    out = _facet(chart, curves, "group")
+    out = out if out is chart else out.resolve_scale(x="independent")  # groups may train for other lengths
+    return out.properties(title=_subtitle(title, lines))
+
+
+def _short(r) -> str:
+    """A bar's label: the number, '< 1x', or the extrapolated estimate marked with '*'."""
+    if r.bound == "<" and not r.extrapolated:
+        return "< 1x"
+    if pd.isna(r.speedup):
+        return r.display[:14]
+    return f"{r.speedup:.2f}x" + ("*" if r.extrapolated else ("+" if r.bound == "≥" else ""))
+
+
+def speedup(df: pd.DataFrame) -> alt.Chart:
+    """Bars per variant (and budget) in each group, one per mode side by side, vs the group's
+    baseline; rows without a number are labelled at 0 ('< 1x', 'oom', ...); extrapolated
+    budget-mode estimates are pale and starred."""
+    title = "Speedup vs baseline (same final val loss)"
+    if not len(df):
+        return placeholder(title, "no speedup: no group has a finished baseline and a variant")
+    d = df.copy()
+    d["x"] = d.variant + (d.budget.map(lambda b: f" @{b}") if d.budget.nunique() > 1 else "")
+    d["value"] = d.speedup.where(d.speedup.notna(), 0.0)
+    d["lo"] = (d.speedup - d.speedup_se).where(d.speedup_se.notna())
+    d["hi"] = (d.speedup + d.speedup_se).where(d.speedup_se.notna())
+    d["short"] = [_short(r) for r in d.itertuples()]
+    d["extrapolated"] = d.extrapolated.astype(bool)
+    d["one"] = 1.0
+    base = alt.Chart(d).encode(x=_xvar("x"), xOffset=alt.XOffset("mode:N"))
+    bars = base.mark_bar().encode(
+        y=alt.Y("value:Q", title="speedup (x)", stack=None), color=alt.Color("mode:N", title="mode"),
+        opacity=alt.Opacity("extrapolated:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.4]), legend=None),
+        tooltip=["variant:N", "group:N", "mode:N", "budget:Q", "display:N", "note:N"])
+    err = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
+    text = base.mark_text(angle=270, align="left", baseline="middle", dx=3, fontSize=10).encode(
+        y="value:Q", text="short:N")
+    one = alt.Chart(d).mark_rule(color="black", strokeDash=[4, 3]).encode(y="mean(one):Q")
+    n_bars = d.x.nunique() * d["mode"].nunique()
+    layer = alt.layer(bars, err, one, text).properties(width=max(W, 22 * n_bars), height=H)
+    notes = ["curve mode: steps to reach the baseline's final loss; budget mode: budget the baseline would need"]
+    if d.extrapolated.any():
+        notes.append("* pale: beyond the baseline's budgets, extrapolated on log(budget); the table gives the bound")
+    return _facet_layer(layer, d, "group").properties(title=_subtitle(title, notes))
+
+
+def memory(df: pd.DataFrame) -> alt.Chart:
+    """Peak allocated GiB per variant (bars), the baseline's peak (dashed), the plan's estimate (tick)."""
+    title = "Peak GPU memory per process"
+    if not len(df):
+        return placeholder(title, "no runs")
+    d = df.copy()
+    unit, scale = memory_unit(d)
+    d["measured"] = d.peak_alloc / scale
+    d["estimate"] = d.est_total / scale
+    base = {m: g[g.is_baseline].measured.dropna() for m, g in d.groupby("mgroup")}
+    d["base"] = d.mgroup.map(lambda m: base[m].iloc[0] if len(base[m]) else math.nan)
+    d["label"] = d.apply(lambda r: "OOM" if r.oom and math.isnan(r.measured) else
+                         ("" if math.isnan(r.measured) else f"{r.measured:.2f}"), axis=1)
+    d["bar"] = d.measured.fillna(0.0)
+    if d.measured.isna().all():
+        lines = ["no CUDA memory measured (CPU runs, or none finished yet): the ticks are the plan's estimates"]
+    else:
+        lines = ["bar: measured peak allocated; tick: plan estimate; dashed: baseline; blank: not measured"]
+    base = alt.Chart(d).encode(x=_xvar("variant"))
+    tip = ["variant:N", "mgroup:N", alt.Tooltip("measured:Q", format=".2f"), alt.Tooltip("estimate:Q", format=".2f"),
+           "states:N"]
+    layer = alt.layer(
+        base.mark_bar().encode(y=alt.Y("bar:Q", title=unit), color=alt.Color("variant:N", legend=None), tooltip=tip),
+        base.mark_tick(color="black", thickness=2, size=30).encode(y="estimate:Q"),
+        alt.Chart(d).mark_rule(color="red", strokeDash=[4, 3]).encode(y="mean(base):Q"),
+        base.mark_text(dy=-6, fontSize=10).encode(y="bar:Q", text="label:N"),
+    ).properties(width=max(W, 40 * d.variant.nunique()), height=H)
+    return _facet_layer(layer, d, "mgroup").properties(title=_subtitle(title, lines))
+
+
+def _long(df: pd.DataFrame, metrics: dict) -> pd.DataFrame:
+    parts = []
+    for col, (name, scale) in metrics.items():
+        p = df[["mgroup", "variant"]].copy()
+        p["metric"], p["value"] = name, df[col] / scale
+        parts.append(p)
+    return pd.concat(parts, ignore_index=True)
+
+
+def _metric_bars(d: pd.DataFrame, title: str, lines: list) -> alt.Chart:
+    bars = (alt.Chart(d).mark_bar()
+            .encode(x=_xvar("variant"), y=alt.Y("value:Q", title=None),
+                    color=alt.Color("variant:N", legend=None),
+                    tooltip=["variant:N", "mgroup:N", "metric:N", alt.Tooltip("value:Q", format=",.3f")])
+            .properties(width=max(W - 60, 36 * d.variant.nunique()), height=H - 40))
+    rows = alt.Row("metric:N", title=None, sort=list(dict.fromkeys(d.metric)))
+    if d.mgroup.nunique() > 1:
+        out = bars.facet(row=rows, column=alt.Column("mgroup:N", title=None, sort=list(dict.fromkeys(d.mgroup))))
+        out = out.resolve_scale(x="independent", y="independent")
+    else:
+        out = bars.facet(row=rows).resolve_scale(y="independent")
+    return out.properties(title=_subtitle(title, lines))
+
+
+def size(df: pd.DataFrame) -> alt.Chart:
+    title = "Model size"
+    if not len(df):
+        return placeholder(title, "no runs")
+    d = _long(df, {"params_total": ("params, total (M)", 1e6),
+                   "params_non_embedding": ("params, non-embedding (M)", 1e6),
+                   "params_attention": ("params, attention (M)", 1e6), "ckpt_bytes": ("checkpoint (MiB)", MIB)})
+    est = (df.source == "estimate").any()
+    return _metric_bars(d, title, ["some cells not finished: their sizes are the plan's exact counts"] if est else [])
+
+
+def throughput(df: pd.DataFrame) -> alt.Chart:
+    title = "Training throughput"
+    if not len(df) or df.tokens_per_s.isna().all():
+        return placeholder(title, "no throughput measured yet")
+    metrics = {"tokens_per_s": ("tokens / s", 1.0)}
+    lines = []
+    if df.mfu_causal.notna().any():
+        metrics["mfu_causal"] = ("MFU, causal (%)", 0.01)
+    else:
+        lines.append("MFU unknown (CPU, or a device whose peak FLOPs are not known)")
+    return _metric_bars(_long(df, metrics), title, lines)
+
+
+def lr_sweep(df: pd.DataFrame) -> alt.Chart:
+    """Final val loss vs initial lr, one line per variant x budget (the nGPT README figure)."""
+    title = "Final validation loss vs learning rate"
+    d = df.dropna(subset=["mean_val_loss"]).copy()
+    if not len(d):
+        return placeholder(title, "no finished cells in the lr sweep yet")
+    d["lo"] = (d.mean_val_loss - d.se_val_loss).where(d.se_val_loss.notna())
+    d["hi"] = (d.mean_val_loss + d.se_val_loss).where(d.se_val_loss.notna())
+    base = alt.Chart(d).encode(x=alt.X("lr:Q", scale=alt.Scale(type="log", nice=False, padding=20),
+                                       axis=alt.Axis(format="~g", labelOverlap="greedy"), title="initial learning rate"),
+                               color=alt.Color("variant:N", title="variant"))
+    enc = {"strokeDash": alt.StrokeDash("max_iters:O", title="budget (steps)")} if d.max_iters.nunique() > 1 else {}
+    y = alt.Y("mean_val_loss:Q", title="final val loss", scale=alt.Scale(zero=False))
+    line = base.mark_line().encode(y=y, detail="max_iters:O", **enc)
+    points = base.mark_point(filled=True, size=30).encode(
+        y=y, tooltip=["variant:N", "max_iters:O", "lr:Q", alt.Tooltip("mean_val_loss:Q", format=".4f"),
+                      alt.Tooltip("se_val_loss:Q", format=".4f"), "n_done:Q"])
+    err = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="max_iters:O")
+    layer = alt.layer(line, points, err).properties(width=W + 60, height=H + 40)
+    return _facet_layer(layer, d, "mgroup").properties(
+        title=_subtitle(title, ["mean ± standard error over seeds"]))

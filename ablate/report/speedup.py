@@ -1,0 +1,183 @@
+"""Speedup of each variant over its group's baseline, in the nGPT paper's two modes.
+
+curve mode (one budget): L* = the baseline's final val loss (mean over its finished seeds).
+    A variant run's speedup = baseline steps / the first step at which the run's val loss
+    reaches L*, linearly interpolated between the two evals around the crossing; the same in
+    tokens and in training seconds (evals' `elapsed`). A finished run that never reaches L*
+    is "< 1x": that much is certain, the number is not. Runs that failed, diverged, ran out
+    of memory or were cancelled give no number (the row shows their state); running runs give
+    one once they cross L* ("not reached yet" before). The crossing is found in SQL
+    (Store.crossings), so full-resolution curves never reach pandas.
+budget mode (the baseline trained at several budgets, each with its own schedule): the
+    baseline's final loss is interpolated piecewise-linearly against log(budget); a variant's
+    speedup = the budget the baseline needs to match the variant's final loss / the variant's
+    budget. Outside the baseline's budgets the line is extrapolated and flagged: what the data
+    shows for sure is a bound ("> 4.00x" when the variant beats the baseline's largest budget),
+    the extrapolated estimate is printed beside it, never alone.
+
+Seeds: a speedup is computed per variant seed (against the mean baseline); the table gives
+the mean and standard error over seeds. Every row names its mode.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+BAD = ("failed", "diverged", "oom", "cancelled")
+COLUMNS = ["group", "variant", "mode", "budget", "baseline_budget", "lr", "baseline_lr", "target_loss",
+           "variant_loss", "speedup", "speedup_se", "speedup_tokens", "speedup_wall", "n_seeds", "n_reached",
+           "extrapolated", "bound", "display", "note"]
+
+
+def _mean_se(values) -> tuple[float, float]:
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return math.nan, math.nan
+    return float(np.mean(v)), (float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
+
+
+def _interp(row, col: str) -> float:
+    """Value of `col` where the val loss crosses the target, between the previous eval and this one."""
+    if row["prev_val_loss"] is None or pd.isna(row["prev_val_loss"]) or pd.isna(row[f"prev_{col}"]):
+        return float(row[col])
+    l0, l1 = row["prev_val_loss"], row["val_loss"]
+    frac = 1.0 if l0 == l1 else (l0 - row["target"]) / (l0 - l1)
+    return float(row[f"prev_{col}"] + frac * (row[col] - row[f"prev_{col}"]))
+
+
+def _fmt(x: float, se: float = math.nan) -> str:
+    return f"{x:.2f}x" + (f" ± {se:.2f}" if math.isfinite(se) else "")
+
+
+def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
+    """One row per variant (best lr) per (group, budget) whose baseline has finished seeds."""
+    reps = cells[cells.rep]
+    jobs, targets = [], []
+    for (group, budget), sub in reps.groupby(["group", "max_iters"], sort=False):
+        base = sub[sub.is_baseline & sub.best_lr]
+        if base.empty:
+            continue
+        base = base.iloc[0]
+        base_runs = runs[(runs.cell_id == base.cell_id) & (runs.state == "done")]
+        ref = {"target": base.mean_val_loss, "steps": base_runs.final_step.mean(),
+               "tokens": base_runs.final_tokens.mean(), "elapsed": base_runs.final_elapsed.mean(), "lr": base.lr}
+        for _, v in sub[~sub.is_baseline].iterrows():
+            vr = runs[(runs.cell_id == v.cell_id)]
+            jobs.append((group, budget, v, ref, vr))
+            targets += [{"run_id": r, "target": ref["target"]} for r in vr.run_id]
+    hits = store.crossings(grid, pd.DataFrame(targets, columns=["run_id", "target"]))
+    hits = {r["run_id"]: r for r in hits.to_dict("records")}
+    out = []
+    for group, budget, v, ref, vr in jobs:
+        sp, sp_tok, sp_wall, first_eval = [], [], [], False
+        n_never = n_pending = n_bad = 0
+        for r in vr.to_dict("records"):
+            h = hits.get(r["run_id"])
+            if r["state"] in BAD:  # a diverged run may cross L* on its way: no speedup from it
+                n_bad += 1
+            elif h is None:
+                n_never += r["state"] == "done"
+                n_pending += r["state"] != "done"
+            else:
+                first_eval |= pd.isna(h["prev_step"])
+                sp.append(ref["steps"] / max(_interp(h, "step"), 1e-12))
+                sp_tok.append(ref["tokens"] / max(_interp(h, "tokens"), 1e-12) if pd.notna(h["tokens"]) else math.nan)
+                wall = _interp(h, "elapsed") if pd.notna(h["elapsed"]) else math.nan
+                sp_wall.append(ref["elapsed"] / wall if wall and wall > 0 and pd.notna(ref["elapsed"]) else math.nan)
+        mean, se = _mean_se(sp)
+        n_total = len(vr)
+        note, bound, display = "", "", ""
+        if n_never:
+            bound, mean, se = "<", math.nan, math.nan
+            display = "< 1x" + (f" ({n_never} of {n_total} seeds)" if n_total > 1 else "")
+            note = "never reaches the baseline's final loss"
+        elif sp:
+            display = ("≥ " if first_eval else "") + _fmt(mean, se)
+            bound = "≥" if first_eval else ""
+            if first_eval:
+                note = "below L* at its first eval: a lower bound"
+            if n_pending or n_bad:
+                note = ", ".join(filter(None, [note, f"{n_pending + n_bad} of {n_total} seeds without a number"]))
+        elif n_pending:
+            display, note = "not reached yet", "still running"
+        else:
+            display = note = ",".join(sorted(set(vr.state))) or "no runs"
+        out.append({"group": group, "variant": v.variant, "mode": "curve", "budget": budget,
+                    "baseline_budget": budget, "lr": v.lr, "baseline_lr": ref["lr"], "target_loss": ref["target"],
+                    "variant_loss": v.mean_val_loss, "speedup": mean, "speedup_se": se,
+                    "speedup_tokens": _mean_se(sp_tok)[0] if not n_never else math.nan,
+                    "speedup_wall": _mean_se(sp_wall)[0] if not n_never else math.nan,
+                    "n_seeds": n_total, "n_reached": len(sp), "extrapolated": False, "bound": bound,
+                    "display": display, "note": note})
+    return out
+
+
+def budget_needed(budgets, losses, loss: float) -> tuple[float, str | None]:
+    """Budget at which the baseline's loss(log budget) line first comes down to `loss`.
+    Returns (budget, None) inside the measured range, or (extrapolated budget, "above" | "below")
+    outside it (nan when the line does not slope down there)."""
+    b = np.log(np.asarray(budgets, dtype=float))
+    L = np.asarray(losses, dtype=float)
+    if loss >= L[0]:
+        if loss == L[0]:
+            return float(budgets[0]), None
+        slope = (L[1] - L[0]) / (b[1] - b[0])
+        return (math.exp(b[0] + (loss - L[0]) / slope) if slope < 0 else math.nan), "below"
+    for i in range(len(b) - 1):
+        if L[i + 1] <= loss <= L[i]:
+            frac = (L[i] - loss) / (L[i] - L[i + 1])
+            return math.exp(b[i] + frac * (b[i + 1] - b[i])), None
+    slope = (L[-1] - L[-2]) / (b[-1] - b[-2])
+    return (math.exp(b[-1] + (loss - L[-1]) / slope) if slope < 0 else math.nan), "above"
+
+
+def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
+    """One row per variant cell (best lr at each budget) in groups where the baseline finished
+    two or more budgets."""
+    out = []
+    reps = cells[cells.best_lr]
+    for group, sub in reps.groupby("group", sort=False):
+        base = sub[sub.is_baseline].dropna(subset=["mean_val_loss"]).sort_values("max_iters")
+        if base.max_iters.nunique() < 2:
+            continue
+        bud, los, bud_tok = base.max_iters.tolist(), base.mean_val_loss.tolist(), base.budget_tokens.tolist()
+        for _, v in sub[~sub.is_baseline].sort_values(["variant", "max_iters"]).iterrows():
+            seeds = runs[(runs.cell_id == v.cell_id) & (runs.state == "done")].final_val_loss.dropna()
+            per_seed = [budget_needed(bud, los, x) for x in seeds]
+            sp = [B / v.max_iters for B, _ in per_seed]
+            sp_tok = [budget_needed(bud_tok, los, x)[0] / v.budget_tokens for x in seeds]
+            sides = {side for _, side in per_seed if side}
+            mean, se = _mean_se(sp)
+            extrap = bool(sides)
+            if "above" in sides:
+                bound, edge = ">", bud[-1] / v.max_iters
+            elif "below" in sides:
+                bound, edge = "<", bud[0] / v.max_iters
+            else:
+                bound, edge = "", math.nan
+            if not sp:
+                display = "no finished seeds"
+            elif bound:
+                display = f"{bound} {edge:.2f}x" + (f" (≈{mean:.2f}x extrapolated)" if math.isfinite(mean) else "")
+            else:
+                display = _fmt(mean, se)
+            out.append({"group": group, "variant": v.variant, "mode": "budget", "budget": v.max_iters,
+                        "baseline_budget": ",".join(map(str, bud)), "lr": v.lr, "baseline_lr": math.nan,
+                        "target_loss": math.nan, "variant_loss": v.mean_val_loss, "speedup": mean,
+                        "speedup_se": se, "speedup_tokens": _mean_se(sp_tok)[0], "speedup_wall": math.nan,
+                        "n_seeds": int(v.n_runs), "n_reached": len(sp), "extrapolated": extrap, "bound": bound,
+                        "display": display,
+                        "note": ("outside the baseline's budgets: extrapolated on log(budget)" if extrap else "")})
+    return out
+
+
+def speedups(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> pd.DataFrame:
+    rows = curve_mode(store, grid, runs, cells) + budget_mode(runs, cells)
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    if len(df):  # the cells' display order: groups by value, then variants, then mode and budget
+        order = cells.drop_duplicates(["group", "variant"]).set_index(["group", "variant"])[["gorder", "vorder"]]
+        df = df.join(order, on=["group", "variant"]).sort_values(["gorder", "vorder", "mode", "budget"], kind="stable")
+        df = df.drop(columns=["gorder", "vorder"]).reset_index(drop=True)
+    return df

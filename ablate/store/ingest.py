@@ -1,0 +1,203 @@
+"""Reading run dirs into rows: which dirs changed since the last ingest, and what is in them.
+
+A run dir is any runs/<grid>/<run_id>/ holding a config.json or a status.json; the directory
+names are its identity (the same config in two grids is two runs). A dir's fingerprint is the
+(mtime_ns, size) of each file we read, taken *before* reading: a job that appends while we read
+leaves a newer fingerprint behind, so the next ingest reads that dir again, and a torn last line
+(the job mid-write) is skipped by rundir.read_jsonl and picked up once complete.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ablate.plan import rundir
+from ablate.store.schema import (CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS, STATUS_COLUMNS,
+                                 SUMMARY_COLUMNS, TRAIN_COLUMNS)
+
+FILES = (rundir.CONFIG, rundir.STATUS, rundir.SUMMARY, rundir.EVALS, rundir.METRICS)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    grid: str
+    run_id: str
+    path: Path
+    fingerprint: str
+
+
+def fingerprint(path: Path) -> str:
+    parts = []
+    for name in FILES:
+        try:
+            st = os.stat(path / name)
+            parts.append(f"{name}:{st.st_mtime_ns}:{st.st_size}")
+        except FileNotFoundError:
+            parts.append(f"{name}:-")
+    return "|".join(parts)
+
+
+def _subdirs(path: Path) -> list[os.DirEntry]:
+    try:
+        with os.scandir(path) as it:
+            return sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def scan(runs_root, grid: str | None = None) -> list[RunDir]:
+    """Every run dir under runs_root (or under runs_root/<grid>), in name order."""
+    root = Path(runs_root)
+    grids = [root / grid] if grid else [Path(e.path) for e in _subdirs(root)]
+    out = []
+    for g in grids:
+        for e in _subdirs(g):
+            p = Path(e.path)
+            if (p / rundir.CONFIG).exists() or (p / rundir.STATUS).exists():
+                out.append(RunDir(g.name, e.name, p, fingerprint(p)))
+    return out
+
+
+# ---- typed values: a file may hold anything (a job id as an int, a NaN loss); columns may not
+def coerce(value, sql_type: str):
+    if value is None:
+        return None
+    t = sql_type.split()[0]
+    try:
+        if t == "VARCHAR":
+            return value if isinstance(value, str) else json.dumps(value, default=str)
+        if t == "BOOLEAN":
+            return bool(value)
+        v = float(value)
+        if not math.isfinite(v):
+            return None
+        return int(v) if t == "BIGINT" else v
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _column(values: list, sql_type: str) -> pd.Series:
+    """One typed column from raw JSON values, vectorized: numbers that are not numbers (a string,
+    NaN, inf) become NULL, as `coerce` does for a single value."""
+    t = sql_type.split()[0]
+    if t == "VARCHAR":
+        return pd.Series([coerce(v, t) for v in values], dtype=object)
+    if t == "BOOLEAN":
+        return pd.Series([coerce(v, t) for v in values], dtype="boolean")
+    x = pd.to_numeric(pd.Series(values, dtype=object).reset_index(drop=True), errors="coerce").astype("float64")
+    x[~np.isfinite(x)] = np.nan
+    return x.round().astype("Int64") if t == "BIGINT" else x
+
+
+def frame(columns: dict, types: dict) -> pd.DataFrame:
+    """A DataFrame whose dtypes match the SQL types (nullable ints, NaN-free doubles)."""
+    return pd.DataFrame({c: _column(columns[c], types[c]) for c in types})
+
+
+def cell_id(config: dict) -> str:
+    """Short hash of the config without the seed: the runs of one cell differ only by seed."""
+    blob = json.dumps({k: config.get(k) for k in CELL_KEYS}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def read_jsonl(path: Path) -> list:
+    """rundir.read_jsonl's records (torn last line dropped, garbled lines skipped), parsed in one
+    json call when every line is whole: ~5x faster on a 1,000-line file."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")[:-1]  # the last piece is "" or a torn line
+    try:
+        return json.loads("[" + ",".join(lines) + "]")  # a blank line fails here, then is skipped below
+    except json.JSONDecodeError:
+        return rundir.read_jsonl(path)
+
+
+def _records(path: Path, columns: dict) -> list[dict]:
+    """The jsonl records, one per step (the last one wins: a resumed job may repeat a step),
+    with raw values: typing happens column-wise in `frame`."""
+    records = read_jsonl(path)
+    try:  # the common case, steps already increasing: nothing to do
+        steps = [r["step"] for r in records]
+        if all(type(x) is int for x in steps) and all(a < b for a, b in zip(steps, steps[1:])):
+            return records
+    except (TypeError, KeyError):
+        pass
+    by_step = {}
+    for r in records:
+        if isinstance(r, dict):
+            step = r.get("step")
+            if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
+                by_step[int(step)] = r
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
+    """(runs row, eval records, train records) of one run dir."""
+    doc = rundir.read_json(rd.path / rundir.CONFIG, default={}) or {}
+    status = rundir.read_status(rd.path)
+    summary = rundir.read_json(rd.path / rundir.SUMMARY, default=None)
+    config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
+    evals = _records(rd.path / rundir.EVALS, EVAL_COLUMNS)
+    train = _records(rd.path / rundir.METRICS, TRAIN_COLUMNS)
+
+    row = {"grid": rd.grid, "run_id": rd.run_id, "cell_id": cell_id(config) if config else None,
+           "run_dir": str(rd.path)}
+    for col, (key, t) in STATUS_COLUMNS.items():
+        row[col] = coerce(status.get(key), t)
+    # a run dir with a config but no status yet has been written by submit, not started
+    row["state"] = row["state"] or (summary or {}).get("state") or "pending"
+    for col, t in CONFIG_COLUMNS.items():
+        row[col] = coerce(config.get(col), t)
+    for col, (key, t) in SUMMARY_COLUMNS.items():
+        row[col] = coerce((summary or {}).get(key), t)
+    for col, (key, t) in DOC_COLUMNS.items():
+        row[col] = coerce(doc.get(key), t)
+    last = {c: coerce((evals[-1] if evals else {}).get(c), t) for c, t in EVAL_COLUMNS.items()}
+    tps = [x for x in (coerce(r.get("tokens_per_s"), "DOUBLE") for r in train[1:]) if x]  # [0] holds the warm-up
+    peaks = [x for x in (coerce(r.get("mem_peak"), "BIGINT") for r in train) if x is not None]
+    row.update(n_evals=len(evals), n_train=len(train), last_step=last["step"], last_tokens=last["tokens"],
+               last_elapsed=last["elapsed"], last_val_loss=last["val_loss"], last_train_loss=last["train_loss"],
+               median_tokens_per_s=statistics.median(tps) if tps else None, max_mem_peak=max(peaks) if peaks else None)
+    row.update(has_summary=summary is not None, config_json=json.dumps(doc.get("config"), sort_keys=True),
+               status_json=json.dumps(status, sort_keys=True, default=str),
+               summary_json=json.dumps(summary, sort_keys=True, default=str) if summary is not None else None)
+    assert set(row) == set(RUN_COLUMNS)
+    return row, evals, train
+
+
+class Batch:
+    """Rows of many runs, turned into typed DataFrames for one INSERT per table."""
+
+    def __init__(self):
+        self.runs = []
+        self.records = {"evals": ([], [], []), "train": ([], [], [])}  # (grids, run_ids, records)
+
+    def add(self, row: dict, evals: list[dict], train: list[dict]) -> None:
+        self.runs.append(row)
+        for table, records in (("evals", evals), ("train", train)):
+            grids, run_ids, recs = self.records[table]
+            grids.extend([row["grid"]] * len(records))
+            run_ids.extend([row["run_id"]] * len(records))
+            recs.extend(records)
+
+    def frames(self) -> dict:
+        out = {"runs": frame({c: [r[c] for r in self.runs] for c in RUN_COLUMNS}, RUN_COLUMNS)}
+        for table, columns in (("evals", EVAL_COLUMNS), ("train", TRAIN_COLUMNS)):
+            grids, run_ids, recs = self.records[table]
+            raw = pd.DataFrame.from_records(recs, columns=list(columns)) if recs else \
+                pd.DataFrame({c: [] for c in columns})
+            df = pd.DataFrame({"grid": pd.Series(grids, dtype=object), "run_id": pd.Series(run_ids, dtype=object)})
+            for c, t in columns.items():
+                df[c] = _column(raw[c], t)
+            out[table] = df
+        return out

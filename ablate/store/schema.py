@@ -1,0 +1,166 @@
+"""The DuckDB schema: tables filled from run dirs, and the views the report and `ablate query` read.
+
+Every column of `runs` comes from one place in a run dir, named by the three tables below, so
+a renamed field in status.json or summary.json is a one-line change here (nothing else in the
+store or the report reads those files by key). Config columns are exactly RunConfig's fields
+(typed from their hints); keys the files carry that no column names are kept verbatim in the
+*_json columns, so nothing is lost and `json_extract` can reach them.
+
+The store is a cache of runs/: SCHEMA_VERSION changes whenever a column does, and a store with
+another version is dropped and rebuilt from the run dirs on open.
+"""
+from __future__ import annotations
+
+import typing
+from typing import Literal
+
+from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
+
+SCHEMA_VERSION = "3"
+
+# status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
+STATUS_COLUMNS = {
+    "state": ("state", "VARCHAR"),
+    "attempts": ("attempts", "BIGINT"),
+    "job_id": ("job_id", "VARCHAR"),
+    "executor": ("executor", "VARCHAR"),
+    "host": ("host", "VARCHAR"),
+    "status_device": ("device", "VARCHAR"),
+    "started": ("started", "DOUBLE"),
+    "ended": ("ended", "DOUBLE"),
+    "heartbeat": ("heartbeat", "DOUBLE"),
+    "updated": ("updated", "DOUBLE"),
+    "status_step": ("step", "BIGINT"),
+    "oom_step": ("oom_step", "BIGINT"),
+    "oom_peak_alloc": ("oom_peak_alloc", "BIGINT"),
+    "error": ("error", "VARCHAR"),
+    "note": ("note", "VARCHAR"),
+}
+
+# summary.json key -> runs column. THE place to reconcile summary field names: every field is
+# optional (a CPU run has no memory, an unknown GPU no MFU). Keys that repeat the config
+# (dtype, compile) or the status (state) are not columns; they stay in summary_json.
+SUMMARY_COLUMNS = {
+    "params_total": ("params_total", "BIGINT"),
+    "params_embedding": ("params_embedding", "BIGINT"),
+    "params_non_embedding": ("params_non_embedding", "BIGINT"),
+    "params_attention": ("params_attention", "BIGINT"),
+    "ckpt_bytes": ("ckpt_bytes", "BIGINT"),
+    "peak_alloc": ("peak_alloc", "BIGINT"),
+    "peak_reserved": ("peak_reserved", "BIGINT"),
+    "device_capacity": ("device_capacity", "BIGINT"),
+    "tokens_per_s": ("tokens_per_s", "DOUBLE"),
+    "mfu_causal": ("mfu_causal", "DOUBLE"),
+    "mfu_nanogpt": ("mfu_nanogpt", "DOUBLE"),
+    "peak_flops": ("peak_flops", "DOUBLE"),
+    "final_val_loss": ("final_val_loss", "DOUBLE"),
+    "final_train_loss": ("final_train_loss", "DOUBLE"),
+    "final_eval_step": ("final_eval_step", "BIGINT"),
+    "steps": ("steps", "BIGINT"),
+    "tokens": ("tokens", "BIGINT"),
+    "train_s": ("train_s", "DOUBLE"),
+    "wall_s": ("wall_s", "DOUBLE"),
+    "attn_backend_used": ("attn_backend", "VARCHAR"),  # what auto resolved to; config has the request
+    "device_type": ("device", "VARCHAR"),
+    "device_name": ("device_name", "VARCHAR"),
+    "world_size": ("world_size", "BIGINT"),
+    "torch_version": ("torch_version", "VARCHAR"),
+    "ablate_version": ("ablate_version", "VARCHAR"),
+}
+
+# config.json top-level keys (beside "config") -> runs column
+DOC_COLUMNS = {"version": ("version", "VARCHAR"), "git_sha": ("git_sha", "VARCHAR")}
+
+# jsonl key -> column, in file order; the same names in the files and the tables
+EVAL_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "elapsed": "DOUBLE", "val_loss": "DOUBLE",
+                "train_loss": "DOUBLE"}
+TRAIN_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "loss": "DOUBLE", "lr": "DOUBLE", "step_time": "DOUBLE",
+                 "tokens_per_s": "DOUBLE", "mem_alloc": "BIGINT", "mem_peak": "BIGINT"}
+
+# computed at ingest from the jsonl files: what a running job has reached so far
+PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",
+                    "last_elapsed": "DOUBLE", "last_val_loss": "DOUBLE", "last_train_loss": "DOUBLE",
+                    "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT"}
+
+
+def _sql_type(hint) -> str:
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if typing.get_origin(hint) is typing.Union else hint
+    if typing.get_origin(base) is Literal or base is str:
+        return "VARCHAR"
+    return {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE"}[base]
+
+
+_HINTS = typing.get_type_hints(RunConfig)
+CONFIG_COLUMNS = {name: _sql_type(_HINTS[name]) for name in FIELD_NAMES}
+# the keys that make a cell: every hashed config field but the seed (mean / SE are over seeds)
+CELL_KEYS = tuple(n for n in FIELD_NAMES if n in HASHED_NAMES and n != "seed")
+
+RUN_COLUMNS = {
+    "grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", "cell_id": "VARCHAR", "run_dir": "VARCHAR",
+    **{col: t for col, (_, t) in STATUS_COLUMNS.items()},
+    **CONFIG_COLUMNS,
+    **{col: t for col, (_, t) in SUMMARY_COLUMNS.items()},
+    **PROGRESS_COLUMNS,
+    **{col: t for col, (_, t) in DOC_COLUMNS.items()},
+    "has_summary": "BOOLEAN", "config_json": "VARCHAR", "status_json": "VARCHAR", "summary_json": "VARCHAR",
+}
+assert len(RUN_COLUMNS) == len(STATUS_COLUMNS) + len(CONFIG_COLUMNS) + len(SUMMARY_COLUMNS) + len(PROGRESS_COLUMNS) \
+    + len(DOC_COLUMNS) + 8, "a status / summary column repeats a config column: rename it above"
+
+
+# DuckDB reserves these words: such a column must be written "window" in SQL (tests/store checks the list)
+RESERVED = frozenset({"window"})
+
+
+def q(name: str) -> str:
+    """A column name as SQL: quoted when DuckDB reserves the word."""
+    return f'"{name}"' if name in RESERVED else name
+
+
+def _table(name: str, columns: dict) -> str:
+    body = ",\n".join(f"    {q(c)} {t}" for c, t in columns.items())
+    return f"CREATE TABLE {name} (\n{body}\n);"
+
+
+_CELL = ", ".join(map(q, CELL_KEYS))
+
+TABLES = {
+    "meta": _table("meta", {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR"}),
+    # what each run dir looked like when last read: (file, mtime_ns, size) of every file we read
+    "ingested": _table("ingested", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL",
+                                    "fingerprint": "VARCHAR", "ingested_at": "DOUBLE"}),
+    "runs": _table("runs", RUN_COLUMNS),
+    "evals": _table("evals", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **EVAL_COLUMNS}),
+    "train": _table("train", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **TRAIN_COLUMNS}),
+}
+
+VIEWS = {
+    # one row per run: its final val loss (summary's, else the last eval: a running job's so far)
+    "final": f"""CREATE VIEW final AS
+SELECT grid, run_id, cell_id, state, seed, {_CELL},
+       coalesce(final_val_loss, last_val_loss) AS final_val_loss,
+       coalesce(final_train_loss, last_train_loss) AS final_train_loss,
+       coalesce(final_eval_step, last_step) AS final_step,
+       last_tokens AS final_tokens, last_elapsed AS final_elapsed,
+       state = 'done' AS finished
+FROM runs;""",
+    # one row per cell (config without the seed): mean and standard error over finished seeds
+    "cells": f"""CREATE VIEW cells AS
+SELECT grid, cell_id, {_CELL},
+       count(*) AS n_runs,
+       count(*) FILTER (WHERE finished) AS n_done,
+       list(run_id ORDER BY seed) AS run_ids,
+       list(DISTINCT state) AS states,
+       avg(final_val_loss) FILTER (WHERE finished) AS mean_val_loss,
+       stddev_samp(final_val_loss) FILTER (WHERE finished)
+           / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
+       avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
+FROM final
+GROUP BY grid, cell_id, {_CELL};""",
+}
+
+
+def ddl() -> str:
+    """The whole schema as SQL (pinned by a golden file in tests/store)."""
+    return "\n\n".join([*TABLES.values(), *VIEWS.values()]) + "\n"

@@ -1,0 +1,201 @@
+"""Store: the DuckDB cache of runs/ (one writer process at a time; always rebuildable).
+
+    store = Store("runs/ablate.duckdb")
+    store.ingest("runs", grid="quickstart")     # only the run dirs that changed are read
+    store.query("select arch, final_val_loss from final")
+
+`ingest` is one transaction: an interrupted ingest leaves the previous state. Rows are keyed by
+(grid, run_id); re-reading a run replaces all of its rows (delete + insert), so ingesting twice
+changes nothing. Run dirs that disappeared from runs/ disappear from the store.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from ablate.errors import AblateError
+from ablate.store import ingest as ing
+from ablate.store.schema import SCHEMA_VERSION, VIEWS, ddl
+
+BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
+
+
+class Store:
+    def __init__(self, db_path, read_only: bool = False):
+        self.path = str(db_path)
+        if self.path != ":memory:" and not read_only:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        if read_only and not Path(self.path).exists():
+            raise AblateError(f"no store at {self.path}: `ablate report` (or `ablate query` without "
+                              "--no-ingest) creates it")
+        try:
+            self.con = duckdb.connect(self.path, read_only=read_only)
+        except duckdb.IOException as e:
+            raise AblateError(f"cannot open the store {self.path}: {str(e).splitlines()[0]} "
+                              "(DuckDB allows one writing process: wait for the other ablate command)") from None
+        self.read_only = read_only
+        if not read_only:
+            self._ensure_schema()
+        self.last_read: list[tuple[str, str]] = []  # (grid, run_id) read by the last ingest
+
+    # ---- schema
+    def _ensure_schema(self, drop: bool = False) -> None:
+        have = {r[0] for r in self.con.execute("select table_name from information_schema.tables").fetchall()}
+        version = None
+        if "meta" in have:
+            rows = self.con.execute("select value from meta where key = 'schema_version'").fetchall()
+            version = rows[0][0] if rows else None
+        if version == SCHEMA_VERSION and not drop:
+            return
+        for view in VIEWS:
+            self.con.execute(f"DROP VIEW IF EXISTS {view}")
+        for table in have - set(VIEWS):
+            self.con.execute(f'DROP TABLE IF EXISTS "{table}"')
+        self.con.execute(ddl())
+        self.con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+
+    # ---- ingest
+    def ingest(self, runs_root, grid: str | None = None, rebuild: bool = False) -> dict:
+        """Bring the store up to date with runs_root (all grids, or one). Returns counts:
+        scanned (run dirs found), read (re-read because they changed), unchanged, removed, and
+        the rows now held for that scope (runs, evals, train).
+
+        rebuild=True drops every table and re-reads every run dir under runs_root, whatever
+        `grid` says: the store is a cache and must never hold half of runs/ after a rebuild."""
+        if self.read_only:
+            raise AblateError(f"the store {self.path} is open read-only")
+        if rebuild:
+            self._ensure_schema(drop=True)
+            grid = None
+        found = ing.scan(runs_root, grid)
+        scope, args = ("where grid = ?", [grid]) if grid else ("", [])
+        known = dict(((g, r), fp) for g, r, fp in
+                     self.con.execute(f"select grid, run_id, fingerprint from ingested {scope}", args).fetchall())
+        changed = [rd for rd in found if known.get((rd.grid, rd.run_id)) != rd.fingerprint]
+        present = {(rd.grid, rd.run_id) for rd in found}
+        # run dirs deleted from runs/ leave the store too, unless runs/ itself is missing (a wrong
+        # directory must not empty the cache)
+        removed = [k for k in known if k not in present] if Path(runs_root).is_dir() else []
+
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            stale = pd.DataFrame([(rd.grid, rd.run_id) for rd in changed] + removed, columns=["grid", "run_id"],
+                                 dtype=object)
+            if len(stale):
+                self.con.register("stale_keys", stale)
+                for table in ("runs", "evals", "train", "ingested"):
+                    self.con.execute(f"DELETE FROM {table} USING stale_keys s "
+                                     f"WHERE {table}.grid = s.grid AND {table}.run_id = s.run_id")
+                self.con.unregister("stale_keys")
+            now = time.time()
+            for i in range(0, len(changed), BATCH_RUNS):
+                batch = ing.Batch()
+                for rd in changed[i:i + BATCH_RUNS]:
+                    batch.add(*ing.read_run(rd))
+                for table, df in batch.frames().items():
+                    self._insert(table, df)
+                marks = pd.DataFrame({"grid": [rd.grid for rd in changed[i:i + BATCH_RUNS]],
+                                      "run_id": [rd.run_id for rd in changed[i:i + BATCH_RUNS]],
+                                      "fingerprint": [rd.fingerprint for rd in changed[i:i + BATCH_RUNS]],
+                                      "ingested_at": now})
+                self._insert("ingested", marks)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        self.last_read = [(rd.grid, rd.run_id) for rd in changed]
+        counts = {"scanned": len(found), "read": len(changed), "unchanged": len(found) - len(changed),
+                  "removed": len(removed)}
+        for table in ("runs", "evals", "train"):
+            counts[table] = self.con.execute(f"select count(*) from {table} {scope}", args).fetchall()[0][0]
+        return counts
+
+    def _insert(self, table: str, df: pd.DataFrame) -> None:
+        if not len(df):
+            return
+        self.con.register("incoming", df)
+        self.con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+        self.con.unregister("incoming")
+
+    # ---- reading
+    def query(self, sql: str, params=None) -> pd.DataFrame:
+        try:
+            return self.con.execute(sql, params or []).df()
+        except duckdb.Error as e:
+            raise AblateError(f"query failed: {str(e).splitlines()[0]}") from None
+
+    def curves(self, grid: str, cell_ids=None, max_points: int = 200) -> pd.DataFrame:
+        """Val loss curves, one per cell (mean over its seeds at each eval step), at most
+        max_points rows per cell: every k-th eval counted back from the last one, so the final
+        eval is always kept and k = ceil(n / max_points). Done in SQL: a 1,000-run grid with
+        1,000 evals each never reaches pandas at full size."""
+        cells = "" if cell_ids is None else "and r.cell_id in (select unnest(?::VARCHAR[]))"
+        args = [grid] + ([list(cell_ids)] if cell_ids is not None else []) + [max(1, int(max_points))]
+        return self.query(f"""
+            with c as (
+                select r.cell_id, e.step, avg(e.tokens) as tokens, avg(e.elapsed) as elapsed,
+                       avg(e.val_loss) as val_loss, count(*) as n_seeds
+                from evals e join runs r on e.grid = r.grid and e.run_id = r.run_id
+                where e.grid = ? and e.val_loss is not null {cells}
+                group by r.cell_id, e.step),
+            n as (
+                select *, row_number() over (partition by cell_id order by step) as rn,
+                       count(*) over (partition by cell_id) as n
+                from c)
+            select cell_id, step, tokens, elapsed, val_loss, n_seeds from n
+            where (n - rn) % cast(ceil(n / ?) as bigint) = 0
+            order by cell_id, step""", args)
+
+    def crossings(self, grid: str, targets: pd.DataFrame) -> pd.DataFrame:
+        """For each (run_id, target) row: the first eval whose val loss is <= target and the eval
+        before it (prev_*; null when the first eval already is), or no row when never reached."""
+        if not len(targets):
+            return pd.DataFrame(columns=["run_id", "target", "step", "tokens", "elapsed", "val_loss",
+                                         "prev_step", "prev_tokens", "prev_elapsed", "prev_val_loss"])
+        self.con.register("targets", targets[["run_id", "target"]])
+        try:
+            return self.query("""
+                with e as (
+                    select e.run_id, t.target, e.step, e.tokens, e.elapsed, e.val_loss,
+                           lag(e.step) over w as prev_step, lag(e.tokens) over w as prev_tokens,
+                           lag(e.elapsed) over w as prev_elapsed, lag(e.val_loss) over w as prev_val_loss
+                    from evals e join targets t on e.run_id = t.run_id
+                    where e.grid = ? and e.val_loss is not null
+                    window w as (partition by e.run_id, t.target order by e.step))
+                select * from e where val_loss <= target
+                qualify row_number() over (partition by run_id, target order by step) = 1
+                order by run_id, target""", [grid])
+        finally:
+            self.con.unregister("targets")
+
+    def put_table(self, name: str, grid: str, df: pd.DataFrame) -> None:
+        """Replace `grid`'s rows of a derived table (e.g. speedup, written by the report) so that
+        `ablate query` can read it; the table is re-created when its columns changed."""
+        df = df.assign(grid=grid)
+        cols = self.con.execute("select column_name from information_schema.columns where table_name = ? "
+                                "order by ordinal_position", [name]).fetchall()
+        if not len(df):  # nothing to store: only forget the grid's old rows
+            if cols:
+                self.con.execute(f'DELETE FROM "{name}" WHERE grid = ?', [grid])
+            return
+        self.con.register("incoming", df)
+        try:
+            if [c[0] for c in cols] != list(df.columns):
+                self.con.execute(f'DROP TABLE IF EXISTS "{name}"')
+                self.con.execute(f'CREATE TABLE "{name}" AS SELECT * FROM incoming LIMIT 0')
+            self.con.execute(f'DELETE FROM "{name}" WHERE grid = ?', [grid])
+            self.con.execute(f'INSERT INTO "{name}" BY NAME SELECT * FROM incoming')
+        finally:
+            self.con.unregister("incoming")
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

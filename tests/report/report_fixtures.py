@@ -1,0 +1,29 @@
+"""Report test fixtures (imported by the test modules: a conftest.py here would shadow the root
+conftest that other tests import by name): an isolated JavaScript-bundle cache, and charts
+built but not drawn."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def _bundle_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("vega-cache")
+
+
+@pytest.fixture(autouse=True)
+def bundle_cache(_bundle_cache, monkeypatch):
+    """One JS bundle per test session, never in the user's ~/.cache."""
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(_bundle_cache))
+
+
+@pytest.fixture
+def specs_only(monkeypatch):
+    """For tests of numbers: every chart is still built and validated by altair (to_dict), but
+    not rasterized (PNG/SVG are most of a report's time)."""
+    from ablate.report import render
+
+    def write_chart(chart, path_stem):
+        spec = chart.to_dict()
+        path_stem.with_suffix(".png").write_bytes(b"")
+        path_stem.with_suffix(".svg").write_text("")
+        return spec
+    monkeypatch.setattr(render, "write_chart", write_chart)

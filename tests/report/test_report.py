@@ -1,0 +1,261 @@
+"""The report's files and tables: real PNGs, a self-contained index.html, memory / size / status
+tables with the values put into the run dirs, and a readable report for empty or partial grids."""
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from ablate.plan import estimate
+from ablate.report import make_report
+from ablate.store import Store
+from ablate.store.synthetic import config_for, write_run
+from report_fixtures import _bundle_cache, bundle_cache, specs_only  # noqa: F401 (fixtures)
+
+GIB = 2 ** 30
+COMPARE = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
+CHARTS = ["loss_curves", "loss_vs_tokens", "speedup", "memory", "size", "throughput"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    runs = tmp_path / "runs"
+    store = Store(runs / "ablate.duckdb")
+
+    def report(compare=COMPARE, grid="g", **kw):
+        store.ingest(runs)
+        return make_report(store, grid, compare, tmp_path / "reports" / grid, **kw)
+    yield runs, store, report
+    store.close()
+
+
+def specs_of(html: str) -> dict:
+    payload = re.search(r"var specs=(\{.*?\});\n", html, re.S).group(1)
+    return json.loads(payload.replace("<\\/", "</"))
+
+
+def rows_of(spec: dict) -> int:
+    return sum(len(v) for v in spec.get("datasets", {}).values())
+
+
+def gpu_grid(runs):
+    """Two contexts; at 512 nGPT ran out of memory and GPT diverged."""
+    for ctx in (128, 256):
+        write_run(runs, "g", {"arch": "gpt", "context": ctx}, lambda s: 3 - 0.001 * s,
+                  peak_alloc=2 * GIB * ctx // 128, peak_reserved=3 * GIB * ctx // 128)
+        write_run(runs, "g", {"arch": "ngpt", "context": ctx}, lambda s: 3 - 0.002 * s,
+                  peak_alloc=3 * GIB * ctx // 128, peak_reserved=4 * GIB * ctx // 128)
+        write_run(runs, "g", {"arch": "ngpt", "context": ctx, "tie_embeddings": True}, lambda s: 3 - 0.0015 * s,
+                  peak_alloc=GIB * ctx // 128)
+    write_run(runs, "g", {"arch": "ngpt", "context": 512}, state="oom", steps=0, error="CUDA out of memory")
+    write_run(runs, "g", {"arch": "gpt", "context": 512}, lambda s: 3 + s, state="diverged", steps=200,
+              error="Traceback (most recent call last):\n...\nloss 203.0 above diverge_loss at step 200")
+
+
+def test_every_file_is_written_and_real(env):
+    runs, store, report = env
+    gpu_grid(runs)
+    out = report()
+    d = out["paths"]["index.html"].parent
+    for name in CHARTS:
+        png = (d / f"{name}.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000, name
+        width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+        assert width > 300 and height > 100, name
+        assert (d / f"{name}.svg").read_text().lstrip().startswith("<svg"), name
+    assert not (d / "lr_sweep.png").exists()  # one lr per variant: no lr chart
+    for name in ("speedup.csv", "memory.csv", "size.csv", "summary.md"):
+        assert (d / name).stat().st_size > 50, name
+    md = (d / "summary.md").read_text()
+    for heading in ("## Speedup", "## Peak memory", "## Model size", "## Throughput",
+                    "## Final validation loss", "## Runs that did not finish cleanly"):
+        assert heading in md
+
+
+def test_index_html_is_self_contained(env):
+    runs, store, report = env
+    gpu_grid(runs)
+    html = report()["paths"]["index.html"].read_text()
+    assert not re.search(r"<script[^>]*\bsrc\s*=", html)
+    assert not re.search(r"<link[^>]*href\s*=\s*['\"]https?:", html)
+    assert "window.vegaEmbed=" in html and "vegaEmbed('#'" in html
+    specs = specs_of(html)
+    assert set(specs) == {f"chart-{c}" for c in CHARTS}
+    for name in CHARTS:
+        assert f"id='chart-{name}'" in html
+    assert "<table" in html and "ngpt" in html
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+def test_index_html_renders_offline_in_node(env, tmp_path):
+    """The inlined bundle's vegaEmbed draws every inlined spec in node (no browser, no network)."""
+    runs, store, report = env
+    gpu_grid(runs)
+    html = report()["paths"]["index.html"].read_text()
+    bundle = re.search(r"<script>(.*?)</script>", html, re.S).group(1)
+    (tmp_path / "specs.json").write_text(json.dumps(specs_of(html)))
+    (tmp_path / "bundle.js").write_text(bundle)
+    script = tmp_path / "check.js"
+    script.write_text("""
+// a do-nothing DOM: vega-embed gets an element, Vega renders headless (renderer 'none' + toSVG)
+function fake() {
+  return new Proxy(function () { return fake(); }, {
+    get(t, k) {
+      if (k === Symbol.toPrimitive) return () => 0;
+      if (k === 'then') return undefined;
+      if (k === 'style') return {};
+      if (k === 'childNodes' || k === 'children') return [];
+      return fake();
+    },
+    set() { return true; },
+  });
+}
+globalThis.window = globalThis;
+globalThis.document = fake();
+for (const name of ['ShadowRoot', 'HTMLElement', 'Element', 'Node']) globalThis[name] = class {};
+const fs = require('fs');
+(0, eval)(fs.readFileSync(process.argv[2], 'utf8'));
+const specs = JSON.parse(fs.readFileSync(process.argv[3], 'utf8'));
+(async () => {
+  for (const [id, spec] of Object.entries(specs)) {
+    const res = await window.vegaEmbed(fake(), spec, {actions: false, renderer: 'none'});
+    const svg = await res.view.toSVG();
+    if (!svg.startsWith('<svg')) throw new Error(id);
+    console.log(id, svg.length);
+  }
+})().catch(e => { console.error(e); process.exit(1); });
+""")
+    r = subprocess.run(["node", str(script), str(tmp_path / "bundle.js"), str(tmp_path / "specs.json")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(r.stdout.splitlines()) == len(CHARTS)
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_memory_table_deltas_estimates_and_oom(env):
+    runs, store, report = env
+    gpu_grid(runs)
+    cfg = config_for({"arch": "ngpt", "context": 256})
+    plan = {cfg.run_id(): {"params": 1, "grads": 1, "optimizer": 2, "activations": 3, "logits": 4,
+                           "total": 5 * GIB}}
+    mem = report(plan_estimates=plan)["memory"].set_index(["mgroup", "variant"])
+    base, ngpt = mem.loc[("context=256", "gpt")], mem.loc[("context=256", "ngpt")]
+    assert base.peak_alloc == 4 * GIB and base.delta_alloc == 0
+    assert ngpt.peak_alloc == 6 * GIB and ngpt.delta_alloc == 2 * GIB and ngpt.delta_alloc_pct == pytest.approx(50.0)
+    assert ngpt.peak_reserved == 8 * GIB
+    assert ngpt.est_total == 5 * GIB  # the plan's estimate, beside the measurement
+    # without a plan estimate: the plan's own formula on the run's config
+    assert base.est_total == estimate.memory_breakdown(config_for({"arch": "gpt", "context": 256}))["total"]
+    tied = mem.loc[("context=128", "ngpt tie_embeddings")]
+    assert tied.delta_alloc_pct == pytest.approx(-50.0)
+    oom = mem.loc[("context=512", "ngpt")]
+    assert oom.oom and oom.states == "oom"
+    assert mem.loc[("context=512", "gpt")].states == "diverged"
+    md = (report()["paths"]["summary.md"]).read_text()
+    assert re.search(r"\| context=512 \| ngpt \| oom \| OOM \|", md)
+    assert "| +2.00 | +50.0% |" in md
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_status_lists_oom_and_diverged_with_their_error(env):
+    runs, store, report = env
+    gpu_grid(runs)
+    out = report()
+    problems = {p["state"]: p for p in out["status"]["problems"]}
+    assert set(problems) == {"oom", "diverged"}
+    assert problems["diverged"]["error"] == "loss 203.0 above diverge_loss at step 200"
+    assert out["status"]["counts"] == {"done": 6, "oom": 1, "diverged": 1}
+    cells = out["cells"].set_index(["group", "variant"])
+    assert cells.loc[("context=512", "ngpt"), "states"] == "oom"
+    md = out["paths"]["summary.md"].read_text()
+    assert "8 runs in the store (6 done, 1 diverged, 1 oom)" in md
+    assert "| diverged | context=512 | gpt |" in md
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_size_table_matches_exact_counts(env):
+    runs, store, report = env
+    gpu_grid(runs)
+    size = report()["size"].set_index(["mgroup", "variant"])
+    for variant, over in (("ngpt", {}), ("ngpt tie_embeddings", {"tie_embeddings": True})):
+        counts = estimate.param_counts(config_for({"arch": "ngpt", "context": 128, **over}))
+        r = size.loc[("context=128", variant)]
+        assert (r.params_total, r.params_non_embedding, r.params_attention) == \
+            (counts["total"], counts["non_embedding"], counts["attention"])
+        assert r.source == "measured"
+    tied, untied = size.loc[("context=128", "ngpt tie_embeddings")], size.loc[("context=128", "ngpt")]
+    assert tied.ckpt_bytes < untied.ckpt_bytes and tied.params_non_embedding == untied.params_non_embedding
+    assert size.loc[("context=512", "ngpt"), "source"] == "estimate"  # OOM before a summary: plan counts
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_cpu_runs_say_no_cuda_memory(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"})
+    write_run(runs, "g", {"arch": "ngpt"})
+    out = report()
+    html = out["paths"]["index.html"].read_text()
+    memory = specs_of(html)["chart-memory"]
+    assert "no CUDA memory measured" in json.dumps(memory["title"])
+    assert "not measured" in out["paths"]["summary.md"].read_text()
+    assert "MFU unknown" in json.dumps(specs_of(html)["chart-throughput"]["title"])
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_curves_stay_under_the_row_limit(env):
+    """80 cells x 1,001 evals: every chart's data stays under altair's 5,000 rows, each curve keeps
+    its last eval."""
+    runs, store, report = env
+    for lr in [1e-3 * (i + 1) for i in range(40)]:
+        for arch in ("gpt", "ngpt"):
+            write_run(runs, "g", {"arch": arch, "lr": lr, "max_iters": 5000, "eval_interval": 5},
+                      lambda s, lr=lr: 3 - s * lr / 10, metrics=False)
+    out = report()
+    assert store.query("select count(*) n from evals").n[0] == 80 * 1001
+    specs = specs_of(out["paths"]["index.html"].read_text())
+    for name, spec in specs.items():
+        assert rows_of(spec) <= 5000, name
+    curve = specs["chart-loss_curves"]
+    rows = next(iter(curve["datasets"].values()))
+    assert {r["variant"] for r in rows} == {"gpt", "ngpt"}  # best lr per variant
+    assert max(r["step"] for r in rows) == 5000
+    assert len(out["lr_sweep"]) == 80 and out["paths"]["lr_sweep"].exists()
+
+
+def test_empty_grid_reports_what_is_missing(env):
+    runs, store, report = env
+    plan = {"abc123": {"total": 1}, "def456": {"total": 2}}
+    out = report(grid="nothing", plan_estimates=plan)
+    md = out["paths"]["summary.md"].read_text()
+    assert "No runs of grid 'nothing'" in md and "2 planned runs have no run dir yet" in md
+    for name in CHARTS:
+        assert out["paths"][name].read_bytes()[:4] == b"\x89PNG"
+    assert len(out["speedup"]) == 0 and out["status"]["missing"] == ["abc123", "def456"]
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_partial_grid_while_jobs_write(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, lambda s: 3 - 0.001 * s, state="running", steps=400, torn=True)
+    planned = config_for({"arch": "ngpt"}).run_id()
+    out = report(plan_estimates={planned: {"total": GIB}, config_for({"arch": "gpt"}).run_id(): {"total": GIB}})
+    md = out["paths"]["summary.md"].read_text()
+    assert "1 runs in the store (1 running)" in md and f"1 planned runs have no run dir yet (not submitted): {planned}" in md
+    curve = next(iter(specs_of(out["paths"]["index.html"].read_text())["chart-loss_curves"]["datasets"].values()))
+    assert max(r["step"] for r in curve) == 400  # the torn line is not there
+
+
+def test_report_never_imports_torch(env, tmp_path):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"})
+    write_run(runs, "g", {"arch": "ngpt"}, lambda s: 3 - 0.003 * s)
+    store.close()
+    code = ("import sys; from ablate.store import Store; from ablate.report import make_report;"
+            f"s = Store({str(runs / 'ablate.duckdb')!r}); s.ingest({str(runs)!r});"
+            f"make_report(s, 'g', {COMPARE!r}, {str(tmp_path / 'r')!r});"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "r" / "index.html").exists()
