@@ -15,6 +15,8 @@ A SIGTERM (scancel, `ablate cancel`, a local stop) also saves, but is not requeu
 from __future__ import annotations
 
 import os
+import socket
+import sys
 
 import submitit
 
@@ -32,6 +34,9 @@ class CellJob(submitit.helpers.Checkpointable):
         if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
             for var in THREAD_VARS:
                 os.environ[var] = str(self.threads)
+        print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
+              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
+              file=sys.stderr, flush=True)
         from ablate.train.trainer import train  # torch is imported in the job only
 
         if self.threads:

@@ -28,6 +28,7 @@ from ablate.plan import rundir
 ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "COMPLETING",
           "CONFIGURING", "STOPPED", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD", "SPECIAL_EXIT"}
 WORKING = ("queued", "running")  # file states that a live job owns
+NOT_SLURM = ("ALIVE", "GONE", "WAITING", "ENDED", "OTHER HOST")  # JobView states that are not Slurm's
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,9 @@ def slurm_views(job_ids, final_needed=None) -> dict[str, JobView]:
     asked = [j for j in ended if final_needed is None or j in final_needed]
     accounting = sacct(asked) if asked else {}
     for j in ended:
+        if j not in asked:  # its run dir has its final state: which one Slurm has does not matter
+            views[j] = JobView(j, queue[j][0] if j in queue else "ENDED", False)
+            continue
         state = (accounting or {}).get(j) or (queue.get(j, ("",))[0]) or ("GONE" if accounting is None else "UNKNOWN")
         # sacct can lag squeue by a moment; an active state there is not to be trusted once squeue forgot the job
         views[j] = JobView(j, state, False)
@@ -225,6 +229,22 @@ def record_lost(cells: list[Cell]) -> list[Cell]:
     for c in lost:
         fields = dict(state=c.state, note=c.note, scheduler_state=c.job.state)
         if c.state in ("failed", "cancelled"):
-            fields.update(ended=time.time(), error=c.status.get("error") or c.note)
+            tail = stderr_tail(c.status.get("stderr"))
+            fields.update(ended=time.time(), error=c.status.get("error") or c.note + (f"; its stderr ends: {tail}"
+                                                                                       if tail else ""))
         rundir.update_status(c.run_dir, **fields)
     return lost
+
+
+def stderr_tail(path) -> str:
+    """The last non-empty line a job wrote to its stderr ('' when there is none)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 2048))
+            lines = [l.strip() for l in f.read().decode(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""

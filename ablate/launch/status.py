@@ -26,7 +26,7 @@ ORDER = ("running", "queued", "pending", "failed", "oom", "diverged", "cancelled
 
 class _RunDir:
     def __init__(self, run_dir: Path):
-        self.run_dir, self.run_id = run_dir, run_dir.name
+        self.run_dir, self.run_id = run_dir, f"{run_dir.parent.name}/{run_dir.name}"
 
 
 def _cells(grid: Grid | None) -> list:
@@ -70,21 +70,17 @@ def _elapsed(s: dict) -> str:
     return f"{int(secs // 3600)}:{int(secs % 3600 // 60):02d}:{int(secs % 60):02d}"
 
 
-def last_error_line(s: dict) -> str:
-    err = (s.get("error") or "").strip().splitlines()
-    if err:
+def last_line(c: scheduler.Cell) -> str:
+    """What the table says about a cell: its error's last line, else the reconciliation note,
+    else (failed without a word) the last line its job wrote to stderr."""
+    err = (c.status.get("error") or "").strip().splitlines()
+    if c.state in ("failed", "oom", "diverged", "cancelled") and err:
         return err[-1].strip()
-    path = s.get("stderr")  # nothing recorded: the job's own stderr, when the scheduler killed it
-    if path and s.get("state") in ("failed", "cancelled"):
-        try:
-            with open(path, "rb") as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 2048))
-                lines = [l for l in f.read().decode(errors="replace").splitlines() if l.strip()]
-            return lines[-1].strip() if lines else ""
-        except OSError:
-            return ""
-    return ""
+    if c.note:
+        return c.note
+    if c.state == "failed":
+        return scheduler.stderr_tail(c.status.get("stderr"))
+    return c.status.get("note") or "" if c.state == "cancelled" else ""
 
 
 def _fmt(x, spec: str, dash: str = "-") -> str:
@@ -97,17 +93,12 @@ def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -
         if c.state not in states:
             continue
         s, m = c.status, _last_metrics(c.run_dir)
-        step = s.get("step", m.get("step"))
         job = s.get("job_id") or (c.job.job_id if c.job else "-")
-        sched = "" if c.job is None or c.job.state in ("ALIVE", "GONE") else c.job.state
-        note = c.note if c.note and c.state not in ("failed", "cancelled") else ""
-        tail = last_error_line({**s, "state": c.state}) if c.state in ("failed", "oom", "diverged", "cancelled") \
-            else note
-        if c.state in ("failed", "cancelled") and c.note and c.note not in tail and not s.get("error"):
-            tail = f"{c.note}; {tail}" if tail else c.note
-        rows.append(f"{c.run_id:<12} {c.state:<9} {_fmt(step, 'd'):>7}/{_max_iters(c.run_dir)!s:<7} "
+        sched = c.job.state if c.job is not None and c.job.state not in scheduler.NOT_SLURM else ""
+        rows.append(f"{c.run_id:<12} {c.state:<9} {_fmt(m.get('step'), 'd'):>7}/{_max_iters(c.run_dir)!s:<7} "
                     f"{_fmt(m.get('loss'), '.3f'):>7} {_fmt(m.get('tokens_per_s'), ',.0f'):>9} "
-                    f"{_elapsed(s):>8} {job:<12} {sched:<10} {tail}"[:width or None])
+                    f"{_elapsed(s):>8} {job:<12} {sched or s.get('scheduler_state') or '':<10} {last_line(c)}"
+                    [:width or None])
     if not rows:
         return []
     head = f"{'run_id':<12} {'state':<9} {'step':>7}/{'max':<7} {'loss':>7} {'tok/s':>9} {'elapsed':>8} " \

@@ -152,8 +152,14 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
         todo_ids, skipped = select_cells(views, retry, force)
         _summarize_skips(skipped, echo)
         todo = [by_id[r] for r in todo_ids]
+        live = [by_id[v.run_id] for v in views if v.active]
+        follow = (executor == "local" and not detach) or (executor == "slurm" and bool(wait))
         if not todo:
             echo("nothing to submit")
+            if follow and live:  # still show the cells that earlier submissions are running
+                from ablate.launch.status import watch
+
+                watch(grid, live, echo=echo)
             return []
         slots = res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo) if executor == "local" else None
         prepare_data(todo)
@@ -177,16 +183,11 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
             from ablate.launch.local import run_debug
 
             run_debug(todo, folder, echo=echo)
-    if executor == "local" and not detach:
+    if follow:
         from ablate.launch.status import watch
 
-        watch(grid, todo, runner=runner, echo=echo)
-    elif executor == "local":
-        echo("detached: the cells keep running; follow them with `ablate status " + str(grid.path) + "`")
-    elif executor == "slurm" and wait:
-        from ablate.launch.status import watch
-
-        watch(grid, todo, echo=echo)
-    elif executor == "slurm":
-        echo(f"submitted {len(todo)} cell(s); `ablate status {grid.path}` shows progress")
+        watch(grid, todo + live, runner=runner, echo=echo)
+    elif executor != "debug":
+        echo(f"{'detached: ' if executor == 'local' else ''}submitted {len(todo)} cell(s); "
+             f"`ablate status {grid.path}` shows progress")
     return todo

@@ -28,6 +28,22 @@ def test_two_cpu_slots_share_the_cores_and_show_progress(grid_file):
     assert r.returncode == 0 and r.stdout.startswith("grid g: 2 done"), r.stdout
 
 
+def test_one_job_per_gpu_slot_sees_only_its_gpu(grid_file):
+    """--gpus 0,1 on this CPU-only machine (device: cpu): submitit's LocalExecutor sets each
+    job's CUDA_VISIBLE_DEVICES to its slot, as on a GPU host."""
+    grid = grid_file(grid="{arch: [gpt, ngpt]}", resources="{gpus: 1}")
+    r = cli("submit", grid, "--executor", "local", "--gpus", "0,1")
+    assert r.returncode == 0 and "2 local slot(s) (gpu 0, gpu 1)" in r.stdout, r.stdout + r.stderr
+    seen = set()
+    for d in run_dirs("g"):
+        st = rundir.read_status(d)
+        assert st["state"] == "done" and st["slot"] in ("gpu 0", "gpu 1")
+        log = open(st["stderr"]).read()
+        assert f"CUDA_VISIBLE_DEVICES='{st['slot'][-1]}'" in log, log
+        seen.add(st["slot"])
+    assert seen == {"gpu 0", "gpu 1"}
+
+
 def test_detach_then_status_then_cancel_then_retry_resumes(grid_file):
     grid = grid_file(grid="{arch: [gpt, ngpt]}", **LONG)
     t0 = time.time()
@@ -40,7 +56,7 @@ def test_detach_then_status_then_cancel_then_retry_resumes(grid_file):
     waiting = second if running == first else first
     r = cli("status", grid)
     assert "1 running, 1 queued" in r.stdout and "waiting for a free slot" in r.stdout, r.stdout
-    assert "never submitted twice" in cli("submit", grid, "--executor", "local", "--retry").stdout
+    assert "never submitted twice" in cli("submit", grid, "--executor", "local", "--retry", "--detach").stdout
 
     r = cli("cancel", grid)
     assert r.returncode == 0 and r.stdout.count("cancelled ") == 2, r.stdout
