@@ -7,6 +7,7 @@ local pids, so a job that died without a word shows as failed with its scheduler
 from __future__ import annotations
 
 import collections
+import json
 import math
 import os
 import shutil
@@ -45,8 +46,6 @@ def _last_metrics(run_dir) -> dict:
             lines = f.read().decode(errors="replace").splitlines(keepends=True)
     except OSError:
         return {}
-    import json
-
     for line in reversed(lines):
         if line.endswith("\n"):
             try:

@@ -119,15 +119,13 @@ def submission_folder(grid: Grid) -> Path:
 
 
 def _summarize_skips(skipped: dict, echo) -> None:
+    """One line per skipped cell; one line per reason when more than three share it."""
     by_reason: dict = {}
     for rid, why in skipped.items():
-        by_reason.setdefault(why.split(" (")[0] if why.startswith("done") else why, []).append(rid)
+        by_reason.setdefault(why, []).append(rid)
     for why, rids in by_reason.items():
-        if len(rids) > 3:
-            echo(f"skip {len(rids)} cells: {why}")
-        else:
-            for rid in rids:
-                echo(f"skip {rid}: {skipped[rid]}")
+        for line in ([f"skip {len(rids)} cells: {why}"] if len(rids) > 3 else [f"skip {r}: {why}" for r in rids]):
+            echo(line)
 
 
 def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool = False, jobs: int | None = None,
@@ -140,8 +138,9 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
         raise AblateError(f"unknown executor '{executor}'; allowed: {', '.join(EXECUTORS)}")
     if executor == "slurm" and not shutil.which("sbatch"):
         raise AblateError("--executor slurm: sbatch is not on PATH (no Slurm here); use --executor local")
-    if array_parallelism is not None and array_parallelism < 1:
-        raise AblateError(f"--array-parallelism must be >= 1, got {array_parallelism}")
+    for flag, value in (("--array-parallelism", array_parallelism), ("--jobs", jobs)):
+        if value is not None and value < 1:
+            raise AblateError(f"{flag} must be >= 1, got {value}")
     retry = parse_retry(retry)
     cells = list(cells)
     by_id = {c.run_id: c for c in cells}
@@ -153,41 +152,44 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
         _summarize_skips(skipped, echo)
         todo = [by_id[r] for r in todo_ids]
         live = [by_id[v.run_id] for v in views if v.active]
-        follow = (executor == "local" and not detach) or (executor == "slurm" and bool(wait))
-        if not todo:
-            echo("nothing to submit")
-            if follow and live:  # still show the cells that earlier submissions are running
-                from ablate.launch.status import watch
-
-                watch(grid, live, echo=echo)
-            return []
-        slots = res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo) if executor == "local" else None
-        prepare_data(todo)
-        sha = git_sha()
-        for cell in todo:
-            if force:
-                reset_run_dir(cell.run_dir)
-            write_config(grid, cell, sha)
-        folder = submission_folder(grid)
-        if executor == "slurm":
-            from ablate.launch.slurm import submit_arrays
-
-            submit_arrays(grid, todo, folder, array_parallelism=array_parallelism, echo=echo)
-        elif executor == "local":
-            from ablate.launch.local import start_runner
-
-            runner = start_runner(grid, todo, slots, folder)
-            echo(f"started {len(todo)} cell(s) on {len(slots)} local slot(s) "
-                 f"({', '.join(s.label() for s in slots[:8])}); runner pid {runner.pid}, log {folder}/runner.log")
+        if todo:
+            runner = _dispatch(grid, todo, executor, force, jobs, gpus, array_parallelism, echo)
         else:
-            from ablate.launch.local import run_debug
-
-            run_debug(todo, folder, echo=echo)
-    if follow:
+            echo("nothing to submit")
+    follow = (executor == "local" and not detach) or (executor == "slurm" and bool(wait))
+    if follow and (todo or live):  # live: cells that earlier submissions are still running
         from ablate.launch.status import watch
 
         watch(grid, todo + live, runner=runner, echo=echo)
-    elif executor != "debug":
+    elif todo and executor != "debug":
         echo(f"{'detached: ' if executor == 'local' else ''}submitted {len(todo)} cell(s); "
              f"`ablate status {grid.path}` shows progress")
     return todo
+
+
+def _dispatch(grid, todo, executor, force, jobs, gpus, array_parallelism, echo):
+    """Write the run dirs and hand the cells to the executor; returns the local runner, if any."""
+    runner = None
+    slots = res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo) if executor == "local" else None
+    prepare_data(todo)
+    sha = git_sha()
+    for cell in todo:
+        if force:
+            reset_run_dir(cell.run_dir)
+        write_config(grid, cell, sha)
+    folder = submission_folder(grid)
+    if executor == "slurm":
+        from ablate.launch.slurm import submit_arrays
+
+        submit_arrays(grid, todo, folder, array_parallelism=array_parallelism, echo=echo)
+    elif executor == "local":
+        from ablate.launch.local import start_runner
+
+        runner = start_runner(grid, todo, slots, folder)
+        echo(f"started {len(todo)} cell(s) on {len(slots)} local slot(s) "
+             f"({', '.join(s.label() for s in slots[:8])}); runner pid {runner.pid}, log {folder}/runner.log")
+    else:
+        from ablate.launch.local import run_debug
+
+        run_debug(todo, folder, echo=echo)
+    return runner

@@ -1,4 +1,9 @@
-"""Helpers for the launch tests (a plain module: tests/launch is on sys.path)."""
+"""Helpers and fixtures for the launch tests (a plain module: tests/launch is on sys.path).
+
+No conftest.py here on purpose: the top-level tests import `conftest` by name, and a second
+conftest module would shadow it. Test modules import the fixtures they use from here.
+The root conftest points ABLATE_RUNS_DIR / ABLATE_DATA_DIR at the test's tmp_path; Slurm jobs
+inherit that environment from sbatch and see the same files (single node)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +13,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from ablate.plan import rundir
 
@@ -88,3 +95,18 @@ def slurm_skip_reason() -> str | None:
     if "UP" not in out.stdout:
         return f"Slurm is not running (scontrol ping: {(out.stdout + out.stderr).strip()}); start it with scripts/start-slurm.sh"
     return None
+
+
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    """Jobs started by a test use one intra-op thread unless told otherwise (on these small VMs a
+    second OpenMP thread makes tiny matmuls much slower)."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture
+def grid_file(tmp_path):
+    """grid_file(name=..., grid=..., steps=..., resources=...) -> a tiny grid YAML."""
+    def make(**kw):
+        return write_grid(tmp_path, **kw)
+    return make

@@ -7,6 +7,7 @@ import time
 
 from ablate.plan import rundir
 from launch_helpers import ROOT, cli, run_dirs, states, steps_unbroken, wait_until
+from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
 
 LONG = dict(steps=1000, log_interval=50, eval_interval=500, ckpt_interval=500)
 

@@ -3,7 +3,6 @@ and the state a cell is really in when its job died without a word."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

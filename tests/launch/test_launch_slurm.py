@@ -16,6 +16,7 @@ from ablate.launch.submit import submit
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import cli, slurm_skip_reason, steps_unbroken, wait_until
+from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
 
 SKIP = slurm_skip_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]

@@ -13,6 +13,7 @@ from ablate.launch.submit import select_cells, submit
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import steps_unbroken
+from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
 
 
 def _view(rid, state, job=None):
