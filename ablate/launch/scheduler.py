@@ -216,6 +216,8 @@ def reconcile(cells) -> list[Cell]:
             job = local_view(s)
         else:
             job = None
+        if job is not None and job.active is False and s.get("state") in WORKING:
+            s = rundir.read_status(c.run_dir)  # read before asking: the job may have written its end since
         state, note = effective_state(s, job, executor or "")
         out.append(Cell(c.run_id, c.run_dir, s, state, job, note))
     return out
