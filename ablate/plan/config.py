@@ -94,10 +94,11 @@ class RunConfig:
         return self.batch_size * self.grad_accum * self.context
 
     def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in FIELD_NAMES}
+        return dict(self.__dict__)  # exactly the fields, in declaration order
 
     def hashed_dict(self) -> dict:
-        return {name: getattr(self, name) for name in HASHED_NAMES}  # sorted by name
+        d = self.__dict__
+        return {name: d[name] for name in HASHED_NAMES}  # sorted by name
 
     def run_id(self) -> str:
         """Short hash of the canonical JSON (sorted keys, no spaces) of every field that changes results."""
