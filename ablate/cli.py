@@ -84,7 +84,6 @@ def cmd_run(args) -> int:
     args.json, args.explain = False, None
     cmd_plan(args)
     print("== submit")
-    args.no_wait, args.executor = False, args.executor
     cmd_submit(args)
     print("== report")
     args.db, args.rebuild, args.quiet = None, False, False
@@ -108,10 +107,9 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ablate.train.trainer import train  # the only verb that imports torch
+    from ablate.train.trainer import main as train_main  # the only verb that imports torch
 
-    train(args.run_dir)
-    return 0
+    return train_main([args.run_dir])  # 75 when preempted (checkpoint saved), as the jobs see it
 
 
 def cmd_data(args) -> int:
@@ -194,8 +192,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_RETRY_WORDS = {"all", "failed", "diverged", "oom", "cancelled"}
+
+
+def _bare_retry(argv: list[str]) -> list[str]:
+    """`--retry GRID.yaml` means --retry=all then the grid: argparse would take the grid as STATES."""
+    out = list(argv)
+    for i, a in enumerate(out[:-1]):
+        if a == "--retry" and not set(out[i + 1].split(",")) <= _RETRY_WORDS and not out[i + 1].startswith("-"):
+            out[i] = "--retry=all"
+    return out
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_retry(sys.argv[1:] if argv is None else argv))
     try:
         return args.fn(args) or 0
     except AblateError as e:

@@ -71,3 +71,22 @@ def test_plan_status_report_never_import_torch(tiny_grid):
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code, str(tiny_grid)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("argv, retry", [
+    (["submit", "--retry", "g.yaml"], "all"),                 # bare flag before the grid
+    (["submit", "g.yaml", "--retry"], "all"),                 # bare flag last
+    (["submit", "--retry", "failed,oom", "g.yaml"], "failed,oom"),
+    (["submit", "g.yaml", "--retry", "cancelled", "--force"], "cancelled"),
+])
+def test_retry_flag_never_swallows_the_grid(argv, retry):
+    from ablate.cli import _bare_retry, build_parser
+
+    args = build_parser().parse_args(_bare_retry(argv))
+    assert args.grid == "g.yaml" and args.retry == retry
+
+
+def test_train_verb_reports_a_missing_run_dir_in_one_line(tmp_path):
+    r = ablate_cli("train", tmp_path / "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "config.json" in r.stderr or "nope" in r.stderr, r.stderr
