@@ -249,3 +249,11 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
             f"{closest(c.dataset, ['shakespeare', 'openwebtext'])}")
     if c.attn_backend == "flash" and c.device == "cpu":
         bad("key 'attn_backend': flash needs CUDA, but device is cpu (use sdpa or auto)")
+    if c.attn_backend == "flash" and c.dtype == "fp32":
+        bad("key 'attn_backend': flash runs in bf16 only, but dtype is fp32 (set dtype: bf16, or use sdpa or auto)")
+    if c.attn_backend == "flex" and c.device == "cpu":
+        bad("key 'attn_backend': flex cannot train on cpu (torch has no CPU FlexAttention backward); use sdpa or auto")
+    if c.param_dtype == "bf16" and c.dtype != "bf16":
+        bad("key 'param_dtype': bf16 weights need dtype: bf16 (autocast); fp32 activations cannot meet bf16 weights")
+    if c.param_dtype == "bf16" and c.device == "cpu":
+        bad("key 'param_dtype': bf16 block matrices need CUDA, but device is cpu (use param_dtype: fp32)")
