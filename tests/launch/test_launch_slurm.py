@@ -86,8 +86,8 @@ def test_arrays_split_at_max_array_size(grid_file, monkeypatch):
 
 
 def test_a_failing_job_is_shown_failed_with_its_error(grid_file):
-    # flash attention on a GPU-less node: the plan accepts it (device auto), the trainer refuses
-    path = grid_file(name="fail", grid="{attn_backend: [flash]}", device="auto")
+    # flash attention (bf16) on a GPU-less node: the plan accepts it (device auto), the trainer refuses
+    path = grid_file(name="fail", grid="{attn_backend: [flash]}", device="auto", extra=", dtype: bf16")
     r = cli("submit", path, "--executor", "slurm", "--wait", timeout=180)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "grid fail: 1 failed" in r.stdout  # --wait returned once the job had ended

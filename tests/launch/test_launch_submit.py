@@ -53,8 +53,8 @@ def test_debug_executor_runs_in_process_then_nothing_to_submit(grid_file, capsys
 
 
 def test_failed_cells_rerun_only_with_retry_and_force_starts_over(grid_file, capsys):
-    # flash attention on a CPU-only machine: the plan accepts it (device auto), the job fails
-    grid = load_grid(grid_file(grid="{attn_backend: [sdpa, flash]}", device="auto"))
+    # flash attention (bf16) on a CPU-only machine: the plan accepts it (device auto), the job fails
+    grid = load_grid(grid_file(grid="{attn_backend: [sdpa, flash]}", device="auto", extra=", dtype: bf16"))
     ok, bad = grid.cells
     submit(grid, grid.cells, executor="debug")
     assert rundir.state_of(ok.run_dir) == "done" and rundir.state_of(bad.run_dir) == "failed"
