@@ -8,7 +8,6 @@ which always happens before hashing: an explicit value equal to the default hash
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import typing

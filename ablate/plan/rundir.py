@@ -13,6 +13,7 @@ torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -28,20 +29,28 @@ CONFIG, STATUS, METRICS, EVALS, SUMMARY, CKPT = (
     "config.json", "status.json", "metrics.jsonl", "evals.jsonl", "summary.json", "ckpt.pt")
 
 
-def write_json_atomic(path, obj) -> None:
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w"):
+    """Open a temp file beside `path`; on success fsync and rename it over `path`, on any error
+    delete it. Readers see the old file or the whole new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
-            f.write("\n")
+        with os.fdopen(fd, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path, obj) -> None:
+    with atomic_file(path) as f:
+        json.dump(obj, f, indent=2, sort_keys=True, default=str)
+        f.write("\n")
 
 
 def read_json(path, default=None):
@@ -83,11 +92,9 @@ def truncate_jsonl_after(path, key: str, last: int) -> None:
     keep = [r for r in read_jsonl(path) if r.get(key, -1) <= last]
     if not Path(path).exists():
         return
-    tmp = Path(path).with_suffix(".tmp")
-    with open(tmp, "w") as f:
+    with atomic_file(path) as f:
         for r in keep:
             f.write(json.dumps(r, default=float) + "\n")
-    os.replace(tmp, path)
 
 
 def read_status(run_dir) -> dict:

@@ -9,13 +9,13 @@ file loads with weights_only=True.
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from ablate.plan.rundir import atomic_file
 
 FORMAT = 1
 
@@ -47,16 +47,8 @@ def _to_tuples(x):
 
 
 def _atomic_save(obj, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, **extra) -> None:

@@ -24,7 +24,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -32,6 +31,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ablate.errors import AblateError
+from ablate.plan.rundir import atomic_file, write_json_atomic
 from ablate.train.tokenizer import GPT2_VOCAB, CharTokenizer, get_tokenizer
 
 DATASETS = ("shakespeare", "openwebtext", "text:PATH")
@@ -155,25 +155,15 @@ def tokenize_documents(docs: Iterable[str], tok) -> Iterator[np.ndarray]:
 
 def write_bin(path: Path, arrays: Iterable[np.ndarray]) -> int:
     """Stream uint16 arrays into path (temp file + rename); returns the number of tokens."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     n = 0
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for a in arrays:
-                f.write(np.ascontiguousarray(a, dtype=np.uint16).tobytes())
-                n += len(a)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, "wb") as f:
+        for a in arrays:
+            f.write(np.ascontiguousarray(a, dtype=np.uint16).tobytes())
+            n += len(a)
     return n
 
 
 def _write_meta(out: Path, tok, n_train: int, n_val: int, source: str, dataset: str) -> None:
-    from ablate.plan.rundir import write_json_atomic
-
     meta = {"dataset": dataset, "tokenizer": tok.name, "vocab_size": tok.vocab_size, "train_tokens": n_train,
             "val_tokens": n_val, "source": source, "dtype": "uint16", "eot": tok.eot, "created": time.time()}
     if tok.name == "char":

@@ -1,0 +1,32 @@
+"""The run-dir file helpers: atomic replacement and torn-line tolerant reading."""
+import json
+
+import pytest
+
+from ablate.plan import rundir
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    path = tmp_path / "status.json"
+    rundir.write_json_atomic(path, {"state": "running"})
+    with pytest.raises(TypeError):
+        rundir.write_json_atomic(path, {"state": "done", ("tuple", "key"): 1})  # not JSON: fails mid-write
+    assert json.loads(path.read_text()) == {"state": "running"}
+    assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
+
+
+def test_atomic_file_replaces_binary_content_whole(tmp_path):
+    path = tmp_path / "sub" / "train.bin"
+    with rundir.atomic_file(path, "wb") as f:
+        f.write(b"\x01\x02")
+        assert not path.exists()  # nothing visible until the rename
+    assert path.read_bytes() == b"\x01\x02"
+
+
+def test_torn_last_line_is_skipped_and_truncation_drops_replayed_steps(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(5)) + '{"step": 5, "lo')
+    assert [r["step"] for r in rundir.read_jsonl(path)] == [0, 1, 2, 3, 4]
+    rundir.truncate_jsonl_after(path, "step", 2)
+    assert [r["step"] for r in rundir.read_jsonl(path)] == [0, 1, 2]
+    assert path.read_text().endswith("\n") and len(list(tmp_path.iterdir())) == 1
