@@ -3,6 +3,11 @@ conftest that other tests import by name): an isolated JavaScript-bundle cache, 
 built but not drawn."""
 import pytest
 
+from ablate.report import make_report
+from ablate.store import Store
+
+GPT_BASELINE = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
+
 
 @pytest.fixture(scope="session")
 def _bundle_cache(tmp_path_factory):
@@ -27,3 +32,16 @@ def specs_only(monkeypatch):
         path_stem.with_suffix(".svg").write_text("")
         return spec
     monkeypatch.setattr(render, "write_chart", write_chart)
+
+
+@pytest.fixture
+def env(tmp_path):
+    """(runs dir, store, report(compare=GPT_BASELINE, grid="g", **kw) -> make_report's result)."""
+    runs = tmp_path / "runs"
+    store = Store(runs / "ablate.duckdb")
+
+    def report(compare=GPT_BASELINE, grid="g", **kw):
+        store.ingest(runs)
+        return make_report(store, grid, compare, tmp_path / "reports" / grid, **kw)
+    yield runs, store, report
+    store.close()

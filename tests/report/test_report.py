@@ -9,26 +9,12 @@ import sys
 import pytest
 
 from ablate.plan import estimate
-from ablate.report import make_report
-from ablate.store import Store
 from ablate.store.synthetic import config_for, write_run
-from report_fixtures import _bundle_cache, bundle_cache, specs_only  # noqa: F401 (fixtures)
+from report_fixtures import GPT_BASELINE, _bundle_cache, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
 
 GIB = 2 ** 30
-COMPARE = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
+COMPARE = GPT_BASELINE
 CHARTS = ["loss_curves", "loss_vs_tokens", "speedup", "memory", "size", "throughput"]
-
-
-@pytest.fixture
-def env(tmp_path):
-    runs = tmp_path / "runs"
-    store = Store(runs / "ablate.duckdb")
-
-    def report(compare=COMPARE, grid="g", **kw):
-        store.ingest(runs)
-        return make_report(store, grid, compare, tmp_path / "reports" / grid, **kw)
-    yield runs, store, report
-    store.close()
 
 
 def specs_of(html: str) -> dict:

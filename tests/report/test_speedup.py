@@ -4,30 +4,16 @@ import math
 import numpy as np
 import pytest
 
-from ablate.report import make_report
 from ablate.report.speedup import budget_needed
-from ablate.store import Store
 from ablate.store.synthetic import write_run
-from report_fixtures import _bundle_cache, bundle_cache, specs_only  # noqa: F401 (fixtures)
+from report_fixtures import GPT_BASELINE, _bundle_cache, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("specs_only")
-GPT = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
+GPT = GPT_BASELINE
 
 
 def linear(start: float, slope: float):
     return lambda s: start - slope * s
-
-
-@pytest.fixture
-def env(tmp_path):
-    runs = tmp_path / "runs"
-    store = Store(runs / "ablate.duckdb")
-
-    def report(compare=GPT, grid="g", **kw):
-        store.ingest(runs)
-        return make_report(store, grid, compare, tmp_path / "reports" / grid, **kw)
-    yield runs, store, report
-    store.close()
 
 
 def row(sp, variant, mode="curve", **where):
