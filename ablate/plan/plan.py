@@ -42,12 +42,13 @@ def plan_rows(grid: Grid, cells=None) -> list[dict]:
         params = estimate.param_counts(c)
         mem = estimate.memory_breakdown(c)
         tokens = estimate.total_tokens(c)
-        known = throughput.get(_shape(c.to_dict()))
+        config = c.to_dict()
+        known = throughput.get(_shape(config))
         rows.append({
             "run_id": cell.run_id,
             "state": state_of(cell.run_dir) if cell.run_id in existing else "new",
             "varied": cell.varied,
-            "config": c.to_dict(),
+            "config": config,
             "n_params": params["total"],
             "n_params_non_embedding": params["non_embedding"],
             "n_params_attention": params["attention"],
