@@ -71,7 +71,7 @@ def cmd_report(args) -> int:
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
     estimates = {c.run_id: estimate.memory_breakdown(c.config) for c in grid.cells}
-    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates)
+    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:
@@ -86,7 +86,7 @@ def cmd_run(args) -> int:
     print("== submit")
     cmd_submit(args)
     print("== report")
-    args.db, args.rebuild, args.quiet = None, False, False
+    args.db, args.rebuild, args.quiet, args.log_x = None, False, False, False
     return cmd_report(args)
 
 
@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="DuckDB file (default runs/ablate.duckdb)")
     s.add_argument("--rebuild", action="store_true", help="rebuild the store from runs/")
     s.add_argument("--quiet", action="store_true", help="do not print summary.md")
+    s.add_argument("--log-x", action="store_true", help="loss curves on a log step / token axis")
     submit_args(grid_cmd("run", cmd_run, "plan + submit + wait + report"))
 
     s = sub.add_parser("status", help="states of a grid's cells, checked against the scheduler")

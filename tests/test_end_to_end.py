@@ -1,6 +1,7 @@
 """plan -> submit -> train -> DuckDB -> report on a tiny 2-cell grid, with real files."""
 import json
 import os
+import re
 from pathlib import Path
 
 import duckdb
@@ -43,7 +44,9 @@ def test_tiny_grid_end_to_end(tiny_grid, tmp_path):
     n_evals = con.execute("select count(*) from evals").fetchone()[0]
     con.close()
     assert n_evals == sum(len(p.read_text().splitlines()) for p in runs.rglob("evals.jsonl"))
-    # re-ingesting is idempotent
-    assert ablate_cli("report", tiny_grid, "--quiet").returncode == 0
+    # re-ingesting is idempotent; --log-x redraws the curves on a log axis
+    assert ablate_cli("report", tiny_grid, "--quiet", "--log-x").returncode == 0
+    specs = json.loads(re.search(r"var specs=(\{.*?\});\n", (out / "index.html").read_text(), re.S).group(1))
+    assert specs["chart-loss_curves"]["encoding"]["x"]["scale"]["type"] == "log"
     con = duckdb.connect(str(runs / "ablate.duckdb"), read_only=True)
     assert con.execute("select count(*) from evals").fetchone()[0] == n_evals

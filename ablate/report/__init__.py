@@ -68,8 +68,9 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
     return lines
 
 
-def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None) -> dict:
-    """Write the report of one grid into out_dir; returns {"paths": {name: Path}, "speedup",
+def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
+                log_x: bool = False) -> dict:
+    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis); returns {"paths": {name: Path}, "speedup",
     "memory", "size", "throughput", "cells", "lr_sweep" (DataFrames), "status" (dict),
     "comparison"}."""
     out = Path(out_dir)
@@ -89,8 +90,8 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     status = tables.status(runs, plan_estimates)
     curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
 
-    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note),
-            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note),
+    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x),
+            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note, log_x),
             "speedup": charts.speedup(sp), "memory": charts.memory(mem), "size": charts.size(sz),
             "throughput": charts.throughput(th)}
     if len(lr):

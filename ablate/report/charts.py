@@ -48,25 +48,42 @@ def _subtitle(title: str, lines) -> alt.TitleParams:
     return alt.TitleParams(title, subtitle=lines, anchor="start") if lines else alt.TitleParams(title, anchor="start")
 
 
-def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "") -> alt.Chart:
+def _zoom(curves: pd.DataFrame, x: str) -> tuple[float, float] | None:
+    """y domain that skips the first 10% of training (the drop from ln V hides the differences
+    a comparison is about), or None when that would hide nothing."""
+    late = curves[curves[x] >= 0.1 * curves[x].max()].val_loss
+    lo, hi, top = curves.val_loss.min(), late.max(), curves.val_loss.max()
+    if not len(late) or not hi < top or not hi > lo:
+        return None
+    pad = 0.05 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bool = False) -> alt.Chart:
     """Val loss vs steps (or tokens), one line per cell (mean over seeds), a panel per group."""
     title = f"Validation loss vs {'tokens' if x == 'tokens' else 'steps'}"
     if not len(curves):
         return placeholder(title, "no evals yet: nothing has been evaluated in this grid")
     assert len(curves) <= MAX_ROWS, len(curves)
+    if log_x:
+        curves = curves[curves[x] > 0]  # step 0 has no logarithm
     budgets = curves.max_iters.nunique() > 1
     lrs = curves.lr.nunique() > 1
-    enc = {"x": alt.X(f"{x}:Q", title="tokens" if x == "tokens" else "step",
+    zoom = _zoom(curves, x)
+    y_scale = alt.Scale(zero=False, domain=list(zoom), clamp=True) if zoom else alt.Scale(zero=False)
+    enc = {"x": alt.X(f"{x}:Q", title=("tokens" if x == "tokens" else "step") + (" (log)" if log_x else ""),
+                      scale=alt.Scale(type="log", nice=False) if log_x else alt.Scale(),
                       axis=alt.Axis(format="~s" if x == "tokens" else ",d")),
-           "y": alt.Y("val_loss:Q", title="val loss", scale=alt.Scale(zero=False)),
+           "y": alt.Y("val_loss:Q", title="val loss", scale=y_scale),
            "color": alt.Color("variant:N", title="variant"),
            "detail": "cell_id:N",
            "tooltip": ["variant:N", "group:N", "lr:Q", "max_iters:Q", f"{x}:Q", alt.Tooltip("val_loss:Q", format=".4f"),
                        "n_seeds:Q"]}
     if budgets:
         enc["strokeDash"] = alt.StrokeDash("max_iters:O", title="budget (steps)")
-    chart = alt.Chart(curves).mark_line(strokeWidth=1.6).encode(**enc).properties(width=W, height=H)
-    lines = ["mean over seeds; each variant at its best lr" if lrs else "mean over seeds", note]
+    chart = alt.Chart(curves).mark_line(strokeWidth=1.6, clip=True).encode(**enc).properties(width=W, height=H)
+    lines = ["mean over seeds; each variant at its best lr" if lrs else "mean over seeds",
+             "y axis zoomed to the last 90% of training" if zoom else "", note]
     out = _facet(chart, curves, "group")
     out = out if out is chart else out.resolve_scale(x="independent")  # groups may train for other lengths
     return out.properties(title=_subtitle(title, lines))

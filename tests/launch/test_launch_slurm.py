@@ -71,6 +71,11 @@ def test_three_cells_as_one_array_run_to_done_and_are_never_submitted_twice(grid
                "sacct to say COMPLETED")  # "?": a cluster without accounting
     r = cli("status", path)
     assert r.returncode == 0 and r.stdout.startswith("grid arr: 3 done"), r.stdout
+    r = cli("report", path, "--quiet")
+    assert r.returncode == 0, r.stdout + r.stderr
+    report = Path(os.environ["ABLATE_REPORTS_DIR"]) / "arr"
+    assert (report / "loss_curves.png").stat().st_size > 1000 and (report / "index.html").exists()
+    assert "3 runs in the store (3 done)" in (report / "summary.md").read_text()
     r = cli("submit", path, "--executor", "slurm")
     assert "nothing to submit" in r.stdout and r.stdout.count("done (use --force to retrain)") == 3
 
