@@ -21,15 +21,27 @@ def _shape(cfg: dict) -> tuple:
 
 
 def measured_throughput(root: Path | None = None) -> dict:
-    """tokens/s of finished runs, keyed by shape, from every grid's run dirs (newest wins)."""
+    """tokens/s of finished runs in every grid's run dirs, newest wins:
+    {(shape, device type): (tokens/s, device name)}."""
     out = {}
     root = Path(root or runs_root())
     for path in sorted(glob.glob(str(root / "*" / "*" / SUMMARY)), key=os.path.getmtime):
         summary = read_json(path) or {}
         config = (read_json(Path(path).parent / "config.json") or {}).get("config", {})
-        if summary.get("tokens_per_s"):
-            out[_shape(config)] = (summary["tokens_per_s"], summary.get("device_name"))
+        if summary.get("tokens_per_s") and summary.get("state") == "done":
+            out[(_shape(config), summary.get("device"))] = (summary["tokens_per_s"], summary.get("device_name"))
     return out
+
+
+def _known_throughput(throughput: dict, config: dict, gpus: int):
+    """The measured (tokens/s, device name) for a cell: same shape, same device type (the
+    config's device; for `auto`, cuda when the grid asks for GPUs, else whichever was measured)."""
+    shape, device = _shape(config), config["device"]
+    if device == "auto":
+        device = "cuda" if gpus else None
+    if device is not None:
+        return throughput.get((shape, device))
+    return throughput.get((shape, "cuda")) or throughput.get((shape, "cpu"))
 
 
 def plan_rows(grid: Grid, cells=None) -> list[dict]:
@@ -43,7 +55,7 @@ def plan_rows(grid: Grid, cells=None) -> list[dict]:
         mem = estimate.memory_breakdown(c)
         tokens = estimate.total_tokens(c)
         config = c.to_dict()
-        known = throughput.get(_shape(config))
+        known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None
         rows.append({
             "run_id": cell.run_id,
             "state": state_of(cell.run_dir) if cell.run_id in existing else "new",
@@ -81,7 +93,9 @@ def format_table(grid: Grid, rows: list[dict]) -> str:
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     todo = [r for r in rows if r["state"] != "done"]
     hours = [r["est_hours"] for r in todo]
-    cost = (f"~{sum(hours):.2f} {'GPU-' if grid.resources.gpus else ''}hours (from measured tokens/s)"
+    devices = sorted({str(r["throughput_device"]) for r in todo})
+    cost = (f"~{sum(hours):.2f} {'GPU-' if grid.resources.gpus else ''}hours (from measured tokens/s on "
+            f"{', '.join(devices)})"
             if todo and all(h is not None for h in hours) else f"{_human(sum(r['flops'] for r in todo))}FLOPs")
     out.append("")
     out.append(f"{len(rows)} cells, {len(todo)} to run, {_human(sum(r['tokens'] for r in todo))} tokens to train, "
