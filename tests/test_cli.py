@@ -67,6 +67,7 @@ def test_plan_table_and_explain(tiny_grid):
 
 def test_plan_status_report_never_import_torch(tiny_grid):
     code = ("import sys; from ablate.cli import main; main(['plan', sys.argv[1]]);"
+            "assert 'numpy' not in sys.modules, 'numpy imported by plan (slow start-up)';"
             "import ablate.store, ablate.report, ablate.launch.submit, ablate.launch.status;"
             "assert 'torch' not in sys.modules, 'torch imported'")
     r = subprocess.run([sys.executable, "-c", code, str(tiny_grid)], capture_output=True, text=True, cwd=ROOT)

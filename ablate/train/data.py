@@ -26,13 +26,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 from ablate.errors import AblateError
 from ablate.plan.rundir import atomic_file, write_json_atomic
 from ablate.train.tokenizer import GPT2_VOCAB, CharTokenizer, get_tokenizer
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DATASETS = ("shakespeare", "openwebtext", "text:PATH")
 TRAIN_FRACTION = 0.9
@@ -134,6 +135,7 @@ def vocab_size(dataset: str, tokenizer: str) -> int:
 
 def tokenize_documents(docs: Iterable[str], tok) -> Iterator[np.ndarray]:
     """uint16 token arrays, one per chunk of documents; GPT-2 ends each document with <|endoftext|>."""
+    import numpy as np  # here, not at module level: `ablate plan` imports this module for vocab_size
     if tok.vocab_size > 2 ** 16:
         raise AblateError(f"vocabulary of {tok.vocab_size} does not fit uint16 token files")
     chunk: list[str] = []
@@ -155,6 +157,7 @@ def tokenize_documents(docs: Iterable[str], tok) -> Iterator[np.ndarray]:
 
 def write_bin(path: Path, arrays: Iterable[np.ndarray]) -> int:
     """Stream uint16 arrays into path (temp file + rename); returns the number of tokens."""
+    import numpy as np
     n = 0
     with atomic_file(path, "wb") as f:
         for a in arrays:
@@ -182,6 +185,7 @@ def _make_tokenizer(tokenizer: str, docs_factory: Callable[[], Iterable[str]]):
 
 def prepare_documents(out: Path, docs: list[str], tokenizer: str, source: str, dataset: str) -> None:
     """A local corpus: tokenize every document, split the token stream 90/10, write."""
+    import numpy as np
     tok = _make_tokenizer(tokenizer, lambda: docs)
     ids = np.concatenate(list(tokenize_documents(docs, tok)) or [np.zeros(0, np.uint16)])
     if len(ids) < 10:
