@@ -1,4 +1,4 @@
-"""torch.compile vs eager: loss and throughput of the same run, GPT and nGPT.
+"""torch.compile vs eager: loss, throughput, MFU and peak memory of the same run, GPT and nGPT.
 
     .venv/bin/python benchmarks/bench_compile.py                       # CPU, fp32, tiny model
     .venv/bin/python benchmarks/bench_compile.py --device cuda --dtype bf16 --size 124m --steps 300
@@ -8,7 +8,7 @@ fused kernels round differently from eager, and some torch versions compound tha
 trains each arch twice from the same seed and batches (eager, compiled) through the real
 trainer (`ablate.train.trainer.train` on run dirs) and prints the val losses at every eval,
 their largest difference, and the median tokens/s of each. Data: character-level Shakespeare
-(prepared on first use).
+(prepared on first use), char-level for tiny, GPT-2 BPE for 124m.
 """
 import argparse
 import json
@@ -16,9 +16,9 @@ import os
 import tempfile
 from pathlib import Path
 
-SIZES = {  # name -> model shape
-    "tiny": dict(n_layer=4, n_head=4, n_embd=128, context=128, batch_size=16),
-    "124m": dict(n_layer=12, n_head=12, n_embd=768, context=1024, batch_size=16),
+SIZES = {  # name -> model shape and tokenizer (124m: GPT-2 small with its BPE vocabulary, 1k context)
+    "tiny": dict(n_layer=4, n_head=4, n_embd=128, context=128, batch_size=16, tokenizer="char"),
+    "124m": dict(n_layer=12, n_head=12, n_embd=768, context=1024, batch_size=16, tokenizer="gpt2"),
 }
 
 
@@ -44,7 +44,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("ABLATE_RUNS_DIR", str(Path(tmp) / "runs"))
         for arch, lr in (("gpt", 1.5e-3), ("ngpt", 5e-3)):
-            base = dict(arch=arch, lr=lr, dataset="shakespeare", tokenizer="char", device=args.device,
+            base = dict(arch=arch, lr=lr, dataset="shakespeare", device=args.device,
                         dtype=args.dtype, max_iters=args.steps, eval_interval=max(1, args.steps // 4),
                         eval_iters=10, log_interval=10, ckpt_interval=0, seed=0, **SIZES[args.size])
             eager, s_eager = run(Path(tmp), f"{arch}-eager", base)
@@ -54,8 +54,13 @@ def main():
             print("  step    eager val   compiled val")
             for a, b in zip(eager, comp):
                 print(f"  {a['step']:>5}   {a['val_loss']:.5f}     {b['val_loss']:.5f}")
-            print(f"  max |diff| {max(diffs):.2e}; tokens/s eager {s_eager.get('tokens_per_s', 0):,.0f}, "
-                  f"compiled {s_comp.get('tokens_per_s', 0):,.0f}")
+            print(f"  max |diff| {max(diffs):.2e}")
+            for name, s in (("eager", s_eager), ("compiled", s_comp)):
+                mfu = "" if s.get("mfu_causal") is None else \
+                    f", MFU {s['mfu_causal']:.1%} causal / {s['mfu_nanogpt']:.1%} nanoGPT"
+                mem = "" if not s.get("peak_alloc") else \
+                    f", peak {s['peak_alloc'] / 2**30:.2f} GiB alloc / {s['peak_reserved'] / 2**30:.2f} GiB reserved"
+                print(f"  {name:<8} {s.get('tokens_per_s') or 0:>10,.0f} tokens/s{mfu}{mem} ({s.get('attn_backend')})")
 
 
 if __name__ == "__main__":
