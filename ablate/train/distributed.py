@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -20,6 +21,7 @@ class Dist:
     local_rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    cpu_group: Any = None  # gloo group for host-side flags under NCCL (None: the default group is gloo)
 
     @property
     def is_main(self) -> bool:
@@ -65,14 +67,27 @@ def setup(device_pref: str) -> Dist:
     device = resolve_device(device_pref, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    cpu_group = None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
-    return Dist(rank, local_rank, world, device)
+    if world > 1 and device.type == "cuda":
+        cpu_group = dist.new_group(backend="gloo")  # every rank calls it, in the same order
+    return Dist(rank, local_rank, world, device, cpu_group)
 
 
 def teardown(d: Dist | None) -> None:
     if d is not None and d.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def any_rank(flag: bool, d: Dist) -> bool:
+    """True on every rank when it is True on any: a CPU all-reduce (gloo), so asking every step
+    (has a stop signal arrived?) never waits for the GPU."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.cpu_group)
+    return bool(t.item())
 
 
 def all_reduce(t: torch.Tensor, d: Dist, op=dist.ReduceOp.SUM) -> torch.Tensor:

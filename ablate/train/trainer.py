@@ -225,9 +225,7 @@ class Trainer:
         return loss is None or not math.isfinite(loss) or loss > self.cfg.diverge_loss
 
     def _stop_requested(self) -> bool:
-        flag = torch.tensor(1.0 if self.stop.signum is not None else 0.0, device=self.d.device)
-        return distributed.all_reduce(flag, self.d, torch.distributed.ReduceOp.MAX).item() > 0 if self.d.enabled \
-            else self.stop.signum is not None
+        return distributed.any_rank(self.stop.signum is not None, self.d)  # all ranks stop at the same step
 
     # ---- the loop
     def fit(self) -> str:

@@ -54,3 +54,28 @@ def test_grad_accum_must_divide_over_processes(make_run):
     assert [p.wait(timeout=180) for p in procs] == [2, 2]
     status = rundir.read_status(run_dir)
     assert status["state"] == "failed" and "grad_accum': 3 is not divisible by the 2 processes" in status["error"]
+
+
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step(make_run):
+    """Slurm may signal the ranks at different moments: the flag is shared (a CPU all-reduce every
+    step), so all ranks save at one step and exit 75; a restart resumes from that checkpoint."""
+    import signal
+    import time
+
+    import torch
+
+    run_dir = make_run("ddp-stop", max_iters=400, grad_accum=2, eval_interval=100, eval_iters=2, log_interval=5, ckpt_interval=0)
+    procs = _launch(run_dir, 2)
+    deadline = time.time() + 120
+    while rundir.read_status(run_dir).get("step", 0) < 10:
+        assert time.time() < deadline and all(p.poll() is None for p in procs), log_of(run_dir, "rank0")
+        time.sleep(0.01)
+    procs[1].send_signal(signal.SIGUSR2)  # rank 1 only
+    assert [p.wait(timeout=120) for p in procs] == [75, 75], log_of(run_dir, "rank0") + log_of(run_dir, "rank1")
+    status = rundir.read_status(run_dir)
+    step = torch.load(run_dir / rundir.CKPT, weights_only=True)["step"]
+    assert (status["state"], status["ckpt_step"]) == ("pending", step) and 10 <= step < 400
+    procs = _launch(run_dir, 2)
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], log_of(run_dir, "rank0")
+    assert f"resumed from {run_dir / rundir.CKPT} at step {step}" in log_of(run_dir, "rank0")
+    assert [e["step"] for e in read_lines(run_dir / rundir.EVALS)] == [0, 100, 200, 300, 400]
