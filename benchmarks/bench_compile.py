@@ -31,7 +31,14 @@ def run(root: Path, name: str, config: dict) -> tuple[list, dict]:
     rundir.write_json_atomic(run_dir / rundir.CONFIG, {"config": config, "grid": "bench", "run_id": name})
     state = train(run_dir)
     evals = [json.loads(line) for line in (run_dir / rundir.EVALS).read_text().splitlines()]
-    return evals, {"state": state, **rundir.read_json(run_dir / rundir.SUMMARY)}
+    from ablate.plan.config import resolve
+    from ablate.plan.estimate import memory_breakdown
+    from ablate.train import data
+    from ablate.train.trainer import load_config
+
+    cfg = load_config(run_dir)[0]
+    estimate = memory_breakdown(resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer)))["total"]
+    return evals, {"state": state, "est_peak": estimate, **rundir.read_json(run_dir / rundir.SUMMARY)}
 
 
 def main():
@@ -59,7 +66,8 @@ def main():
                 mfu = "" if s.get("mfu_causal") is None else \
                     f", MFU {s['mfu_causal']:.1%} causal / {s['mfu_nanogpt']:.1%} nanoGPT"
                 mem = "" if not s.get("peak_alloc") else \
-                    f", peak {s['peak_alloc'] / 2**30:.2f} GiB alloc / {s['peak_reserved'] / 2**30:.2f} GiB reserved"
+                    f", peak {s['peak_alloc'] / 2**30:.2f} GiB alloc / {s['peak_reserved'] / 2**30:.2f} GiB reserved" \
+                    f" (plan estimate {s['est_peak'] / 2**30:.2f} GiB)"
                 print(f"  {name:<8} {s.get('tokens_per_s') or 0:>10,.0f} tokens/s{mfu}{mem} ({s.get('attn_backend')})")
 
 
