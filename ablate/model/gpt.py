@@ -293,9 +293,9 @@ def check_config(cfg) -> None:
         bad(f"arch {cfg.arch!r} is not one of gpt, ngpt")
     if cfg.n_embd % cfg.n_head or cfg.head_dim % 2:
         bad(f"n_embd={cfg.n_embd} / n_head={cfg.n_head} must be an even integer head_dim (RoPE rotates pairs)")
-    if cfg.n_head % cfg.kv_heads:
+    if cfg.kv_heads < 1 or cfg.n_head % cfg.kv_heads:
         bad(f"n_kv_head={cfg.kv_heads} must divide n_head={cfg.n_head}")
-    if cfg.n_layer % cfg.attn_groups:
+    if cfg.attn_groups < 1 or cfg.n_layer % cfg.attn_groups:
         bad(f"share_attn={cfg.attn_groups} must divide n_layer={cfg.n_layer}")
     if cfg.window is not None and cfg.window < 1:
         bad(f"window={cfg.window} must be >= 1 (keys seen including the query itself) or null")

@@ -43,9 +43,9 @@ def checkpoint_bytes(c: RunConfig) -> int:
 
 
 def flops_per_token(c: RunConfig) -> dict:
-    """Training FLOPs per token: 6N plus attention, causal (6·L·d·T_eff) and nanoGPT (12·L·d·T).
-    With a sliding window a query sees min(W, T) keys, so the causal term uses the mean
-    number of keys per query."""
+    """Training FLOPs per token: 6N plus attention. causal: 12·L·d·(mean keys per query), which is
+    ~6·L·d·T for full causal attention and counts min(W, T) keys per query under a sliding window;
+    nanoGPT: 12·L·d·T (every query against every key, as nanoGPT's estimate_mfu)."""
     n = param_counts(c)["non_embedding"] + c.vocab_size * c.n_embd  # the head matmul counts
     T = c.context
     if c.window is None or c.window >= T:

@@ -143,3 +143,26 @@ def test_explicit_choices_and_unknown_names(flash):
         assert resolve_backend("flex", "cpu", "fp32", 8) == "flex"  # allowed: forward only on CPU
     with pytest.raises(AblateError, match="did you mean 'flash'"):
         resolve_backend("flsh", "cuda", "bf16", None)
+
+
+def fake_flash_attn_func(calls):
+    """flash-attn's documented semantics on CPU: with causal=True and window_size=(left, right),
+    query i attends keys j with i - left <= j <= i (left = -1: no limit). Records its arguments."""
+    def flash_attn_func(q, k, v, softmax_scale, causal, window_size):
+        calls.append({"causal": causal, "window_size": window_size})
+        left = window_size[0]
+        keys = None if left < 0 else left + 1  # keys seen including the query itself
+        return reference(q.float(), k.float(), v.float(), softmax_scale, keys).to(q.dtype)
+    return flash_attn_func
+
+
+@pytest.mark.parametrize("window", [None, 1, 3, T])
+def test_flash_gets_window_minus_one_so_it_sees_exactly_w_keys(monkeypatch, window):
+    """MODEL_SPEC 3: window_size=(W, 0) would show W + 1 keys (the ngpt_plus fork's bug)."""
+    calls = []
+    monkeypatch.setattr(backends, "_flash_probe", lambda: (fake_flash_attn_func(calls), (2, 6)))
+    q, k, v = qkv(2, dtype=torch.bfloat16)
+    y = attend(q, k, v, scale=0.3, window=window, backend="flash")
+    assert calls == [{"causal": True, "window_size": (-1, -1) if window is None else (window - 1, 0)}]
+    want = attend(q.float(), k.float(), v.float(), scale=0.3, window=window, backend="sdpa")
+    torch.testing.assert_close(y.float(), want, atol=2e-2, rtol=2e-2)

@@ -334,7 +334,8 @@ def test_build_model_reports_backend_and_refuses_what_cannot_run():
     assert isinstance(model, gpt_module.GPT) and model.attn_backend == "sdpa"
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
     for bad, needle in [(dict(param_dtype="bf16", dtype="bf16"), "CUDA"), (dict(attn_backend="flash"), "flash"),
-                        (dict(vocab_size=None), "vocab_size")]:
+                        (dict(vocab_size=None), "vocab_size"), (dict(n_kv_head=-1), "n_kv_head"),
+                        (dict(share_attn=-2), "share_attn")]:
         with pytest.raises(AblateError, match=needle) as err:
             build_model(dataclasses.replace(cfg, **bad), device_type="cpu")
         assert "\n" not in str(err.value)
