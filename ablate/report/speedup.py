@@ -72,7 +72,7 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
     out = []
     for group, budget, v, ref, vr in jobs:
         sp, sp_tok, sp_wall, first_eval = [], [], [], False
-        n_never = n_pending = n_bad = 0
+        n_never = n_pending = n_bad = n_init = 0
         for r in vr.to_dict("records"):
             h = hits.get(r["run_id"])
             if r["state"] in BAD:  # a diverged run may cross L* on its way: no speedup from it
@@ -80,6 +80,8 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
             elif h is None:
                 n_never += r["state"] == "done"
                 n_pending += r["state"] != "done"
+            elif _interp(h, "step") <= 0:  # at or below L* before training: no finite ratio
+                n_init += 1
             else:
                 first_eval |= pd.isna(h["prev_step"])
                 sp.append(ref["steps"] / max(_interp(h, "step"), 1e-12))
@@ -98,8 +100,12 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
             bound = "≥" if first_eval else ""
             if first_eval:
                 note = "below L* at its first eval: a lower bound"
-            if n_pending or n_bad:
-                note = ", ".join(filter(None, [note, f"{n_pending + n_bad} of {n_total} seeds without a number"]))
+            if n_pending or n_bad or n_init:
+                note = ", ".join(filter(None, [note, f"{n_pending + n_bad + n_init} of {n_total} seeds without a number"]
+                                        + ([f"{n_init} at L* at step 0"] if n_init else [])))
+        elif n_init:
+            display, bound = "at init", "≥"
+            note = "at or below the baseline's final loss before training (step 0): no finite speedup"
         elif n_pending:
             display, note = "not reached yet", "still running"
         else:
@@ -148,12 +154,14 @@ def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
             per_seed = [budget_needed(bud, los, x) for x in seeds]
             sp = [B / v.max_iters for B, _ in per_seed]
             sp_tok = [budget_needed(bud_tok, los, x)[0] / v.budget_tokens for x in seeds]
-            sides = {side for _, side in per_seed if side}
+            sides = [side for _, side in per_seed]
             mean, se = _mean_se(sp)
-            extrap = bool(sides)
-            if "above" in sides:
+            extrap = any(sides)
+            # a bound only when every seed is beyond the same end; seeds on both sides of an end
+            # give a mean that is partly extrapolated, which the display says
+            if sides and all(side == "above" for side in sides):
                 bound, edge = ">", bud[-1] / v.max_iters
-            elif "below" in sides:
+            elif sides and all(side == "below" for side in sides):
                 bound, edge = "<", bud[0] / v.max_iters
             else:
                 bound, edge = "", math.nan
@@ -162,7 +170,7 @@ def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
             elif bound:
                 display = f"{bound} {edge:.2f}x" + (f" (≈{mean:.2f}x extrapolated)" if math.isfinite(mean) else "")
             else:
-                display = _fmt(mean, se)
+                display = _fmt(mean, se) + (" (partly extrapolated)" if extrap else "")
             out.append({"group": group, "variant": v.variant, "mode": "budget", "budget": v.max_iters,
                         "baseline_budget": ",".join(map(str, bud)), "lr": v.lr, "baseline_lr": math.nan,
                         "target_loss": math.nan, "variant_loss": v.mean_val_loss, "speedup": mean,

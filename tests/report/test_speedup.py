@@ -207,3 +207,26 @@ def test_stale_speedup_rows_are_cleared(env):
     ngpt.rmdir()
     assert len(report()["speedup"]) == 0
     assert store.query("select count(*) n from speedup where grid = 'g'").n[0] == 0
+
+
+def test_a_variant_at_the_target_before_training_is_not_a_huge_number(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, linear(3.0, 0.001))  # L* = 2.0 at step 1000
+    write_run(runs, "g", {"arch": "ngpt"}, lambda s: 1.5)  # already below L* at its step-0 eval
+    r = row(report()["speedup"], "ngpt")
+    assert r.display == "at init" and math.isnan(r.speedup) and math.isnan(r.speedup_tokens)
+    assert "step 0" in r.note
+
+
+def test_budget_seeds_on_both_sides_of_the_range_are_not_shown_as_a_bound(env):
+    runs, store, report = env
+    for b in BUDGETS:
+        write_run(runs, "g", {"arch": "gpt", "max_iters": b, "eval_interval": 500}, ending_at(POWER(b), b))
+    # seed 0 matches the baseline at 3000 steps (inside the range), seed 1 at 32000 (beyond it)
+    write_run(runs, "g", {"arch": "ngpt", "max_iters": 2000, "eval_interval": 500, "seed": 0},
+              ending_at(POWER(3000), 2000))
+    write_run(runs, "g", {"arch": "ngpt", "max_iters": 2000, "eval_interval": 500, "seed": 1},
+              ending_at(POWER(32000), 2000))
+    r = row(report(BUDGET_COMPARE)["speedup"], "ngpt", mode="budget")
+    assert r.extrapolated and r.bound == "" and r.display.endswith("(partly extrapolated)")
+    assert r.n_reached == 2 and r.speedup > 1.5  # the mean of both seeds, one of them extrapolated
