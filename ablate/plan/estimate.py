@@ -46,7 +46,11 @@ def flops_per_token(c: RunConfig) -> dict:
     """Training FLOPs per token: 6N plus attention. causal: 12·L·d·(mean keys per query), which is
     ~6·L·d·T for full causal attention and counts min(W, T) keys per query under a sliding window;
     nanoGPT: 12·L·d·T (every query against every key, as nanoGPT's estimate_mfu)."""
-    n = param_counts(c)["non_embedding"] + c.vocab_size * c.n_embd  # the head matmul counts
+    p = param_counts(c)
+    # FLOPs follow the matmuls that run, not the weights stored: a shared attention runs in every
+    # layer, and the head matmul runs whether or not it is tied to the embedding
+    attention_run = p["attention"] // c.attn_groups * c.n_layer
+    n = p["non_embedding"] - p["attention"] + attention_run + c.vocab_size * c.n_embd
     T = c.context
     if c.window is None or c.window >= T:
         mean_keys = (T + 1) / 2

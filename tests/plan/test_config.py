@@ -102,3 +102,16 @@ def test_memory_estimate_grows_with_batch_and_vocab():
     assert m2["activations"] == 2 * m1["activations"] and m2["logits"] == 2 * m1["logits"]
     assert m1["optimizer"] == 2 * 4 * estimate.param_counts(resolve(make_config(base)))["total"]
     assert m1["total"] == sum(m1[k] for k in ("params", "grads", "optimizer", "activations", "logits"))
+
+
+def test_flops_count_the_matmuls_that_run_not_the_weights_stored():
+    base = {"arch": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 64, "context": 128, "vocab_size": 256}
+    flops = lambda **kw: estimate.flops_per_token(resolve(make_config({**base, **kw})))
+    full = flops()
+    assert flops(share_attn=1) == full and flops(share_attn=2) == full  # shared attention still runs per layer
+    assert flops(tie_embeddings=True) == full  # the tied head is still a matmul
+    assert flops(n_kv_head=1)["causal"] < full["causal"]  # smaller K/V projections do less work
+    d, L, V, T = 64, 4, 256, 128
+    n = L * (4 * d * d) + L * 12 * d * d + (2 * L + 1) * d + V * d  # attention + SwiGLU + norms + head
+    assert full["nanogpt"] == 6 * n + 12 * L * d * T
+    assert full["causal"] == pytest.approx(6 * n + 12 * L * d * (T + 1) / 2)
