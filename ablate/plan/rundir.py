@@ -14,6 +14,7 @@ torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import socket
@@ -27,6 +28,7 @@ RETRYABLE = ("failed", "diverged", "oom", "cancelled")
 
 CONFIG, STATUS, METRICS, EVALS, SUMMARY, CKPT = (
     "config.json", "status.json", "metrics.jsonl", "evals.jsonl", "summary.json", "ckpt.pt")
+STATUS_LOCK = ".status.lock"
 
 
 @contextlib.contextmanager
@@ -102,12 +104,18 @@ def read_status(run_dir) -> dict:
 
 
 def update_status(run_dir, **fields) -> dict:
-    """Merge fields into status.json (atomic). Returns the new status."""
-    status = read_status(run_dir)
-    status.update(fields)
-    status.setdefault("host", socket.gethostname())
-    status["updated"] = time.time()
-    write_json_atomic(Path(run_dir) / STATUS, status)
+    """Merge fields into status.json (atomic). Returns the new status. The read-modify-write holds
+    an advisory lock: the trainer's heartbeat and `ablate cancel` / submit write the same file, and
+    neither may write back a state the other has just replaced."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / STATUS_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        status = read_status(run_dir)
+        status.update(fields)
+        status.setdefault("host", socket.gethostname())
+        status["updated"] = time.time()
+        write_json_atomic(run_dir / STATUS, status)
     return status
 
 

@@ -30,3 +30,34 @@ def test_torn_last_line_is_skipped_and_truncation_drops_replayed_steps(tmp_path)
     rundir.truncate_jsonl_after(path, "step", 2)
     assert [r["step"] for r in rundir.read_jsonl(path)] == [0, 1, 2]
     assert path.read_text().endswith("\n") and len(list(tmp_path.iterdir())) == 1
+
+
+def test_a_heartbeat_never_writes_back_a_state_that_cancel_replaced(tmp_path, monkeypatch):
+    """The heartbeat reads status.json, is slow, and writes it back; a cancel lands in between.
+    The lock makes the cancel wait, so it is applied to the heartbeat's result, not lost."""
+    import threading
+    import time
+
+    run = tmp_path / "run"
+    rundir.update_status(run, state="running")
+    real_read = rundir.read_status
+    inside, release = threading.Event(), threading.Event()
+
+    def slow_read(run_dir):
+        status = real_read(run_dir)
+        if threading.current_thread().name == "heartbeat":
+            inside.set()
+            release.wait(5)
+        return status
+
+    monkeypatch.setattr(rundir, "read_status", slow_read)
+    beat = threading.Thread(target=rundir.update_status, args=(run,), kwargs={"heartbeat": 1.0}, name="heartbeat")
+    beat.start()
+    assert inside.wait(5)
+    cancel = threading.Thread(target=rundir.update_status, args=(run,), kwargs={"state": "cancelled"})
+    cancel.start()
+    time.sleep(0.2)  # without the lock the cancel would be written now, then overwritten
+    release.set()
+    beat.join(5), cancel.join(5)
+    status = real_read(run)
+    assert (status["state"], status["heartbeat"]) == ("cancelled", 1.0)
