@@ -16,7 +16,7 @@ from typing import Literal
 
 from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -75,7 +75,8 @@ DOC_COLUMNS = {"version": ("version", "VARCHAR"), "git_sha": ("git_sha", "VARCHA
 EVAL_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "elapsed": "DOUBLE", "val_loss": "DOUBLE",
                 "train_loss": "DOUBLE"}
 TRAIN_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "loss": "DOUBLE", "lr": "DOUBLE", "step_time": "DOUBLE",
-                 "tokens_per_s": "DOUBLE", "mem_alloc": "BIGINT", "mem_peak": "BIGINT"}
+                 "tokens_per_s": "DOUBLE", "mem_alloc": "BIGINT", "mem_peak": "BIGINT", "mem_reserved": "BIGINT",
+                 "mem_peak_reserved": "BIGINT"}
 
 # computed at ingest from the jsonl files: what a running job has reached so far
 PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",

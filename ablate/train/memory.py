@@ -51,11 +51,13 @@ def capacity(device: torch.device) -> int | None:
     return None
 
 
-def current(device: torch.device) -> tuple[int | None, int | None]:
-    """(allocated now, peak allocated since the last reset) in bytes."""
+def current(device: torch.device) -> dict:
+    """Bytes allocated and reserved now, and their peaks since the last reset (None on CPU)."""
     if device.type == "cuda":
-        return torch.cuda.memory_allocated(device), torch.cuda.max_memory_allocated(device)
-    return None, None
+        return {"mem_alloc": torch.cuda.memory_allocated(device), "mem_peak": torch.cuda.max_memory_allocated(device),
+                "mem_reserved": torch.cuda.memory_reserved(device),
+                "mem_peak_reserved": torch.cuda.max_memory_reserved(device)}
+    return dict.fromkeys(("mem_alloc", "mem_peak", "mem_reserved", "mem_peak_reserved"))
 
 
 def peaks(device: torch.device) -> dict:

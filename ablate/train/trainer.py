@@ -204,9 +204,8 @@ class Trainer:
         seconds = max(1e-9, now - self._last_t - (self._excluded - self._last_excluded))
         self._last_step, self._last_t, self._last_excluded = self.step, now, self._excluded
         tps = steps * self.cfg.tokens_per_step / seconds
-        alloc, peak = memory.current(self.d.device)
         rec = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "loss": _finite(loss), "lr": self.lr,
-               "step_time": seconds / steps, "tokens_per_s": tps, "mem_alloc": alloc, "mem_peak": peak}
+               "step_time": seconds / steps, "tokens_per_s": tps, **memory.current(self.d.device)}
         if self.d.is_main:
             rundir.append_jsonl(self.run_dir / rundir.METRICS, rec)
             self._beat()

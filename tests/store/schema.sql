@@ -126,7 +126,9 @@ CREATE TABLE train (
     step_time DOUBLE,
     tokens_per_s DOUBLE,
     mem_alloc BIGINT,
-    mem_peak BIGINT
+    mem_peak BIGINT,
+    mem_reserved BIGINT,
+    mem_peak_reserved BIGINT
 );
 
 CREATE VIEW final AS

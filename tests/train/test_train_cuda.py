@@ -28,7 +28,8 @@ def test_peak_memory_capacity_and_mfu_are_recorded(make_run, arch):
     if s["peak_flops"]:  # a device in the peak table
         assert 0 < s["mfu_causal"] <= s["mfu_nanogpt"] < 1, s
     lines = [json.loads(l) for l in (run_dir / rundir.METRICS).read_text().splitlines()]
-    assert all(l["mem_alloc"] is not None and l["mem_peak"] is not None for l in lines[-3:])
+    assert all(0 < l["mem_alloc"] <= l["mem_peak"] <= l["mem_peak_reserved"] and l["mem_reserved"] > 0
+               for l in lines[-3:])
 
 
 def test_bf16_parameters_train_and_halve_the_block_matrices(make_run):

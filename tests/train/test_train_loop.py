@@ -56,7 +56,8 @@ def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     assert [m["step"] for m in metrics] == list(range(5, 41, 5))
     assert metrics[-1]["loss"] < metrics[0]["loss"]
     m = metrics[-1]
-    assert set(m) == {"step", "tokens", "loss", "lr", "step_time", "tokens_per_s", "mem_alloc", "mem_peak"}
+    assert set(m) == {"step", "tokens", "loss", "lr", "step_time", "tokens_per_s", "mem_alloc", "mem_peak",
+                      "mem_reserved", "mem_peak_reserved"}
     assert m["tokens_per_s"] == pytest.approx(8 * 32 / m["step_time"], rel=1e-6) and m["mem_peak"] is None
     assert m["lr"] == pytest.approx(lr_at(39, cfg))
 
