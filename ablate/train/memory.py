@@ -67,6 +67,15 @@ def peaks(device: torch.device) -> dict:
     return {"peak_alloc": None, "peak_reserved": None}
 
 
+def max_peaks(*measured: dict | None) -> dict:
+    """Key-wise maximum of peak dicts, ignoring missing ones and None values (None if none known)."""
+    out = {}
+    for key in ("peak_alloc", "peak_reserved"):
+        values = [m[key] for m in measured if m and m.get(key) is not None]
+        out[key] = max(values) if values else None
+    return out
+
+
 def reset_peaks(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

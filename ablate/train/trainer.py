@@ -92,6 +92,8 @@ class Trainer:
         self.optimizer = build_optimizer(self.raw, cfg, d.device)
         self.raw.normalize_()
         self.step, self.train_s, self.wall_s, self.attempt_starts = 0, 0.0, 0.0, []
+        self.earlier_peaks: dict = {}  # steady-state peaks of earlier attempts (from the checkpoint)
+        self._peaks_reset = False  # this attempt has passed its warm-up and reset the peak counters
         self._resume()
         self.attempt_starts.append(self.step)
         self.lr = lr_at(self.step, cfg)
@@ -117,6 +119,7 @@ class Trainer:
             state = checkpoint.restore(saved, self.raw, self.optimizer)
             self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
             self.attempt_starts = list(state["attempt_starts"])
+            self.earlier_peaks = state.get("steady_peaks") or {}
         if self.d.is_main:
             checkpoint.remove_stale_temps(self.run_dir)
             for name in (rundir.METRICS, rundir.EVALS):  # without a checkpoint: start both logs over
@@ -131,10 +134,15 @@ class Trainer:
                 self.run_dir / rundir.CKPT, self.raw, self.optimizer, self.step,
                 data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
-                run_id=self.cfg.run_id())
+                steady_peaks=self._steady_peaks(), run_id=self.cfg.run_id())
         if self.d.enabled:
             torch.distributed.barrier()
         self._excluded += time.perf_counter() - t0
+
+    def _steady_peaks(self) -> dict:
+        """Peak memory after warm-up over every attempt so far: start-up allocations (compile,
+        loading a checkpoint) are not what a cell needs to train."""
+        return memory.max_peaks(self.earlier_peaks, memory.peaks(self.d.device) if self._peaks_reset else None)
 
     # ---- clocks: training seconds exclude evals and checkpoints
     def _sync_time(self) -> float:
@@ -239,6 +247,7 @@ class Trainer:
             last = self.step == cfg.max_iters
             if self.step == self.attempt_starts[-1] + memory.WARMUP_STEPS:
                 memory.reset_peaks(self.d.device)
+                self._peaks_reset = True
             if self.step % cfg.log_interval == 0 or last:
                 value = self._mean(loss)
                 self.log_metrics(value)
@@ -273,6 +282,11 @@ class Trainer:
         self.stop.chain_previous()  # submitit's checkpoint-and-requeue handler, when there is one
         raise Preempted(self.step, signum, state)
 
+    def _finish_peaks(self) -> dict:
+        steady = self._steady_peaks()
+        # a run too short to pass its warm-up: the whole-run peak is the only figure there is
+        return steady if any(v is not None for v in steady.values()) else memory.peaks(self.d.device)
+
     def finish(self, state: str, error: str | None = None) -> str:
         ckpt_bytes = None
         if self.d.is_main:
@@ -280,7 +294,7 @@ class Trainer:
                 ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", self.raw)
             rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
                                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
-                                ckpt_bytes=ckpt_bytes, peaks=memory.peaks(self.d.device))
+                                ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks())
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
             rundir.update_status(self.run_dir, state=state, ended=time.time(), step=self.step, error=error)
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))

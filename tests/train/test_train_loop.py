@@ -205,3 +205,28 @@ def test_data_module_does_not_import_torch():
 
     code = "import sys, ablate.train.data, ablate.train.tokenizer; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_summary_peaks_are_after_warmup_and_over_every_attempt(make_run, monkeypatch):
+    """Peak memory in summary.json is the steady state: counters reset after warm-up, and a
+    resumed attempt too short to warm up keeps the earlier attempt's figure instead of reporting
+    its own start-up (loading the checkpoint)."""
+    from ablate.train import memory
+    from ablate.train import trainer as trainer_mod
+
+    fake = {"peak": 900}  # start-up peak until the reset; each attempt's steady peak after it
+    monkeypatch.setattr(memory, "peaks", lambda device: {"peak_alloc": fake["peak"], "peak_reserved": fake["peak"] * 2})
+    monkeypatch.setattr(memory, "reset_peaks", lambda device: fake.update(peak=fake["steady"]))
+    stop_at = {"step": 18}
+    real_stop = trainer_mod.Trainer._stop_requested
+    monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested",
+                        lambda self: self.step == stop_at["step"] or real_stop(self))
+
+    run_dir = make_run(max_iters=20, ckpt_interval=0)
+    fake["steady"] = 300
+    with pytest.raises(trainer_mod.Preempted):
+        train(run_dir)  # attempt 1: warms up at step 5, stopped at 18 (a checkpoint)
+    fake["peak"], fake["steady"], stop_at["step"] = 900, 111, -1
+    assert train(run_dir) == "done"  # attempt 2: 2 steps left, never warms up, start-up peak 900
+    s = rundir.read_json(run_dir / rundir.SUMMARY)
+    assert (s["peak_alloc"], s["peak_reserved"]) == (300, 600)
