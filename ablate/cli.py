@@ -193,14 +193,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_RETRY_WORDS = {"all", "failed", "diverged", "oom", "cancelled"}
-
-
 def _bare_retry(argv: list[str]) -> list[str]:
     """`--retry GRID.yaml` means --retry=all then the grid: argparse would take the grid as STATES."""
+    from ablate.plan.rundir import RETRYABLE
+
+    words = {"all", *RETRYABLE}
     out = list(argv)
     for i, a in enumerate(out[:-1]):
-        if a == "--retry" and not set(out[i + 1].split(",")) <= _RETRY_WORDS and not out[i + 1].startswith("-"):
+        if a == "--retry" and not set(out[i + 1].split(",")) <= words and not out[i + 1].startswith("-"):
             out[i] = "--retry=all"
     return out
 

@@ -70,7 +70,8 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
 
 def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
                 log_x: bool = False) -> dict:
-    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis); returns {"paths": {name: Path}, "speedup",
+    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis);
+    returns {"paths": {name: Path}, "speedup",
     "memory", "size", "throughput", "cells", "lr_sweep" (DataFrames), "status" (dict),
     "comparison"}."""
     out = Path(out_dir)
