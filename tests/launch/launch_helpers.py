@@ -6,7 +6,6 @@ The root conftest points ABLATE_RUNS_DIR / ABLATE_DATA_DIR at the test's tmp_pat
 inherit that environment from sbatch and see the same files (single node)."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -77,9 +76,11 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
-def steps_unbroken(run_dir: Path, key_file: str, every: int, last: int) -> list[int]:
-    """The logged steps, asserting they run every..last with no gap and no repeat."""
-    steps = [json.loads(l)["step"] for l in (run_dir / key_file).read_text().splitlines()]
+def steps_unbroken(run_dir: Path, key_file: str, every: int, last: int | None) -> list[int]:
+    """The logged steps, asserting they run every..last (last None: up to the last complete line of a
+    file that a live job still appends to) with no gap and no repeat."""
+    steps = [r["step"] for r in rundir.read_jsonl(run_dir / key_file)]
+    last = steps[-1] if last is None and steps else last
     assert steps == list(range(every, last + 1, every)) or steps == list(range(0, last + 1, every)), steps
     return steps
 
@@ -110,3 +111,33 @@ def grid_file(tmp_path):
     def make(**kw):
         return write_grid(tmp_path, **kw)
     return make
+
+
+FAKE_SBATCH = """#!/bin/sh
+d="$(dirname "$0")"
+n=$(( $(cat "$d/next" 2>/dev/null || echo 41) + 1 )); echo $n > "$d/next"
+cp "$1" "$d/script.$n"
+echo "Submitted batch job $n"
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """Slurm's commands as scripts on PATH: sbatch records the script and answers a job id,
+    scontrol logs its arguments, squeue / sacct know no job, sinfo offers gpu:2, srun exists (submitit
+    refuses to build a SlurmExecutor without it) and fails if a job ever ran. These tests need no
+    cluster; the real-Slurm ones are tests/launch/test_launch_slurm.py."""
+    from ablate.launch import resources as res
+
+    bin_dir = tmp_path / "fakeslurm"
+    bin_dir.mkdir()
+    scripts = {"sbatch": FAKE_SBATCH,
+               "scontrol": '#!/bin/sh\necho "$@" >> "$(dirname "$0")/scontrol.log"\n',
+               "squeue": "#!/bin/sh\nexit 0\n", "sacct": "#!/bin/sh\nexit 0\n", "sinfo": "#!/bin/sh\necho gpu:2\n",
+               "srun": "#!/bin/sh\necho 'fake srun: no cluster here' >&2\nexit 1\n"}
+    for name, body in scripts.items():
+        (bin_dir / name).write_text(body)
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setattr(res, "max_array_size", lambda: 2)
+    return bin_dir

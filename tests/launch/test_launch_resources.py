@@ -8,6 +8,7 @@ from ablate.errors import AblateError
 from ablate.launch import resources as res
 from ablate.launch.slurm import chunks, group_by_resources, sbatch_script
 from ablate.plan.grid import Resources
+from launch_helpers import fake_slurm  # noqa: F401  (fixture: submitit wants srun on PATH)
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,7 +34,7 @@ def test_slurm_parameters_translate_generic_names_and_leave_defaults_out():
     assert res.slurm_parameters(Resources(max_requeue=0), "g")[1] == {"max_num_timeout": 0}
 
 
-def test_submitit_accepts_every_translated_parameter(tmp_path):
+def test_submitit_accepts_every_translated_parameter(tmp_path, fake_slurm):
     import submitit
 
     params, ctor = res.slurm_parameters(Resources(gpus=2, cpus=4, mem_gb=1.5, partition="p", qos="q"), "g", 3)

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 
 from ablate.errors import AblateError
-from ablate.launch import resources as res
 from ablate.launch import scheduler
 from ablate.launch.submit import select_cells, submit
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import steps_unbroken
-from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
+from launch_helpers import fake_slurm, grid_file, one_thread  # noqa: F401  (fixtures)
 
 
 def _view(rid, state, job=None):
@@ -98,29 +97,6 @@ def test_a_job_that_died_without_a_word_counts_as_failed(grid_file, capsys):
     assert st["state"] == "failed" and "without writing a final state" in st["error"]
     assert len(submit(grid, grid.cells, executor="debug", retry=("failed",))) == 1
     assert rundir.state_of(cell.run_dir) == "done"
-
-
-FAKE_SBATCH = """#!/bin/sh
-d="$(dirname "$0")"
-n=$(( $(cat "$d/next" 2>/dev/null || echo 41) + 1 )); echo $n > "$d/next"
-cp "$1" "$d/script.$n"
-echo "Submitted batch job $n"
-"""
-
-
-@pytest.fixture
-def fake_slurm(tmp_path, monkeypatch):
-    bin_dir = tmp_path / "fakeslurm"
-    bin_dir.mkdir()
-    scripts = {"sbatch": FAKE_SBATCH,
-               "scontrol": '#!/bin/sh\necho "$@" >> "$(dirname "$0")/scontrol.log"\n',
-               "squeue": "#!/bin/sh\nexit 0\n", "sacct": "#!/bin/sh\nexit 0\n", "sinfo": "#!/bin/sh\necho gpu:2\n"}
-    for name, body in scripts.items():
-        (bin_dir / name).write_text(body)
-        (bin_dir / name).chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
-    monkeypatch.setattr(res, "max_array_size", lambda: 2)
-    return bin_dir
 
 
 def test_slurm_arrays_split_at_max_array_size_recorded_then_released(grid_file, fake_slurm, capsys):
