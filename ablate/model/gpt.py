@@ -8,7 +8,7 @@ and each difference lives in exactly one place:
     pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
     q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
     MLP input       -                        | u, v scaled by s_uv sqrt(d)      MLP.forward
-    residual        h + out                  | Norm(h + |alpha| (Norm(out) - h)) Block.residual
+    residual        h + out                  | Norm(h' + |alpha| (Norm(out) - h')), h' = Norm(h)   Block.residual
     logits          lm_head(h)               | s_z * lm_head(h)                 GPT.forward
     weights         free                     | unit rows/columns, normalize_()  GPT.normalize_
     weight decay    matrices                 | none                             GPT.optimizer_groups
@@ -187,7 +187,11 @@ class Block(nn.Module):
     def residual(h, out, alpha):
         if alpha is None:  # GPT: the plain residual stream
             return h + out
-        # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere
+        # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere.
+        # h is already unit, but the reference normalizes it again (NVIDIA: A_norm = justnorm(h)):
+        # the forward pass is the same, the gradient is not. Without it the embedding rows (h at
+        # block 0 is wte[idx]) get a radial gradient the reference never sees, and Adam diverges.
+        h = unit(h)
         return unit(h + alpha().abs() * (unit(_f32(out)) - h))
 
 
