@@ -231,7 +231,7 @@ def attention_kernel(backend: str, cfg, device, grad: bool = True) -> Optional[s
         q, k, v, kwargs = sdpa_args(heads(cfg.n_head), heads(cfg.kv_heads), heads(cfg.kv_heads), cfg.window)
         with torch.set_grad_enabled(grad):
             choice = torch._fused_sdp_choice(q, k, v, **kwargs)
-    except (AttributeError, RuntimeError):  # RuntimeError: torch.OutOfMemoryError and its kin
+    except (AttributeError, TypeError, RuntimeError):  # an older torch's signature; OutOfMemoryError and kin
         return None
     return SDPA_KERNELS.get(int(choice), f"sdpa-{int(choice)}")
 
