@@ -63,11 +63,12 @@ def kill(proc: subprocess.Popen) -> None:
 
 
 class StageError(Exception):
-    """A stage (or job) failed or ran out of time; the message is the one line to record."""
+    """A stage (or job) failed or ran out of time; the message is the one line to record, and
+    `partial` what the job had written before it stopped (None if nothing)."""
 
-    def __init__(self, msg: str, status: str = "failed"):
+    def __init__(self, msg: str, status: str = "failed", partial: dict | None = None):
         super().__init__(msg)
-        self.status = status
+        self.status, self.partial = status, partial
 
 
 class Check:
@@ -146,11 +147,12 @@ class Check:
         spec_path, out_path = self.work / "jobs" / f"{name}.spec.json", self.work / "jobs" / f"{name}.json"
         rundir.write_json_atomic(spec_path, spec)
         rc, tail = self.run(name, self.jobs + [job, str(spec_path), str(out_path)], deadline)
+        partial = rundir.read_json(out_path)
         if rc is None:
-            raise StageError(f"{name}: killed at its time cap; last output: {_last_line(tail)}", "timeout")
-        if rc != 0 or not out_path.exists():
-            raise StageError(f"{name}: exit {rc}: {_last_line(tail)}")
-        return json.loads(out_path.read_text())
+            raise StageError(f"{name}: killed at its time cap; last output: {_last_line(tail)}", "timeout", partial)
+        if rc != 0 or partial is None:
+            raise StageError(f"{name}: exit {rc}: {_last_line(tail)}", partial=partial)
+        return partial
 
     # ---- stages
     def stage_env(self, deadline):
@@ -226,7 +228,11 @@ class Check:
         spec = {**self.p["kernels"], "device": self.p["device"], "n_head": self.p["model"]["n_head"],
                 "head_dim": self.p["model"]["n_embd"] // self.p["model"]["n_head"], "n_kv_head": self.p["gqa_kv"],
                 "window": self.p["window"], "cases": kernel_cases()}
-        self.result["kernels"] = self.job("kernels", "kernels", spec, deadline)["rows"]
+        try:
+            self.result["kernels"] = self.job("kernels", "kernels", spec, deadline)["rows"]
+        except StageError as e:
+            self.result["kernels"] = (e.partial or {}).get("rows", [])  # the rows finished before it stopped
+            raise
 
     def cells(self) -> list[dict]:
         names = self.cell_names or self.p.get("cells")
@@ -265,8 +271,12 @@ class Check:
         self.result["elapsed_s"] = round(time.monotonic() - self.t0, 1)
         self.result["targets"] = targets(self.result["cells"])
         rundir.write_json_atomic(self.out / "gpu-check.json", self.result)
+        try:
+            text = markdown(self.result)
+        except Exception as e:  # a bug in the report must not stop the measuring: the JSON has it all
+            text = f"# GPU check\n\nthe markdown failed ({type(e).__name__}: {e}); see gpu-check.json\n"
         with rundir.atomic_file(self.out / "gpu-check.md") as f:
-            f.write(markdown(self.result))
+            f.write(text)
 
     def main(self) -> None:
         for name in STAGES:

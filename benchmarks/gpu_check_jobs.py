@@ -145,7 +145,7 @@ def cell(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- attention alone
 
-def kernels(spec: dict) -> dict:
+def kernels(spec: dict, emit=lambda result: None) -> dict:
     """One forward + backward of attention per routing case, at the long context: the kernel
     named (attention_kernel / SDPA's dispatcher) and the kernel seen (profiler), milliseconds
     and peak memory. 'pre-fix' replays the call attend() made before issue 14 (enable_gqa
@@ -205,6 +205,7 @@ def kernels(spec: dict) -> dict:
         except Exception as e:  # an OOM or a kernel error is this row's result
             row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
         rows.append(row)
+        emit({"rows": rows})  # row by row: a stage stopped at its cap keeps the rows it finished
         q = k = v = None
         gc.collect()
         if device.type == "cuda":
@@ -216,5 +217,6 @@ JOBS = {"env": env, "data": data, "cell": cell, "kernels": kernels}
 
 if __name__ == "__main__":
     job, spec_path, out_path = sys.argv[1:4]
-    result = JOBS[job](json.loads(Path(spec_path).read_text()))
-    rundir.write_json_atomic(out_path, result)
+    spec = json.loads(Path(spec_path).read_text())
+    emit = lambda result: rundir.write_json_atomic(out_path, result)  # noqa: E731
+    emit(JOBS[job](spec, emit) if job == "kernels" else JOBS[job](spec))

@@ -94,7 +94,7 @@ def markdown(r: dict) -> str:
         out += [f"- skipped {n}: {reason}" for reason, n in t["skip_reasons"].items()]
     if r.get("kernels"):
         out += ["", "Attention alone (forward + backward at the long context): route -> kernel named / seen, ms, peak MiB"]
-        out += [f"- {k['case']}: {k['backend']} -> {k.get('named')} / {', '.join(k.get('seen') or ['-'])}, "
+        out += [f"- {k['case']}: {k.get('backend')} -> {k.get('named')} / {', '.join(k.get('seen') or ['-'])}, "
                 f"{_f(k.get('ms'), '.2f')} ms, {_f(k.get('peak_mib'), ',.0f')} MiB" + (f", {k['error']}" if k.get("error") else "")
                 for k in r["kernels"]]
     if r.get("resume"):

@@ -62,7 +62,9 @@ def test_cpu_mode_runs_every_stage_and_writes_the_table(tmp_path):
 FAKE_JOBS = """
 import json, sys, time
 job, spec, out = sys.argv[1:4]
-if job == "env":
+if job == "kernels":  # one row done, then stuck on the next
+    json.dump({"rows": [{"case": "first"}]}, open(out, "w"))
+if job in ("env", "kernels"):
     time.sleep(60)  # a hung stage
 json.dump({"torch": "fake"}, open(out, "w"))
 """
@@ -81,6 +83,16 @@ def test_a_stage_past_its_cap_is_killed_recorded_and_the_next_one_runs(tmp_path)
     assert r["stages"]["bench"] == {"cap_s": check.p["caps"]["bench"], "status": "skipped", "note": "not selected (--only)"}
     assert time.monotonic() - t0 < 20  # the hung job did not hold the check for its 60 s
     assert "env: killed at its time cap" in (tmp_path / "gpu-check.log").read_text()
+
+
+def test_a_job_stopped_at_its_cap_keeps_what_it_had_written(tmp_path):
+    (tmp_path / "jobs.py").write_text(textwrap.dedent(FAKE_JOBS))
+    check = gpu_check.Check(tmp_path, "cpu", ("kernels",), (), 30, tmp_path / "work")
+    check.jobs = [sys.executable, str(tmp_path / "jobs.py")]
+    check.p = {**check.p, "caps": {**check.p["caps"], "kernels": 5}}
+    check.main()
+    r = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert r["stages"]["kernels"]["status"] == "timeout" and r["kernels"] == [{"case": "first"}]
 
 
 def test_warm_compiles_the_compiled_cells_while_the_tests_run_and_stops_with_them(tmp_path):
