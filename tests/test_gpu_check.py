@@ -138,6 +138,9 @@ def test_the_gpu_profile_has_every_cell_the_issue_lists():
     assert all(c["n_layer"] == 12 and c["n_embd"] == 768 and c["vocab_size"] == 50304 and c["dtype"] == "bf16"
                for c in by_name.values())
     assert names[:4] == ["gpt-1k-sdpa-compiled", "ngpt-1k-sdpa-compiled", "gpt-8k-sdpa-compiled", "ngpt-8k-sdpa-compiled"]
+    from ablate.plan.config import make_config, resolve  # every config the GPU will get is valid (keys, values)
+    for config in [*by_name.values(), {"dataset": GPU["dataset"], "tokenizer": GPU["tokenizer"], **GPU["resume"]["config"]}]:
+        assert resolve(make_config(config), 50257).vocab_size == 50304
 
 
 def _cell(name, arch, ctx, compiled=True, tag=None, **measured):
