@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench wheelhouse clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_plan.py
 	$(BIN)/python benchmarks/bench_report.py
+
+# the wheels a GPU machine without network needs for scripts/gpu-check.sh, into .whl/ (see README)
+wheelhouse:
+	PY=$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY)) scripts/wheelhouse.sh
 
 clean:
 	rm -rf runs reports data

@@ -327,7 +327,7 @@ def build_model(cfg, device_type: str | None = None) -> GPT:
                               "use param_dtype fp32 (dtype bf16 still autocasts)")
         if cfg.dtype != "bf16":
             raise AblateError("param_dtype bf16 needs dtype bf16 (autocast): fp32 activations cannot meet bf16 weights")
-    model = GPT(cfg, resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window))
+    model = GPT(cfg, resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context))
     if cfg.param_dtype == "bf16":
         store_block_matrices(model, torch.bfloat16)
     return model

@@ -40,7 +40,7 @@ class RunConfig:
     window: Optional[int] = meta(None, "sliding window: keys seen including self; None = full causal")
     context: int = meta(256, "sequence length T")
     vocab_size: Optional[int] = meta(None, "vocabulary size; None = the data set's, padded to a multiple of 64")
-    attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else sdpa")
+    attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else flex for a sliding window on CUDA, else sdpa")
     # ---- data
     dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
     tokenizer: Literal["gpt2", "char"] = meta("char", "GPT-2 BPE (tiktoken) or character-level")

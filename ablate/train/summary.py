@@ -7,7 +7,9 @@ over logged intervals, warm-up excluded); mfu_causal / mfu_nanogpt (6N + attenti
 conventions of estimate.flops_per_token, against the device's bf16 peak; None when unknown);
 final_val_loss, final_train_loss, steps, tokens, train_s (training seconds, evals and
 checkpoints excluded, over all attempts), wall_s (all attempts, everything included);
-attn_backend, device, device_name, world_size, torch_version, ablate_version, git_sha.
+attn_backend, attn_kernel (the kernel that runs: sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math,
+flex or flash; backends.attention_kernel), device, device_name, world_size, torch_version,
+ablate_version, git_sha.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ablate import __version__
+from ablate.model import backends
 from ablate.plan import estimate, rundir
 from ablate.train import memory
 
@@ -86,7 +89,8 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
         "final_val_loss": last.get("val_loss"), "final_train_loss": last.get("train_loss"),
         "final_eval_step": last.get("step"),
         "steps": steps, "tokens": steps * cfg.tokens_per_step, "train_s": train_s, "wall_s": wall_s,
-        "attn_backend": getattr(model, "attn_backend", None), "device": d.device.type, "device_name": name,
+        "attn_backend": model.attn_backend, "attn_kernel": backends.attention_kernel(model.attn_backend, cfg, d.device),
+        "device": d.device.type, "device_name": name,
         "world_size": d.world_size, "dtype": cfg.dtype, "compile": cfg.compile,
         "torch_version": torch.__version__, "ablate_version": __version__,
         "git_sha": doc.get("git_sha") or git_sha(),

@@ -1,11 +1,14 @@
-"""Attention kernels against an explicit-softmax reference; backend resolution (MODEL_SPEC 3, 6.6, 6.8, 6.10, 7)."""
+"""Attention kernels against an explicit-softmax reference; backend resolution and the kernel
+that runs (MODEL_SPEC 3, 6.6, 6.8, 6.10, 7)."""
+import contextlib
+
 import pytest
 import torch
 
 from ablate.errors import AblateError
 from ablate.model import backends
 from ablate.model.backends import attend, resolve_backend, window_mask
-from model_helpers import single_thread  # noqa: F401  (autouse fixture)
+from model_helpers import single_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 
 CPU_BACKENDS = ["sdpa"] + (["flex"] if backends._has_flex() else [])
 T, H, HD = 16, 4, 8
@@ -89,6 +92,7 @@ def _flash_available():
     return torch.cuda.is_available() and backends._flash_probe() is not None
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not _flash_available(), reason="flash-attn needs CUDA and the flash_attn package (not importable here)")
 @pytest.mark.parametrize("kv_heads", [4, 2, 1])
 @pytest.mark.parametrize("window", [None, 1, 5])
@@ -117,9 +121,75 @@ def test_auto_picks_flash_only_where_it_runs(flash):
     assert resolve_backend("auto", "cuda", "fp32", None) == "sdpa"  # flash-attn has no fp32
     flash((2, 2))
     assert resolve_backend("auto", "cuda", "bf16", None) == "flash"
-    assert resolve_backend("auto", "cuda", "bf16", 128) == "sdpa"  # no window_size before 2.3
+    assert resolve_backend("auto", "cuda", "bf16", 128) != "flash"  # no window_size before 2.3
     flash(None)
     assert resolve_backend("auto", "cuda", "bf16", None) == "sdpa"
+
+
+@pytest.mark.skipif("flex" not in CPU_BACKENDS, reason="FlexAttention needs torch >= 2.5")
+@pytest.mark.parametrize("flash_version", [None, (2, 2)])
+def test_auto_on_cuda_never_gives_a_sliding_window_to_sdpa(flash, flash_version):
+    """SDPA has no sliding-window kernel: its mask makes it compute every score (and with GQA
+    run the math kernel). Without a flash-attn that can window, auto sends windows to flex."""
+    flash(flash_version)
+    for dtype in ("bf16", "fp32"):
+        assert resolve_backend("auto", "cuda", dtype, 1024, 8192) == "flex"
+        assert resolve_backend("auto", "cuda", dtype, 1024) == "flex"  # context unknown: assume sliding
+        assert resolve_backend("auto", "cuda", dtype, 8192, 8192) == "sdpa"  # W >= T is full causal
+        assert resolve_backend("auto", "cpu", dtype, 1024, 8192) == "sdpa"  # flex cannot train on CPU
+    assert resolve_backend("auto", "cuda", "fp32", None, 8192) == "sdpa"  # full causal: SDPA's fused kernels
+    assert resolve_backend("auto", "cuda", "bf16", None, 8192) == ("sdpa" if flash_version is None else "flash")
+    assert resolve_backend("sdpa", "cuda", "bf16", 1024, 8192) == "sdpa"  # an explicit choice is kept
+    flash((2, 6))
+    assert resolve_backend("auto", "cuda", "bf16", 1024, 8192) == "flash"
+    assert resolve_backend("auto", "cuda", "fp32", 1024, 8192) == "flex"  # flash-attn has no fp32
+
+
+@pytest.mark.parametrize("device_type", ["cuda", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+@pytest.mark.parametrize("window", [None, 3, T])
+def test_sdpa_never_asks_for_gqa_where_only_the_math_kernel_takes_it(device_type, dtype, kv_heads, window):
+    """On CUDA, enable_gqa is honoured only by SDPA's flash kernel, which takes no mask and no
+    fp32: there K/V heads must arrive repeated. The decision is checked here with CPU tensors
+    (device_type says which device it is made for); the call itself must stay exact."""
+    q, k, v = (t.transpose(1, 2) for t in qkv(kv_heads, dtype=dtype))  # (B, H, T, hd)
+    q2, k2, v2, kwargs = backends.sdpa_args(q, k, v, window, device_type=device_type)
+    masked = window is not None and window < T
+    assert ("attn_mask" in kwargs) == masked and kwargs.get("is_causal", False) != masked  # one, never both
+    fused_gqa_ok = device_type == "cpu" or (dtype == torch.bfloat16 and not masked)
+    if kv_heads < H and not fused_gqa_ok:
+        assert kwargs["enable_gqa"] is False and k2.size(1) == v2.size(1) == H
+    else:
+        assert kwargs["enable_gqa"] == (kv_heads < H) and k2.size(1) == kv_heads
+    y = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, scale=0.37, **kwargs).transpose(1, 2)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    want = reference(*(t.transpose(1, 2).float() for t in (q, k, v)), 0.37, window)
+    torch.testing.assert_close(y.float(), want, atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("forced", [None, "MATH"])
+@pytest.mark.parametrize("dtype, kv_heads, window", [("fp32", 4, None), ("fp32", 2, 5), ("bf16", 1, None), ("bf16", 2, 3)])
+def test_attention_kernel_names_the_sdpa_kernel_that_runs(dtype, kv_heads, window, forced):
+    """attention_kernel() asks SDPA's dispatcher; the profiler sees what a real forward and
+    backward of attend() ran. They must agree, also when the dispatcher's flags change."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    cfg = tiny_cfg("gpt", n_head=H, n_embd=H * HD, context=T, n_kv_head=kv_heads, window=window, dtype=dtype)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    q, k, v = qkv(kv_heads, dtype=torch_dtype)
+    q.requires_grad_(True)
+
+    def step():
+        attend(q, k, v, scale=0.3, window=window, backend="sdpa").float().sum().backward()
+
+    with sdpa_kernel([getattr(SDPBackend, forced)]) if forced else contextlib.nullcontext():
+        named = backends.attention_kernel("sdpa", cfg, torch.device("cpu"))
+        seen = backends.kernels_seen(step)
+    assert seen == {named}
+    if forced:
+        assert named == "sdpa-math"
+    assert backends.attention_kernel("flex", cfg, torch.device("cpu")) == "flex"
 
 
 @pytest.mark.parametrize("version, device, dtype, window, needle", [

@@ -12,7 +12,8 @@ from ablate.model import backends, build_model
 from model_helpers import MIX, V, cases, perturb, tiny_cfg, tiny_model
 from test_training import ABLATIONS
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
 
 
 def cuda_backends(dtype: str) -> list[str]:
@@ -73,3 +74,29 @@ def test_every_ablation_overfits_one_batch_in_bf16(arch, opts, backend):
         final = model(idx, targets)[1].item()
     assert abs(first - math.log(V)) < 0.15
     assert final < 0.5 * math.log(V), (first, final)
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("arch, opts", cases(MIX))
+def test_sdpa_runs_the_kernel_it_records_and_never_the_math_one(arch, opts, dtype):
+    """GQA with a mask or in fp32 must not reach SDPA's math kernel (the whole T x T scores),
+    and attention_kernel() (what summary.json records) must name what the profiler sees."""
+    cfg = tiny_cfg(arch, dtype=dtype, attn_backend="sdpa", device="cuda", **opts)
+    model = build_model(cfg, device_type="cuda").cuda()
+    idx = torch.randint(0, V, (2, cfg.context), generator=torch.Generator().manual_seed(0)).cuda()
+
+    def step():
+        with autocast(dtype):
+            loss = model(idx, idx)[1]
+        loss.backward()
+
+    named = backends.attention_kernel(model.attn_backend, cfg, torch.device("cuda"))
+    assert backends.kernels_seen(step) == {named}
+    assert named != "sdpa-math", cfg
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_auto_gives_sliding_windows_a_kernel_that_skips_blocks(dtype):
+    window = tiny_cfg("gpt", dtype=dtype, window=4, device="cuda")
+    assert build_model(window, device_type="cuda").attn_backend in ("flex", "flash")
+    assert build_model(dataclasses.replace(window, window=None), device_type="cuda").attn_backend in ("sdpa", "flash")

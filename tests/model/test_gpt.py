@@ -301,6 +301,7 @@ def test_flex_model_agrees_with_sdpa(arch, opts):
         torch.testing.assert_close(flex(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not (torch.cuda.is_available() and backends._flash_probe()),
                     reason="flash-attn needs CUDA and the flash_attn package (not importable here)")
 @pytest.mark.parametrize("arch, opts", cases([{}, {"n_kv_head": 2, "window": 3}]))

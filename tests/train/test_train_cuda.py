@@ -10,7 +10,8 @@ from ablate.plan.config import make_config, resolve
 from ablate.train.trainer import train
 from train_helpers import evals_of
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (none on this machine)")]
 CUDA = dict(device="cuda", dtype="bf16")
 
 

@@ -76,6 +76,7 @@ def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     assert (s["final_val_loss"], s["final_train_loss"]) == (evals[-1]["val_loss"], evals[-1]["train_loss"])
     assert s["tokens_per_s"] > 0 and s["mfu_causal"] is None and s["peak_alloc"] is None
     assert s["attn_backend"] == "sdpa" and s["torch_version"] == torch.__version__ and s["git_sha"]
+    assert s["attn_kernel"] == "sdpa-flash"  # the kernel that ran: CPU's fused SDPA kernel, not the math one
     assert 0 < s["train_s"] <= s["wall_s"]
     ckpt = torch.load(run_dir / rundir.CKPT, weights_only=True)
     assert ckpt["step"] == 40 and ckpt["data_position"]["step"] == 40

@@ -1,0 +1,222 @@
+"""The GPU check's measurements, one per process: `python gpu_check_jobs.py JOB SPEC.json OUT.json`.
+
+benchmarks/gpu_check.py (the driver, no torch) starts each job as its own process, so that
+a hung compile or a CUDA error is killed at its stage's time cap and the next job starts on
+a clean device (and clean peak-memory counters). Jobs:
+
+    env      device, versions (torch, CUDA, cuDNN, triton, flash-attn), SDPA priority order
+    data     prepare the data set the cells train on (offline: data.prepare)
+    cell     one benchmark cell: the real Trainer (its train_step, compile, autocast, data) for
+             warm-up + timed steps; ms/step, tokens/s, MFU, peak memory vs the plan's estimate,
+             the attention kernel that runs
+    kernels  attention alone at the long context: the kernel each routing picks, the kernel the
+             profiler sees, time and memory of one forward + backward (the SDPA pitfall, measured)
+"""
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from ablate.plan import estimate, rundir  # noqa: E402
+from ablate.plan.config import make_config  # noqa: E402
+
+
+def _sync(device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+# ---------------------------------------------------------------- env
+
+def env(spec: dict) -> dict:
+    from ablate.model import backends
+    from ablate.train import memory
+
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda" if cuda else "cpu")
+    name = memory.device_name(device)
+    out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
+           "cudnn": torch.backends.cudnn.version() if cuda else None, "device_name": name,
+           "peak_bf16_flops": memory.peak_flops(name), "flex": backends._has_flex(),
+           "flash_attn": ".".join(map(str, backends._flash_probe()[1])) if backends._flash_probe() else None}
+    for module in ("triton", "numpy", "tiktoken"):
+        try:
+            out[module] = __import__(module).__version__
+        except Exception as e:  # absent or broken: say so, do not stop
+            out[module] = f"unavailable ({type(e).__name__})"
+    if cuda:
+        props = torch.cuda.get_device_properties(device)
+        out.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2 ** 30, 1),
+                   sm_count=props.multi_processor_count)
+    order = getattr(torch._C, "_get_sdp_priority_order", None)  # private; absent in some versions
+    if order is not None:
+        names = {int(b.value): n for n, b in torch.nn.attention.SDPBackend.__members__.items()}
+        out["sdpa_priority"] = [names.get(int(b), str(b)) for b in order()]
+    return out
+
+
+# ---------------------------------------------------------------- data
+
+def data(spec: dict) -> dict:
+    from ablate.train import data as data_mod
+
+    t0 = time.perf_counter()
+    path = data_mod.prepare(spec["dataset"], spec["tokenizer"])
+    meta = json.loads((path / "meta.json").read_text())
+    return {"path": str(path), "seconds": time.perf_counter() - t0,
+            **{k: meta.get(k) for k in ("vocab_size", "train_tokens", "val_tokens", "source")}}
+
+
+# ---------------------------------------------------------------- one benchmark cell
+
+def simulated_peak(cfg) -> dict:
+    """>>> THE PLACE FOR THE SIMULATED FIGURE <<< Developer "memory" adds a FakeTensorMode
+    simulation of one training step (ablate/train/memtrack.py, a `simulate_step`-like
+    function). Until that module exists this returns {}; once it does, adapt the call below
+    to its signature and return value (bytes of the simulated peak)."""
+    try:
+        from ablate.train import memtrack  # optional: not merged yet
+    except ImportError:
+        return {}
+    simulate = getattr(memtrack, "simulate_step", None)
+    if simulate is None:
+        return {"sim_error": "ablate.train.memtrack has no simulate_step"}
+    try:
+        result = simulate(cfg)
+    except Exception as e:  # a signature this code does not know yet: report it, keep the cell
+        return {"sim_error": f"{type(e).__name__}: {e}"[:300]}
+    peak = result if isinstance(result, (int, float)) else (result or {}).get("peak", (result or {}).get("total"))
+    return {"sim_peak": peak}
+
+
+def cell(spec: dict) -> dict:
+    """Warm-up + timed steps of the real Trainer on a run dir (no evals, no checkpoints: those
+    are the trainer's business and are measured by the resume stage)."""
+    from ablate.model import backends
+    from ablate.train import distributed, memory
+    from ablate.train.signals import StopFlag
+    from ablate.train.trainer import Trainer
+
+    run_dir = Path(spec["run_dir"])
+    doc = {"config": spec["config"], "grid": "gpu-check", "run_id": run_dir.name}
+    rundir.write_json_atomic(run_dir / rundir.CONFIG, doc)
+    with StopFlag() as stop:
+        d = distributed.setup(spec["config"].get("device", "auto"))
+        t0 = time.perf_counter()
+        trainer = Trainer(run_dir, make_config(spec["config"]), doc, d, stop)
+        cfg = trainer.cfg  # resolved
+        out = {"attn_backend": trainer.raw.attn_backend, "build_s": time.perf_counter() - t0,
+               "device_name": memory.device_name(d.device), "tokens_per_step": cfg.tokens_per_step,
+               "params": trainer.raw.param_counts()["total"]}
+        t0 = _sync(d.device)
+        loss0 = trainer.train_step().item()  # compiles when compile: true
+        out["first_step_s"] = _sync(d.device) - t0
+        for _ in range(spec["warmup"] - 1):
+            trainer.train_step()
+        if spec["steps"] == 0:  # a warm-up job: it only fills the compile caches
+            return out
+        _sync(d.device)
+        memory.reset_peaks(d.device)
+        t0 = time.perf_counter()
+        for _ in range(spec["steps"]):
+            loss = trainer.train_step()
+        seconds = (_sync(d.device) - t0) / spec["steps"]
+        tps = cfg.tokens_per_step / seconds
+        fpt = estimate.flops_per_token(cfg)
+        breakdown = estimate.memory_breakdown(cfg)
+        out.update(ms_per_step=1000 * seconds, tokens_per_s=tps, loss_first=loss0, loss_last=loss.item(),
+                   mfu_causal=memory.mfu(fpt["causal"], tps, out["device_name"], 1),
+                   mfu_nanogpt=memory.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
+                   peak_flops=memory.peak_flops(out["device_name"]), **memory.peaks(d.device),
+                   est_peak=breakdown["total"], est_breakdown=breakdown,
+                   attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device),
+                   **simulated_peak(cfg))
+    return out
+
+
+# ---------------------------------------------------------------- attention alone
+
+def kernels(spec: dict, emit=lambda result: None) -> dict:
+    """One forward + backward of attention per routing case, at the long context: the kernel
+    named (attention_kernel / SDPA's dispatcher) and the kernel seen (profiler), milliseconds
+    and peak memory. 'pre-fix' replays the call attend() made before issue 14 (enable_gqa
+    with a boolean mask), to measure what the routing avoids."""
+    import torch.nn.functional as F
+
+    from ablate.model import backends
+    from ablate.plan.config import resolve
+
+    device = torch.device(spec["device"])
+    B, T, H, hd, W, kv = (spec[k] for k in ("batch", "context", "n_head", "head_dim", "window", "n_kv_head"))
+    rows = []
+    for case in spec["cases"]:
+        dtype = torch.bfloat16 if case["dtype"] == "bf16" else torch.float32
+        window = W if case["window"] else None
+        heads = kv if case["gqa"] else H
+        cfg = resolve(make_config(dict(n_head=H, n_embd=H * hd, n_kv_head=heads, context=T, window=window,
+                                       dtype=case["dtype"], vocab_size=64)))
+        backend = backends.resolve_backend(case["backend"], device.type, case["dtype"], window, T)
+        row = {"case": case["name"], "backend": backend}
+        grad = not (device.type == "cpu" and backend == "flex")  # torch has no CPU flex backward
+        try:
+            g = torch.Generator(device=device).manual_seed(0)
+            q, k, v = (torch.randn(B, T, n, hd, device=device, dtype=dtype, generator=g).requires_grad_(grad)
+                       for n in (H, heads, heads))
+            if case.get("prefix"):  # the old call: enable_gqa with a mask, whatever the kernels take
+                mask = backends.window_mask(T, W, device)
+                qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
+                choice = torch._fused_sdp_choice(qt, kt, vt, attn_mask=mask, enable_gqa=True)
+                row["named"] = backends.SDPA_KERNELS.get(int(choice), str(choice))
+
+                def fwd():
+                    return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True, scale=hd ** -0.5)
+            else:
+                row["named"] = backends.attention_kernel(backend, cfg, device, grad=grad)
+
+                def fwd():
+                    return backends.attend(q, k, v, scale=hd ** -0.5, window=window, backend=backend)
+
+            def step():
+                y = fwd()
+                if grad:
+                    y.float().sum().backward()
+
+            step()  # warm-up (compiles flex)
+            row["seen"] = sorted(backends.kernels_seen(step)) or None  # compiled flex shows no aten attention op
+            _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+            t0 = time.perf_counter()
+            for _ in range(spec["reps"]):
+                step()
+            row["ms"] = 1000 * (_sync(device) - t0) / spec["reps"]
+            if device.type == "cuda":
+                row["peak_mib"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+        except Exception as e:  # an OOM or a kernel error is this row's result
+            row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+        rows.append(row)
+        emit({"rows": rows})  # row by row: a stage stopped at its cap keeps the rows it finished
+        q = k = v = None
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return {"rows": rows}
+
+
+JOBS = {"env": env, "data": data, "cell": cell, "kernels": kernels}
+
+if __name__ == "__main__":
+    job, spec_path, out_path = sys.argv[1:4]
+    spec = json.loads(Path(spec_path).read_text())
+    emit = lambda result: rundir.write_json_atomic(out_path, result)  # noqa: E731
+    emit(JOBS[job](spec, emit) if job == "kernels" else JOBS[job](spec))
