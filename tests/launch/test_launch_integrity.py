@@ -36,7 +36,7 @@ def test_a_leftover_runner_never_overwrites_the_retried_attempt(grid_file):
         wait_until(lambda: rundir.read_status(run_dir).get("attempts") == 2
                    and rundir.read_status(run_dir).get("state") == "running", 90, "the retry to run")
         new_runner = int(rundir.read_status(run_dir)["runner_pid"])
-        os.kill(old_runner, signal.SIGCONT)
+        _signal(old_runner, signal.SIGCONT)
         wait_until(lambda: not pid_alive(old_runner), 60, "the old runner to notice its job ended and exit")
         status = rundir.read_status(run_dir)
         assert status["state"] == "running" and status["attempt_id"] != first.get("attempt_id"), status
@@ -44,12 +44,19 @@ def test_a_leftover_runner_never_overwrites_the_retried_attempt(grid_file):
         wait_until(lambda: rundir.read_status(run_dir).get("step", 0) > step, 60, "the retried attempt to go on")
         assert rundir.read_status(run_dir)["state"] == "running"
     finally:  # whatever happened, nothing of this test keeps running
-        os.kill(old_runner, signal.SIGCONT)
+        _signal(old_runner, signal.SIGCONT)
         rundir.update_status(run_dir, state="running")  # so that cancel signals the live job
         cli("cancel", grid)
         for pid in {old_runner, int(rundir.read_status(run_dir).get("runner_pid") or old_runner)}:
             wait_until(lambda: not pid_alive(pid), 60, "the runners to exit")
     assert rundir.state_of(run_dir) == "cancelled" and new_runner != old_runner
+
+
+def _signal(pid: int, signum) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:  # already gone (and reaped)
+        pass
 
 
 _STUBBORN = ("import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -78,10 +85,7 @@ def test_cancel_kills_a_job_that_ignores_sigterm_after_the_grace_period(grid_fil
         assert rundir.state_of(cell.run_dir) == "cancelled"
     finally:
         for pid in (job.pid, child):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _signal(pid, signal.SIGKILL)
 
 
 def test_submit_and_run_exit_3_when_a_cell_ends_badly(grid_file):

@@ -165,3 +165,16 @@ def test_window_past_context_and_warmup_past_budget_warn_and_disguised_twins_are
 def test_float_ranges_reject_nan_in_python_api_too():
     with pytest.raises(AblateError, match="finite"):
         cfgmod.resolve(cfgmod.make_config({"lr": math.nan}), 65)
+
+
+def test_a_context_longer_than_the_prepared_val_split_fails_at_plan(tmp_path):
+    from ablate.train import data
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_text("abcdefghij" * 30)  # 300 characters: a 30-token val split
+    data.prepare(f"text:{corpus}", "char")
+    text = f"name: g\ndata: {{dataset: 'text:{corpus}', tokenizer: char}}\nbase: {{n_layer: 2, n_head: 2, n_embd: 32}}\n" \
+           "grid:\n  context: [16, 64]\n"
+    msg = one_line_error(write(tmp_path, text), "key 'context': 64 needs context+2 = 66 tokens")
+    assert "val split" in msg and msg.split(":")[1] == "5", msg
+    assert len(load_grid(write(tmp_path, text.replace(", 64]", "]"), "ok.yaml")).cells) == 1
