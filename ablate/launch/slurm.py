@@ -60,17 +60,19 @@ def submit_arrays(grid, cells, folder, resources_of=None, array_parallelism=None
             sub = folder / f"array{len(arrays)}"
             ex = submitit.SlurmExecutor(folder=str(sub), **ctor)
             ex.update_parameters(**params)
+            attempts = [rundir.new_attempt() for _ in part]  # a requeued task stays the same attempt
             try:
                 with ex.batch():
-                    jobs = [ex.submit(CellJob(str(c.run_dir.resolve()), threads)) for c in part]
+                    jobs = [ex.submit(CellJob(str(c.run_dir.resolve()), threads, a)) for c, a in zip(part, attempts)]
             except (submitit.core.utils.FailedJobError, subprocess.CalledProcessError, OSError) as e:
                 raise AblateError(f"sbatch refused {len(part)} cell(s) of grid {grid.name} "
                                   f"({_describe(r)}): {_sbatch_error(e)}") from None
             base = jobs[0].job_id.split("_")[0]
             now = time.time()
-            for i, (cell, job) in enumerate(zip(part, jobs)):
+            for i, (cell, job, attempt) in enumerate(zip(part, jobs, attempts)):
                 rundir.update_status(
-                    cell.run_dir, state="queued", executor="slurm", job_id=str(job.job_id), array_job_id=base,
+                    cell.run_dir, state="queued", executor="slurm", job_id=str(job.job_id), attempt_id=attempt,
+                    array_job_id=base,
                     array_index=i if "_" in job.job_id else None, submitit_folder=str(sub), submitted=now,
                     stdout=str(job.paths.stdout), stderr=str(job.paths.stderr), error=None, note=None, ended=None,
                     scheduler_state=None, runner_pid=None)

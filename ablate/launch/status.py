@@ -21,8 +21,8 @@ from ablate.launch import scheduler
 from ablate.plan import rundir
 from ablate.plan.grid import Grid, runs_root
 
-SHOWN = ("queued", "running", "pending", "failed", "diverged", "oom", "cancelled")
-ORDER = ("running", "queued", "pending", "failed", "oom", "diverged", "cancelled", "done", "new")
+SHOWN = ("queued", "running", "pending", "failed", "diverged", "oom", "cancelled", rundir.BROKEN)
+ORDER = ("running", "queued", "pending", "failed", "oom", "diverged", "cancelled", rundir.BROKEN, "done", "new")
 
 
 class _RunDir:
@@ -87,6 +87,8 @@ def _fmt(x, spec: str, dash: str = "-") -> str:
 
 
 def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -> list[str]:
+    """One line per cell in `states`, columns as wide as their widest value (a run id without a
+    grid is grid/run_id), the note last and unpadded; lines cut at `width`."""
     rows = []
     for c in sorted(cells, key=lambda c: (ORDER.index(c.state) if c.state in ORDER else 99, c.run_id)):
         if c.state not in states:
@@ -94,15 +96,19 @@ def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -
         s, m = c.status, _last_metrics(c.run_dir)
         job = s.get("job_id") or (c.job.job_id if c.job else "-")
         sched = c.job.state if c.job is not None and c.job.state not in scheduler.NOT_SLURM else ""
-        rows.append(f"{c.run_id:<12} {c.state:<9} {_fmt(m.get('step'), 'd'):>7}/{_max_iters(c.run_dir)!s:<7} "
-                    f"{_fmt(m.get('loss'), '.3f'):>7} {_fmt(m.get('tokens_per_s'), ',.0f'):>9} "
-                    f"{_elapsed(s):>8} {job:<12} {sched or s.get('scheduler_state') or '':<10} {last_line(c)}"
-                    [:width or None])
+        step = f"{_fmt(m.get('step'), 'd')}/{_max_iters(c.run_dir)}"
+        rows.append([c.run_id, c.state, step, _fmt(m.get('loss'), '.3f'), _fmt(m.get('tokens_per_s'), ',.0f'),
+                     _elapsed(s), str(job), sched or s.get('scheduler_state') or '', last_line(c)])
     if not rows:
         return []
-    head = f"{'run_id':<12} {'state':<9} {'step':>7}/{'max':<7} {'loss':>7} {'tok/s':>9} {'elapsed':>8} " \
-           f"{'job':<12} {'scheduler':<10} note / last error"
-    return [head, *rows]
+    head = ["run_id", "state", "step/max", "loss", "tok/s", "elapsed", "job", "scheduler", "note / last error"]
+    right = {3, 4, 5}  # numbers
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
+
+    def line(r):
+        cols = [r[i].rjust(w) if i in right else r[i].ljust(w) for i, w in enumerate(widths)]
+        return " ".join([*cols, r[-1]]).rstrip()[:width or None]
+    return [line(head), *map(line, rows)]
 
 
 def counts_line(cells: list[scheduler.Cell]) -> str:
@@ -120,21 +126,32 @@ def status_report(grid: Grid | None) -> str:
     return "\n".join(lines + table(cells))
 
 
-def cancel(grid: Grid, cells) -> list[str]:
-    """Cancel the queued / running cells among `cells`: mark them cancelled, then signal the jobs
-    (scancel; SIGTERM to local jobs). A running trainer saves a checkpoint and keeps 'cancelled'."""
-    out, slurm_ids = [], []
+CANCEL_GRACE_S = 60.0  # a local job gets this long after SIGTERM to finish its step and checkpoint
+
+
+def cancel(grid: Grid, cells, grace_s: float = CANCEL_GRACE_S, echo=print) -> list[str]:
+    """Cancel the queued / running cells among `cells`: mark them cancelled (only if nobody wrote
+    their status since we looked), then signal the jobs: scancel (Slurm escalates to SIGKILL after
+    its KillWait); SIGTERM to local jobs, and SIGKILL to the job and its processes when one is still
+    alive `grace_s` later (a step longer than that; it resumes from its last checkpoint)."""
+    out, slurm_ids, local = [], [], []
     for c in scheduler.reconcile(cells):
-        if not (c.active or c.status.get("state") in scheduler.WORKING):
+        if not (c.active or c.status.get("state") in scheduler.WORKING) or c.status.get("state") == "done":
             continue
         s = c.status
-        rundir.update_status(c.run_dir, state="cancelled", note="cancelled by ablate cancel", ended=time.time())
+        expect = {"attempt_id": s.get("attempt_id"), "state": s.get("state")}  # unchanged since we looked
+        if rundir.update_status(c.run_dir, expect=expect, state="cancelled", note="cancelled by ablate cancel",
+                                ended=time.time()) is None:
+            out.append(f"{c.run_id}: its state changed while cancelling (now {rundir.state_of(c.run_dir)}); "
+                       "run `ablate cancel` again if it is still running")
+            continue
         job = s.get("job_id")
         if s.get("executor") == "slurm" and job:
             slurm_ids.append(job)
         elif s.get("executor") == "local" and job and str(job).isdigit() and scheduler.pid_alive(job):
             try:
                 os.kill(int(job), signal.SIGTERM)  # the submitit controller forwards it to the trainer
+                local.append((c.run_id, int(job)))
             except ProcessLookupError:
                 pass
         out.append(f"cancelled {c.run_id} (was {c.state}, {s.get('executor')} job {job or '-'})")
@@ -142,7 +159,52 @@ def cancel(grid: Grid, cells) -> list[str]:
         r = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, timeout=60)
         if r.returncode != 0:
             out.append(f"warning: scancel: {r.stderr.strip()}")
+    for line in out or ["nothing to cancel"]:
+        echo(line)
+    for line in _stop_or_kill(local, grace_s, echo):
+        echo(line)
+        out.append(line)
     return out or ["nothing to cancel"]
+
+
+def _stop_or_kill(jobs: list[tuple[str, int]], grace_s: float, echo) -> list[str]:
+    """Wait up to grace_s for signalled local jobs to exit; SIGKILL the process tree of the rest."""
+    deadline, told = time.time() + grace_s, False
+    alive = list(jobs)
+    while alive and time.time() < deadline:
+        alive = [(rid, pid) for rid, pid in alive if scheduler.pid_alive(pid)]
+        if alive and not told and time.time() > deadline - grace_s + 1:
+            echo(f"waiting up to {grace_s:.0f}s for {len(alive)} job(s) to finish a step and save a checkpoint...")
+            told = True
+        time.sleep(0.2)
+    out = []
+    for rid, pid in alive:
+        if scheduler.pid_alive(pid):
+            for p in [*_descendants(pid), pid]:  # the trainer runs in a child of the submitit controller
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            out.append(f"{rid}: job {pid} was still running {grace_s:.0f}s after SIGTERM (a long step): killed "
+                       "(SIGKILL); it resumes from its last checkpoint")
+    return out
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid, deepest first (Linux /proc; none elsewhere)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out[::-1]
 
 
 def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> list[scheduler.Cell]:

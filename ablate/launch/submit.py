@@ -31,6 +31,13 @@ from ablate.plan import rundir
 from ablate.plan.grid import Cell, Grid
 
 EXECUTORS = ("local", "slurm", "debug")
+ENDED_BADLY = ("failed", "oom", "diverged")  # `ablate submit` / `run` exit 3 when a cell it waited for ends so
+
+
+class Submitted(list):
+    """The cells submitted; `views`: how every cell the command waited for ended (empty when it
+    returned at once: Slurm without --wait, --detach)."""
+    views: list = []
 
 
 def git_sha() -> str:
@@ -71,6 +78,8 @@ def select_cells(views: list[scheduler.Cell], retry=(), force=False) -> tuple[li
             skipped[v.run_id] = f"{v.state} (job {job}{', ' + v.note if v.note else ''}): never submitted twice"
         elif force or v.state in ("new", "pending"):
             run.append(v.run_id)
+        elif v.state == rundir.BROKEN:
+            skipped[v.run_id] = f"broken: {v.note} (--force deletes its files and starts it over)"
         elif v.state in rundir.RETRYABLE and (v.state in retry or "all" in retry):
             run.append(v.run_id)
         elif v.state in rundir.RETRYABLE:
@@ -157,14 +166,17 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
         else:
             echo("nothing to submit")
     follow = (executor == "local" and not detach) or (executor == "slurm" and bool(wait))
+    out = Submitted(todo)
     if follow and (todo or live):  # live: cells that earlier submissions are still running
         from ablate.launch.status import watch
 
-        watch(grid, todo + live, runner=runner, echo=echo)
-    elif todo and executor != "debug":
+        out.views = watch(grid, todo + live, runner=runner, echo=echo)
+    elif executor == "debug":
+        out.views = scheduler.reconcile(todo)
+    elif todo:
         echo(f"{'detached: ' if executor == 'local' else ''}submitted {len(todo)} cell(s); "
              f"`ablate status {grid.path}` shows progress")
-    return todo
+    return out
 
 
 def _dispatch(grid, todo, executor, force, jobs, gpus, array_parallelism, echo):

@@ -5,11 +5,14 @@ fields that only change cadence or bookkeeping opt out with `meta(..., hashed=Fa
 (levanter's rule: hash by default, opt out explicitly, so stale results are never reused).
 Fields left as None are resolved from the others (arch defaults, data vocab) by `resolve`,
 which always happens before hashing: an explicit value equal to the default hashes the same.
+A field marked `hashed="if set"` is left out of the hash while it is None, so adding it kept
+every earlier run id (data_id: only text:PATH data sets have one).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
@@ -43,6 +46,8 @@ class RunConfig:
     attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else flex for a sliding window on CUDA, else sdpa")
     # ---- data
     dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
+    data_id: Optional[str] = meta(None, "content hash of a text:PATH file (derived when the grid is read, never "
+                                  "written in a grid): the run id follows the data, not its path", hashed="if set")
     tokenizer: Literal["gpt2", "char"] = meta("char", "GPT-2 BPE (tiktoken) or character-level")
     # ---- optimization
     max_iters: int = meta(1000, "optimizer steps (the training budget)")
@@ -97,7 +102,11 @@ class RunConfig:
 
     def hashed_dict(self) -> dict:
         d = self.__dict__
-        return {name: d[name] for name in HASHED_NAMES}  # sorted by name
+        out = {name: d[name] for name in HASHED_NAMES}  # sorted by name
+        for name in _HASHED_IF_SET:
+            if out[name] is None:
+                del out[name]
+        return out
 
     def run_id(self) -> str:
         """Short hash of the canonical JSON (sorted keys, no spaces) of every field that changes results."""
@@ -142,8 +151,12 @@ def _checker(name: str):
 _CHECKERS = {name: _checker(name) for name in FIELDS}
 FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
+_HASHED_IF_SET = frozenset(n for n, f in FIELDS.items() if f.metadata.get("hashed") == "if set")
+DERIVED = ("data_id",)  # fields a grid may not set: they are computed from other things
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
 _FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
+_NUMERIC = tuple(n for n in FIELDS if _HINTS[n] in (int, float, Optional[int], Optional[float]))
+_IN_RANGE = {n: set() for n in _NUMERIC}  # values already found in range, per field (types are checked before)
 _DEFAULT_CONFIG = RunConfig()
 
 
@@ -201,9 +214,9 @@ def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
         vocab = pad_vocab(data_vocab)
     out = _derived(
         cfg,
-        n_kv_head=cfg.n_kv_head or cfg.n_head,
-        share_attn=cfg.share_attn or cfg.n_layer,
-        lr_decay_iters=cfg.lr_decay_iters or cfg.max_iters,
+        n_kv_head=cfg.n_head if cfg.n_kv_head is None else cfg.n_kv_head,  # 0 is an error, not "unset"
+        share_attn=cfg.n_layer if cfg.share_attn is None else cfg.share_attn,
+        lr_decay_iters=cfg.max_iters if cfg.lr_decay_iters is None else cfg.lr_decay_iters,
         weight_decay=d["weight_decay"] if cfg.weight_decay is None else cfg.weight_decay,
         warmup_iters=warmup,
         vocab_size=vocab,
@@ -221,35 +234,59 @@ def _derived(cfg: RunConfig, **changes) -> RunConfig:
     return out
 
 
+INT_MAX = 2 ** 31 - 1
+# Every numeric field's allowed range, checked at plan time (lo, hi, whether lo itself is allowed);
+# floats must also be finite. A numeric field missing here gets DEFAULT_RANGE (tests require an entry).
+RANGES = {
+    **{name: (1, INT_MAX, True) for name in (
+        "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context", "vocab_size", "max_iters",
+        "batch_size", "grad_accum", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval")},
+    "warmup_iters": (0, INT_MAX, True), "ckpt_interval": (0, INT_MAX, True),
+    "seed": (0, 2 ** 32 - 1, True),  # numpy seeds are 32-bit
+    "lr": (0.0, math.inf, False), "min_lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
+    "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, math.inf, True),
+    "diverge_loss": (0.0, math.inf, False),
+}
+DEFAULT_RANGE = (0, math.inf, True)
+_HALF_OPEN = {"beta1", "beta2"}  # [0, 1): AdamW's bias correction divides by 1 - beta**t
+
+
+def _range_problem(name: str, value) -> Optional[str]:
+    """Why a numeric value is out of its field's range, or None."""
+    if value is None or isinstance(value, (bool, str)):
+        return None
+    lo, hi, lo_ok = RANGES.get(name, DEFAULT_RANGE)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if value < lo or (value == lo and not lo_ok):
+        return f"{value} must be {'>=' if lo_ok else '>'} {lo}"
+    if value > hi or (name in _HALF_OPEN and value >= hi):
+        return f"{value} must be {'<' if name in _HALF_OPEN else '<='} {hi}"
+    return None
+
+
 def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
-    """Cross-field rules that need no torch (MODEL_SPEC sections 3-4)."""
+    """Ranges of every numeric field, then cross-field rules that need no torch (MODEL_SPEC 3-4)."""
     def bad(msg):
         raise AblateError(msg)
 
-    for name in ("n_layer", "n_head", "n_embd", "context", "max_iters", "batch_size", "grad_accum", "eval_iters",
-                 "eval_interval", "log_interval"):
-        if getattr(c, name) < 1:
-            bad(f"key '{name}': {getattr(c, name)} must be >= 1")
-    if c.ckpt_interval < 0:
-        bad(f"key 'ckpt_interval': {c.ckpt_interval} must be >= 0")
+    d = c.__dict__
+    for name, seen in _IN_RANGE.items():
+        if d[name] not in seen:  # a grid repeats each value many times: check each once
+            problem = _range_problem(name, d[name])
+            if problem:
+                bad(f"key '{name}': {problem}")
+            seen.add(d[name])
     if c.n_embd % c.n_head:
         bad(f"key 'n_embd': {c.n_embd} is not divisible by n_head={c.n_head}")
     if c.head_dim % 2:
         bad(f"key 'n_head': head_dim = n_embd/n_head = {c.head_dim} is odd; RoPE rotates pairs, so it must be even")
-    if c.n_kv_head is not None and (c.n_kv_head < 1 or c.n_head % c.n_kv_head):
+    if c.n_kv_head is not None and c.n_head % c.n_kv_head:
         bad(f"key 'n_kv_head': {c.n_kv_head} must divide n_head={c.n_head}")
-    if c.share_attn is not None and (c.share_attn < 1 or c.n_layer % c.share_attn):
+    if c.share_attn is not None and c.n_layer % c.share_attn:
         bad(f"key 'share_attn': {c.share_attn} must divide n_layer={c.n_layer} (1 = one attention for all layers)")
-    if c.window is not None and c.window < 1:
-        bad(f"key 'window': {c.window} must be >= 1 (keys seen including the query itself) or null")
-    if c.lr <= 0:
-        bad(f"key 'lr': {c.lr} must be > 0")
-    if c.min_lr < 0 or c.min_lr > c.lr:
+    if c.min_lr > c.lr:
         bad(f"key 'min_lr': {c.min_lr} must be between 0 and lr={c.lr}")
-    if c.warmup_iters is not None and c.warmup_iters < 0:
-        bad(f"key 'warmup_iters': {c.warmup_iters} must be >= 0")
-    if c.weight_decay is not None and c.weight_decay < 0:
-        bad(f"key 'weight_decay': {c.weight_decay} must be >= 0")
     if c.vocab_size is not None and data_vocab is not None and c.vocab_size < data_vocab:
         bad(f"key 'vocab_size': {c.vocab_size} is smaller than the data's vocabulary ({data_vocab})")
     if c.dataset not in ("shakespeare", "openwebtext") and not c.dataset.startswith("text:"):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -27,12 +28,14 @@ from pathlib import Path
 from typing import Optional
 
 from ablate.errors import AblateError, closest
-from ablate.plan.config import FIELDS, RunConfig, make_config, resolve, validate
-from ablate.plan.yamlload import load_yaml
+from ablate.plan.config import DERIVED, FIELDS, INT_MAX, _derived, make_config, resolve, validate
+from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
+from ablate.plan.yamlload import line_of, load_yaml
 
 TOP_KEYS = ("name", "description", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
             "seeds", "compare", "resources")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_CELLS = 100_000  # checked from the axis sizes before expanding (a 10,000-cell plan takes ~1 s)
 
 
 @dataclass(frozen=True)
@@ -89,142 +92,156 @@ def reports_root() -> Path:
 
 
 class _Ctx:
-    """Error helper that prefixes the file and the line of a key when known."""
+    """Error helper that prefixes the file and, when known, the line."""
 
-    def __init__(self, path, doc):
-        self.path, self.lines = path, {}
-        self._collect(doc)
+    def __init__(self, path):
+        self.path = path
 
-    def _collect(self, node):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                self.lines.setdefault(k, getattr(node, "lines", {}).get(k))
-                self._collect(v)
-        elif isinstance(node, list):
-            for v in node:
-                self._collect(v)
+    def error(self, msg, key=None, node=None, value=False) -> AblateError:
+        """An error at `key` of the mapping `node` (its value's line with value=True)."""
+        line = line_of(node, key, value) if key is not None else None
+        return AblateError(f"{self.path}{f':{line}' if line else ''}: {msg}")
 
-    def error(self, msg, key=None) -> AblateError:
-        line = self.lines.get(key) if key is not None else None
+    def at(self, msg, line) -> AblateError:
         return AblateError(f"{self.path}{f':{line}' if line else ''}: {msg}")
 
 
-def _mapping(ctx, value, what) -> dict:
+def _mapping(ctx, value, what, parent=None) -> dict:
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ctx.error(f"'{what}' must be a mapping of key: value, got {type(value).__name__}", what)
+        raise ctx.error(f"'{what}' must be a mapping of key: value, got {type(value).__name__}", what, parent, True)
     return value
 
 
 def _check_keys(ctx, mapping, where):
     for key in mapping:
         if key not in FIELDS:
-            raise ctx.error(f"{where}: unknown key '{key}'{closest(key, FIELDS)}", key)
+            raise ctx.error(f"{where}: unknown key '{key}'{closest(key, FIELDS)}", key, mapping)
+        if key in DERIVED:
+            raise ctx.error(f"{where}: '{key}' is derived (from the data file's bytes), not set in a grid", key,
+                            mapping)
 
 
-def _axis_list(ctx, key, values, where) -> list:
+def _axis_list(ctx, key, values, where, parent) -> list:
     if not isinstance(values, list) or not values:
-        raise ctx.error(f"{where}: '{key}' must be a non-empty list of values, got {values!r}", key)
+        raise ctx.error(f"{where}: '{key}' must be a non-empty list of values, got {values!r}", key, parent, True)
     return values
 
 
-def _resources(ctx, raw) -> Resources:
-    raw = _mapping(ctx, raw, "resources")
+def _resources(ctx, raw, doc) -> Resources:
+    raw = _mapping(ctx, raw, "resources", doc)
     for key, value in raw.items():
         if key not in RESOURCE_KEYS:
             raise ctx.error(f"resources: unknown key '{key}'{closest(key, RESOURCE_KEYS)}; "
-                            f"allowed: {', '.join(RESOURCE_KEYS)}", key)
+                            f"allowed: {', '.join(RESOURCE_KEYS)}", key, raw)
         want = {"int": int, "float": float}.get(str(RESOURCE_KEYS[key]).split("]")[0].split("[")[-1])
-        if want is int and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
-            raise ctx.error(f"resources: '{key}' must be a non-negative integer, got {value!r}", key)
-        if want is float and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
-            raise ctx.error(f"resources: '{key}' must be a non-negative number, got {value!r}", key)
+        if want is int and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= INT_MAX):
+            raise ctx.error(f"resources: '{key}' must be a non-negative integer, got {value!r}", key, raw, True)
+        if want is float and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                              or not 0 <= value < math.inf):
+            raise ctx.error(f"resources: '{key}' must be a non-negative finite number, got {value!r}", key, raw, True)
         if want is None and value is not None and not isinstance(value, str):
-            raise ctx.error(f"resources: '{key}' must be a string, got {value!r}", key)
+            raise ctx.error(f"resources: '{key}' must be a string, got {value!r}", key, raw, True)
     return Resources(**raw)
 
 
-def _axes(ctx, doc) -> list[dict]:
-    """The cross product of `grid` times each `zip` group, in file order, as partial configs."""
-    grid = _mapping(ctx, doc.get("grid"), "grid")
+def _factors(ctx, doc) -> list[list[dict]]:
+    """The axes: one list of partial configs per `grid` key and per `zip` group, in file order;
+    their cross product is the grid (expanded only once its size is known to be allowed)."""
+    grid = _mapping(ctx, doc.get("grid"), "grid", doc)
     _check_keys(ctx, grid, "grid")
-    factors = [[{k: v} for v in _axis_list(ctx, k, vals, "grid")] for k, vals in grid.items()]
+    factors = [[{k: v} for v in _axis_list(ctx, k, vals, "grid", grid)] for k, vals in grid.items()]
     zips = doc.get("zip") or []
     if isinstance(zips, dict):
         zips = [zips]
     if not isinstance(zips, list):
-        raise ctx.error("'zip' must be a list of mappings {key: [values...]}", "zip")
+        raise ctx.error("'zip' must be a list of mappings {key: [values...]}", "zip", doc, True)
     for group in zips:
-        group = _mapping(ctx, group, "zip")
+        group = _mapping(ctx, group, "zip", doc)
         _check_keys(ctx, group, "zip")
-        lengths = {k: len(_axis_list(ctx, k, v, "zip")) for k, v in group.items()}
+        lengths = {k: len(_axis_list(ctx, k, v, "zip", group)) for k, v in group.items()}
         if len(set(lengths.values())) > 1:
-            raise ctx.error(f"zip: lists must have equal lengths, got {lengths}", next(iter(group)))
+            raise ctx.error(f"zip: lists must have equal lengths, got {lengths}", next(iter(group)), group)
         both = set(group) & set(grid)
         if both:
-            raise ctx.error(f"zip: key '{sorted(both)[0]}' is also a grid axis", sorted(both)[0])
+            raise ctx.error(f"zip: key '{sorted(both)[0]}' is also a grid axis", sorted(both)[0], group)
         n = next(iter(lengths.values())) if lengths else 0
         factors.append([{k: group[k][i] for k in group} for i in range(n)])
-    return [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*factors)]
+    return factors
 
 
 def _matches(partial: dict, values: dict) -> bool:
     return all(values.get(k) == v for k, v in partial.items())
 
 
+def _count_cells(factors, n_includes: int, n_seeds: int) -> int:
+    return (math.prod(len(f) for f in factors) + n_includes) * n_seeds
+
+
 def load_grid(path, check_backend_device: bool = True) -> Grid:
     """Parse, expand and validate a grid file. Every error is one AblateError line."""
-    from ablate.train.data import vocab_size as data_vocab_size  # no torch there
+    from ablate.train.data import data_id as text_data_id, read_meta  # no torch there
+    from ablate.train.data import vocab_size as data_vocab_size
 
     path = Path(path)
     doc = load_yaml(path)
     if not isinstance(doc, dict):
         raise AblateError(f"{path}: a grid must be a YAML mapping with at least 'name' and 'grid' or 'base'")
-    ctx = _Ctx(path, doc)
+    ctx = _Ctx(path)
     for key in doc:
         if key not in TOP_KEYS:
-            raise ctx.error(f"unknown top-level key '{key}'{closest(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}", key)
+            raise ctx.error(f"unknown top-level key '{key}'{closest(key, TOP_KEYS)}; allowed: {', '.join(TOP_KEYS)}",
+                            key, doc)
     name = doc.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
-        raise ctx.error(f"'name' must be a plain identifier (letters, digits, '-', '_'), got {name!r}", "name")
+        raise ctx.error(f"'name' must be a plain identifier (letters, digits, '-', '_'), got {name!r}", "name", doc,
+                        True)
 
-    data = _mapping(ctx, doc.get("data"), "data")
+    data = _mapping(ctx, doc.get("data"), "data", doc)
     for key in data:
         if key not in ("dataset", "tokenizer"):
-            raise ctx.error(f"data: unknown key '{key}'{closest(key, ['dataset', 'tokenizer'])}; allowed: dataset, tokenizer", key)
-    base = {**data, **_mapping(ctx, doc.get("base"), "base")}
-    _check_keys(ctx, base, "base")
-    arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults")
+            raise ctx.error(f"data: unknown key '{key}'{closest(key, ['dataset', 'tokenizer'])}; allowed: dataset, "
+                            "tokenizer", key, data)
+    base = {**data, **_mapping(ctx, doc.get("base"), "base", doc)}
+    _check_keys(ctx, doc.get("base") or {}, "base")
+    arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults", doc)
     for arch, overrides in arch_defaults.items():
         if arch not in ("gpt", "ngpt"):
-            raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: gpt, ngpt", arch)
-        _check_keys(ctx, _mapping(ctx, overrides, arch), f"arch_defaults.{arch}")
+            raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: gpt, ngpt", arch, arch_defaults)
+        _check_keys(ctx, _mapping(ctx, overrides, arch, arch_defaults), f"arch_defaults.{arch}")
 
-    points = _axes(ctx, doc)
+    factors = _factors(ctx, doc)
     includes = doc.get("include") or []
     if not isinstance(includes, list):
-        raise ctx.error("'include' must be a list of partial configs", "include")
+        raise ctx.error("'include' must be a list of partial configs", "include", doc, True)
     for inc in includes:
-        _check_keys(ctx, _mapping(ctx, inc, "include"), "include")
+        _check_keys(ctx, _mapping(ctx, inc, "include", doc), "include")
     excludes = doc.get("exclude") or []
     if not isinstance(excludes, list):
-        raise ctx.error("'exclude' must be a list of partial configs", "exclude")
+        raise ctx.error("'exclude' must be a list of partial configs", "exclude", doc, True)
     for exc in excludes:
-        _check_keys(ctx, _mapping(ctx, exc, "exclude"), "exclude")
+        _check_keys(ctx, _mapping(ctx, exc, "exclude", doc), "exclude")
     seeds = doc.get("seeds")
     if seeds is not None:
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise ctx.error(f"'seeds' must be a non-empty list of integers, got {seeds!r}", "seeds")
+            raise ctx.error(f"'seeds' must be a non-empty list of integers, got {seeds!r}", "seeds", doc, True)
         if len(set(seeds)) != len(seeds):
-            raise ctx.error(f"'seeds' has duplicates: {seeds}", "seeds")
-        if any("seed" in p for p in points):
-            raise ctx.error("'seed' is both a grid axis and 'seeds'; use one", "seeds")
+            raise ctx.error(f"'seeds' has duplicates: {seeds}", "seeds", doc, True)
+        if any("seed" in f[0] for f in factors):
+            raise ctx.error("'seed' is both a grid axis and 'seeds'; use one", "seeds", doc)
+    n_cells = _count_cells(factors, len(includes), len(seeds or [None]))
+    if n_cells > MAX_CELLS:  # from the axis sizes, before anything is expanded
+        sizes = " x ".join(str(len(f)) for f in factors) or "1"
+        raise ctx.error(f"the grid expands to {n_cells:,} cells (axes {sizes}, {len(includes)} includes, "
+                        f"{len(seeds or [None])} seeds) before exclude; the limit is {MAX_CELLS:,}: split it into "
+                        "several grids", "grid", doc)
+    points = [dict(kv for part in combo for kv in part.items()) for combo in itertools.product(*factors)]
 
     warnings = []
     used_excludes = [False] * len(excludes)
-    raw_cells = []  # (explicit values, merged values)
-    for explicit in points + [dict(inc) for inc in includes]:
+    raw_cells = []  # (explicit values, merged values, the include they come from or None)
+    for explicit, include in [(p, None) for p in points] + [(dict(inc), inc) for inc in includes]:
         for seed in (seeds or [None]):
             ex = dict(explicit) if seed is None else {**explicit, "seed": seed}
             arch = ex.get("arch", base.get("arch", "gpt"))
@@ -233,62 +250,67 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
             for i in hit:
                 used_excludes[i] = True
             if not hit:
-                raw_cells.append((ex, merged))  # explicit values, full values
+                raw_cells.append((ex, merged, include))
     for i, used in enumerate(used_excludes):
         if not used:
             warnings.append(f"{path}: exclude {dict(excludes[i])} matches no cell")
     if not raw_cells:
-        raise ctx.error("the grid has no cells (empty axes, or everything excluded)", "grid")
+        raise ctx.error("the grid has no cells (empty axes, or everything excluded)", "grid", doc)
 
-    vocab_cache: dict = {}
+    data_cache: dict = {}
     cells, seen = [], {}
-    for ex, merged in raw_cells:
+    for ex, merged, include in raw_cells:
         try:
             cfg = make_config(merged)
             key = (cfg.dataset, cfg.tokenizer)
-            if key not in vocab_cache:
+            if key not in data_cache:
                 validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
-                vocab_cache[key] = data_vocab_size(cfg.dataset, cfg.tokenizer)
-            cfg = resolve(cfg, vocab_cache[key])
+                data_cache[key] = (data_vocab_size(*key), text_data_id(cfg.dataset), read_meta(*key))
+            vocab, data_id, meta = data_cache[key]
+            cfg = resolve(_derived(cfg, data_id=data_id) if data_id else cfg, vocab)
+            check_splits(cfg, meta)
         except AblateError as e:
-            bad_key = re.search(r"key '(\w+)'", str(e))
+            bad_key = re.search(r"key '(\w+)'|^(dataset) '", str(e))
+            bad_key = bad_key and (bad_key.group(1) or bad_key.group(2))
             cell = ", ".join(f"{k}={v}" for k, v in ex.items()) or "base"
-            raise ctx.error(f"{e} (cell {cell})", bad_key.group(1) if bad_key else None) from None
-        if cfg.window is not None and cfg.window > cfg.context:
-            warnings.append(f"{path}: window {cfg.window} >= context {cfg.context} is full causal attention")
+            line = origin(doc, base, arch_defaults, ex, include, bad_key) if bad_key else None
+            raise ctx.at(f"{e} (cell {cell})", line) from None
         rid = cfg.run_id()
         if rid in seen:
             warnings.append(f"{path}: cells {seen[rid]} and {ex} resolve to the same config; kept once")
             continue
         seen[rid] = ex
         cells.append((rid, cfg, ex))
+    warnings += disguises(path, cells)
 
     # the keys the grid varies on purpose (axes, zips, includes, seeds), in file order, that
     # really take several values; derived differences (warmup per arch...) are not axes
-    axis_keys = list(dict.fromkeys(k for ex, _ in raw_cells for k in ex))
+    axis_keys = list(dict.fromkeys(k for ex, _, _ in raw_cells for k in ex))
     resolved = [c.__dict__ for _, c, _ in cells]
     varied = [k for k in axis_keys if len({(type(r[k]), r[k]) for r in resolved}) > 1]  # 1 != 1.0 != True
-    compare = _compare(ctx, doc.get("compare"), varied)
+    compare = _compare(ctx, doc.get("compare"), varied, doc)
+    if isinstance(doc.get("compare"), dict) and "baseline" in doc["compare"]:
+        check_baseline(ctx, doc["compare"], compare["baseline"], resolved)
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
-                varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources")),
+                varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
                 warnings=warnings)
     runs_dir = grid.runs_dir
     grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, runs_dir / rid) for rid, cfg, _ in cells]
     return grid
 
 
-def _compare(ctx, raw, varied) -> dict:
-    raw = _mapping(ctx, raw, "compare")
+def _compare(ctx, raw, varied, doc) -> dict:
+    raw = _mapping(ctx, raw, "compare", doc)
     for key in raw:
         if key not in ("baseline", "group_by"):
-            raise ctx.error(f"compare: unknown key '{key}'{closest(key, ['baseline', 'group_by'])}; allowed: baseline, group_by", key)
-    baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline")
+            raise ctx.error(f"compare: unknown key '{key}'{closest(key, ['baseline', 'group_by'])}; allowed: baseline, group_by", key, raw)
+    baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline", raw)
     _check_keys(ctx, baseline, "compare.baseline")
     group_by = raw.get("group_by")
     if group_by is None:  # default: compare within each value of the non-architecture axes
         group_by = [k for k in varied if k not in baseline and k not in ("seed", "lr")]
     if not isinstance(group_by, list):
-        raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by")
+        raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by", raw, True)
     _check_keys(ctx, {k: None for k in group_by}, "compare.group_by")
     return {"baseline": dict(baseline), "group_by": list(group_by)}
 
@@ -307,11 +329,10 @@ def select(cells, where: list[str]) -> list:
     def value_of(cell, key):
         return cell.run_id if key == "run_id" else getattr(cell.config, key)
 
-    return [c for c in cells if all(str(value_of(c, k)) == v or _num_eq(value_of(c, k), v) for k, v in terms)]
-
-
-def _num_eq(actual, text) -> bool:
-    try:
-        return isinstance(actual, (int, float)) and not isinstance(actual, bool) and float(text) == float(actual)
-    except ValueError:
-        return False
+    cells = list(cells)
+    out = [c for c in cells if all(str(value_of(c, k)) == v or num_eq(value_of(c, k), v) for k, v in terms)]
+    if terms and cells and not out:
+        hints = "; ".join(f"values of {k} are {values_text([value_of(c, k) for c in cells], k)}"
+                          for k in dict.fromkeys(k for k, _ in terms))
+        raise AblateError(f"no cell matches --where {' --where '.join(where)}; {hints}")
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ablate.plan import estimate
 from ablate.plan.grid import Grid, runs_root
-from ablate.plan.rundir import SUMMARY, read_json, state_of
+from ablate.plan.rundir import SUMMARY, checked_state, read_json
 
 GIB = 1024 ** 3
 # the fields that decide throughput: equal shape + equal device => comparable tokens/s
@@ -58,7 +58,7 @@ def plan_rows(grid: Grid, cells=None) -> list[dict]:
         known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None
         rows.append({
             "run_id": cell.run_id,
-            "state": state_of(cell.run_dir) if cell.run_id in existing else "new",
+            "state": checked_state(cell.run_dir) if cell.run_id in existing else "new",
             "varied": cell.varied,
             "config": config,
             "n_params": params["total"],

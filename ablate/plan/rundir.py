@@ -9,7 +9,17 @@
         ckpt.pt        model + optimizer + RNG + data position + step (replaced atomically)
 
 JSON files are written to a temp file and renamed, so a reader never sees half a file; a
-torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`.
+torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`, and so is any
+line that is not UTF-8 JSON (counted: `read_jsonl_counted`). Files get the user's umask.
+
+Who may write status.json: every writer of a run's state names the attempt it acts for
+(`attempt_id`, minted by `ablate submit` per dispatch, or by a trainer started by hand), and
+`update_status(..., expect={"attempt_id": ...})` writes only while the file still says so
+(compare-and-set under the status lock). A stale runner or job can never overwrite a newer
+attempt. One trainer per run dir: `train_lock` holds .train.lock for the whole attempt.
+
+A run dir is trusted only when config.json's run_id matches both its directory name and the
+hash of its config (`identity_problem`); anything else is "broken", never data.
 """
 from __future__ import annotations
 
@@ -20,7 +30,10 @@ import os
 import socket
 import tempfile
 import time
+import uuid
 from pathlib import Path
+
+from ablate.errors import AblateError
 
 STATES = ("pending", "queued", "running", "done", "failed", "diverged", "oom", "cancelled")
 TERMINAL = ("done", "failed", "diverged", "oom", "cancelled")
@@ -28,7 +41,22 @@ RETRYABLE = ("failed", "diverged", "oom", "cancelled")
 
 CONFIG, STATUS, METRICS, EVALS, SUMMARY, CKPT = (
     "config.json", "status.json", "metrics.jsonl", "evals.jsonl", "summary.json", "ckpt.pt")
-STATUS_LOCK = ".status.lock"
+STATUS_LOCK, TRAIN_LOCK = ".status.lock", ".train.lock"
+BROKEN = "broken"  # not a state a job writes: a run dir whose config.json is not its own
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only be read by setting it)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -39,6 +67,7 @@ def atomic_file(path, mode: str = "w"):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; results are as readable as any file
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
@@ -56,12 +85,13 @@ def write_json_atomic(path, obj) -> None:
 
 
 def read_json(path, default=None):
+    """The file's JSON, or default when it is missing or not UTF-8 JSON (never a traceback)."""
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
+        with open(path, "rb") as f:
+            return json.loads(f.read())
+    except (FileNotFoundError, NotADirectoryError):
         return default
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError
         return default
 
 
@@ -73,19 +103,30 @@ def append_jsonl(path, record: dict) -> None:
 
 def read_jsonl(path) -> list[dict]:
     """All complete records; a torn or garbled line (a job killed mid-write) is skipped."""
-    out = []
+    return read_jsonl_counted(path)[0]
+
+
+def read_jsonl_counted(path) -> tuple[list[dict], int]:
+    """(records, lines skipped): a torn last line (the writer was interrupted), a line that is not
+    UTF-8, not JSON or not a JSON object is skipped and counted, never an exception."""
+    out, skipped = [], 0
     try:
-        with open(path) as f:
+        with open(path, "rb") as f:
             for line in f:
-                if not line.endswith("\n"):
-                    break  # torn last line: the writer was interrupted
+                if not line.endswith(b"\n"):
+                    skipped += 1  # torn last line
+                    break
                 try:
-                    out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
+                    record = json.loads(line)
+                except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                    record = None
+                if isinstance(record, dict):
+                    out.append(record)
+                elif line.strip():
+                    skipped += 1
     except FileNotFoundError:
         pass
-    return out
+    return out, skipped
 
 
 def truncate_jsonl_after(path, key: str, last: int) -> None:
@@ -103,15 +144,25 @@ def read_status(run_dir) -> dict:
     return read_json(Path(run_dir) / STATUS, default={}) or {}
 
 
-def update_status(run_dir, **fields) -> dict:
-    """Merge fields into status.json (atomic). Returns the new status. The read-modify-write holds
-    an advisory lock: the trainer's heartbeat and `ablate cancel` / submit write the same file, and
-    neither may write back a state the other has just replaced."""
+def new_attempt() -> str:
+    """A fresh attempt id: who owns a run's state from now on."""
+    return uuid.uuid4().hex[:12]
+
+
+def update_status(run_dir, expect: dict | None = None, **fields) -> dict | None:
+    """Merge fields into status.json (atomic). Returns the new status, or None (nothing written)
+    when `expect` names values the file no longer holds (a tuple: one of them): compare-and-set,
+    so a writer acting for an attempt (expect={"attempt_id": ...}) never overwrites a newer one. The read-modify-write
+    holds an advisory lock: the trainer's heartbeat and `ablate cancel` / submit write the same
+    file, and neither may write back a state the other has just replaced."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / STATUS_LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         status = read_status(run_dir)
+        if expect and not all(status.get(k) in v if isinstance(v, tuple) else status.get(k) == v
+                              for k, v in expect.items()):
+            return None
         status.update(fields)
         status.setdefault("host", socket.gethostname())
         status["updated"] = time.time()
@@ -123,3 +174,72 @@ def state_of(run_dir) -> str:
     """'new' when there is no run dir / status, else the recorded state."""
     status = read_status(run_dir)
     return status.get("state", "new") if status else "new"
+
+
+_IDENTITY: dict = {}  # (path, mtime_ns, size) of a config.json -> its problem: watch() asks every 2 s
+
+
+def checked_state(run_dir) -> str:
+    """state_of, or 'broken' when run_dir holds a config.json that is not its own."""
+    return BROKEN if identity_problem(run_dir, missing_ok=True) else state_of(run_dir)
+
+
+def identity_problem(run_dir, missing_ok: bool = False) -> str | None:
+    """Why run_dir cannot be trusted as the run its name says, or None when it can: config.json's
+    run_id and the hash of its config must both equal the directory name. missing_ok: a run dir
+    without config.json (not written yet) is not a problem."""
+    from ablate.plan.config import make_config  # here: config is the heavier module
+
+    path = Path(run_dir) / CONFIG
+    try:
+        st = path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None if missing_ok else "no config.json"
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _IDENTITY:
+        doc, name = read_json(path), Path(run_dir).name
+        if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+            problem = "config.json is not a JSON object with a 'config' mapping"
+        elif doc.get("run_id") != name:
+            problem = f"config.json belongs to run {doc.get('run_id')!r}, not to the directory {name}"
+        else:
+            try:
+                rid = make_config(doc["config"]).run_id()
+                problem = None if rid == name else (f"config.json's config hashes to {rid}, not to the directory "
+                                                     f"name {name} (edited, or written by another ablate version)")
+            except AblateError as e:
+                problem = f"config.json's config is not valid here: {e}"
+        _IDENTITY[key] = problem
+    return _IDENTITY[key]
+
+
+class Busy(AblateError):
+    """Another process holds a run dir's train lock."""
+
+
+class Superseded(AblateError):
+    """The run's status.json names another attempt: this writer no longer owns the run."""
+
+
+@contextlib.contextmanager
+def train_lock(run_dir):
+    """Hold run_dir/.train.lock for the whole attempt: one trainer per run dir. The holder writes
+    its pid and host into the file, so a second trainer can say who has it (Busy). The kernel
+    drops the lock when the process dies, however it dies."""
+    path = Path(run_dir) / TRAIN_LOCK
+    f = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise Busy(f"run dir {run_dir} is being trained by {holder}: one trainer per run dir "
+                       f"(wait for it, or `ablate cancel` it)") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%d %H:%M:%S')})\n")
+        f.flush()
+        yield
+    finally:
+        f.close()

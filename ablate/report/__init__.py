@@ -108,6 +108,12 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
     intro = _intro(grid_name, runs, comp, status)
+    broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
+    if len(broken):
+        intro.append(f"{len(broken)} run dirs are broken and were not read: "
+                     + "; ".join(f"{r.run_id} ({r.problem})" for r in broken.head(5).itertuples())
+                     + (" ..." if len(broken) > 5 else ""))
+        status["problems"] += [{"run_id": r.run_id, "state": "broken", "error": r.problem} for r in broken.itertuples()]
     problems = pd.DataFrame(status["problems"])
     sections = [
         ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),

@@ -20,8 +20,8 @@ import numpy as np
 import pandas as pd
 
 from ablate.plan import rundir
-from ablate.store.schema import (CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS, STATUS_COLUMNS,
-                                 SUMMARY_COLUMNS, TRAIN_COLUMNS)
+from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS,
+                                 STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
 
 FILES = (rundir.CONFIG, rundir.STATUS, rundir.SUMMARY, rundir.EVALS, rundir.METRICS)
 
@@ -108,28 +108,32 @@ def cell_id(config: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def read_jsonl(path: Path) -> list:
-    """rundir.read_jsonl's records (torn last line dropped, garbled lines skipped), parsed in one
-    json call when every line is whole: ~5x faster on a 1,000-line file."""
+def read_jsonl(path: Path) -> tuple[list, int]:
+    """rundir.read_jsonl_counted's (records, lines skipped): a torn last line, a line that is not
+    UTF-8 or not a JSON object is skipped and counted. Parsed in one json call when every line is
+    whole: ~5x faster on a 1,000-line file."""
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return []
-    lines = text.split("\n")[:-1]  # the last piece is "" or a torn line
+        raw = path.read_bytes()
+    except (FileNotFoundError, NotADirectoryError):
+        return [], 0
     try:
-        return json.loads("[" + ",".join(lines) + "]")  # a blank line fails here, then is skipped below
-    except json.JSONDecodeError:
-        return rundir.read_jsonl(path)
+        lines = raw.decode("utf-8").split("\n")
+        records = json.loads("[" + ",".join(lines[:-1]) + "]")  # a blank line fails here, then is skipped below
+        if all(isinstance(r, dict) for r in records):
+            return records, int(lines[-1] != "")  # the last piece is "" or a torn line
+    except ValueError:  # UnicodeDecodeError, JSONDecodeError
+        pass
+    return rundir.read_jsonl_counted(path)
 
 
-def _records(path: Path, columns: dict) -> list[dict]:
-    """The jsonl records, one per step (the last one wins: a resumed job may repeat a step),
-    with raw values: typing happens column-wise in `frame`."""
-    records = read_jsonl(path)
+def _records(path: Path, columns: dict) -> tuple[list[dict], int]:
+    """(the jsonl records, one per step (the last one wins: a resumed job may repeat a step),
+    with raw values: typing happens column-wise in `frame`; the number of lines skipped)."""
+    records, skipped = read_jsonl(path)
     try:  # the common case, steps already increasing: nothing to do
         steps = [r["step"] for r in records]
         if all(type(x) is int for x in steps) and all(a < b for a, b in zip(steps, steps[1:])):
-            return records
+            return records, skipped
     except (TypeError, KeyError):
         pass
     by_step = {}
@@ -138,7 +142,7 @@ def _records(path: Path, columns: dict) -> list[dict]:
             step = r.get("step")
             if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
                 by_step[int(step)] = r
-    return [by_step[s] for s in sorted(by_step)]
+    return [by_step[s] for s in sorted(by_step)], skipped
 
 
 def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
@@ -147,8 +151,8 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
     status = rundir.read_status(rd.path)
     summary = rundir.read_json(rd.path / rundir.SUMMARY, default=None)
     config = doc.get("config") if isinstance(doc.get("config"), dict) else {}
-    evals = _records(rd.path / rundir.EVALS, EVAL_COLUMNS)
-    train = _records(rd.path / rundir.METRICS, TRAIN_COLUMNS)
+    evals, skipped_evals = _records(rd.path / rundir.EVALS, EVAL_COLUMNS)
+    train, skipped_train = _records(rd.path / rundir.METRICS, TRAIN_COLUMNS)
 
     row = {"grid": rd.grid, "run_id": rd.run_id, "cell_id": cell_id(config) if config else None,
            "run_dir": str(rd.path)}
@@ -167,7 +171,8 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
     peaks = [x for x in (coerce(r.get("mem_peak"), "BIGINT") for r in train) if x is not None]
     row.update(n_evals=len(evals), n_train=len(train), last_step=last["step"], last_tokens=last["tokens"],
                last_elapsed=last["elapsed"], last_val_loss=last["val_loss"], last_train_loss=last["train_loss"],
-               median_tokens_per_s=statistics.median(tps) if tps else None, max_mem_peak=max(peaks) if peaks else None)
+               median_tokens_per_s=statistics.median(tps) if tps else None, max_mem_peak=max(peaks) if peaks else None,
+               skipped_lines=skipped_evals + skipped_train)
     row.update(has_summary=summary is not None, config_json=json.dumps(doc.get("config"), sort_keys=True),
                status_json=json.dumps(status, sort_keys=True, default=str),
                summary_json=json.dumps(summary, sort_keys=True, default=str) if summary is not None else None)
@@ -179,8 +184,17 @@ class Batch:
     """Rows of many runs, turned into typed DataFrames for one INSERT per table."""
 
     def __init__(self):
-        self.runs = []
+        self.runs, self.broken = [], []
         self.records = {"evals": ([], [], []), "train": ([], [], [])}  # (grids, run_ids, records)
+
+    def add_dir(self, rd: RunDir) -> None:
+        """A run dir: its rows, or only a `broken` row when it cannot be trusted (config.json is
+        another run's, or edited: see rundir.identity_problem). Nothing of a broken dir is data."""
+        problem = rundir.identity_problem(rd.path)
+        if problem:
+            self.broken.append({"grid": rd.grid, "run_id": rd.run_id, "run_dir": str(rd.path), "problem": problem})
+        else:
+            self.add(*read_run(rd))
 
     def add(self, row: dict, evals: list[dict], train: list[dict]) -> None:
         self.runs.append(row)
@@ -191,7 +205,8 @@ class Batch:
             recs.extend(records)
 
     def frames(self) -> dict:
-        out = {"runs": frame({c: [r[c] for r in self.runs] for c in RUN_COLUMNS}, RUN_COLUMNS)}
+        out = {"runs": frame({c: [r[c] for r in self.runs] for c in RUN_COLUMNS}, RUN_COLUMNS),
+               "broken": frame({c: [r[c] for r in self.broken] for c in BROKEN_COLUMNS}, BROKEN_COLUMNS)}
         for table, columns in (("evals", EVAL_COLUMNS), ("train", TRAIN_COLUMNS)):
             grids, run_ids, recs = self.records[table]
             raw = pd.DataFrame.from_records(recs, columns=list(columns)) if recs else \

@@ -16,7 +16,7 @@ from typing import Literal
 
 from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
 
-SCHEMA_VERSION = "4"
+SCHEMA_VERSION = "5"
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -81,7 +81,8 @@ TRAIN_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "loss": "DOUBLE", "lr": "
 # computed at ingest from the jsonl files: what a running job has reached so far
 PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",
                     "last_elapsed": "DOUBLE", "last_val_loss": "DOUBLE", "last_train_loss": "DOUBLE",
-                    "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT"}
+                    "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT",
+                    "skipped_lines": "BIGINT"}  # jsonl lines skipped: torn, not UTF-8, not JSON objects
 
 
 def _sql_type(hint) -> str:
@@ -125,16 +126,21 @@ def _table(name: str, columns: dict) -> str:
 
 
 _CELL = ", ".join(map(q, CELL_KEYS))
+BROKEN_COLUMNS = {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", "run_dir": "VARCHAR", "problem": "VARCHAR"}
 
-TABLES = {
-    "meta": _table("meta", {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR"}),
-    # what each run dir looked like when last read: (file, mtime_ns, size) of every file we read
-    "ingested": _table("ingested", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL",
-                                    "fingerprint": "VARCHAR", "ingested_at": "DOUBLE"}),
-    "runs": _table("runs", RUN_COLUMNS),
-    "evals": _table("evals", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **EVAL_COLUMNS}),
-    "train": _table("train", {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **TRAIN_COLUMNS}),
+TABLE_COLUMNS = {
+    "meta": {"key": "VARCHAR PRIMARY KEY", "value": "VARCHAR"},
+    # what each run dir looked like when last read: (file, mtime_ns, size) of every file we read,
+    # and a digest of the rows that reading produced (a row that differs was not written by ingest)
+    "ingested": {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", "fingerprint": "VARCHAR",
+                 "digest": "VARCHAR", "ingested_at": "DOUBLE"},
+    # run dirs that cannot be trusted (config.json is not their own): never data, only listed
+    "broken": BROKEN_COLUMNS,
+    "runs": RUN_COLUMNS,
+    "evals": {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **EVAL_COLUMNS},
+    "train": {"grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", **TRAIN_COLUMNS},
 }
+TABLES = {name: _table(name, cols) for name, cols in TABLE_COLUMNS.items()}
 
 VIEWS = {
     # one row per run: its final val loss (summary's, else the last eval: a running job's so far)

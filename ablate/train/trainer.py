@@ -16,6 +16,12 @@ Outcomes (status.json "state", and what train() does):
   cancelled as pending, when `ablate cancel` had marked the run meanwhile; raises Preempted
 `python -m ablate.train RUN_DIR` maps these to exit codes 0 / 0 / 0 / 1 / 75 / 75.
 Only rank 0 writes files. Nothing happens at import time.
+
+One trainer per run dir: rank 0 holds rundir.train_lock for the whole attempt (a second trainer
+exits 2 naming the holder's pid and host). Every status write names the attempt this trainer
+runs for (the job's, from `ablate submit`; one of its own when started by hand) and is
+compare-and-set: once status.json names another attempt, this trainer writes nothing more and
+stops (rundir.Superseded, exit 2).
 """
 from __future__ import annotations
 
@@ -73,11 +79,16 @@ def _finite(x: float) -> float | None:
 class Trainer:
     """One attempt at one run: built from the run dir, resumed from ckpt.pt when there is one."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, doc: dict, d: Dist, stop: StopFlag):
+    def __init__(self, run_dir: Path, cfg: RunConfig, doc: dict, d: Dist, stop: StopFlag, owner: dict | None = None):
         from ablate.model import build_model  # the model layer, imported when a run starts
 
-        self.run_dir, self.doc, self.d, self.stop = run_dir, doc, d, stop
+        self.run_dir, self.doc, self.d, self.stop, self.owner = run_dir, doc, d, stop, owner
         data_path = data.prepare(cfg.dataset, cfg.tokenizer)  # a file lock makes ranks / cells wait
+        prepared = rundir.read_json(data_path / "meta.json") or {}
+        if cfg.data_id is not None and prepared.get("data_id") != cfg.data_id:
+            raise AblateError(f"dataset '{cfg.dataset}' changed since this cell was planned (its bytes hash to "
+                              f"{prepared.get('data_id')}, the cell's data_id is {cfg.data_id}): it is a new cell "
+                              "now; submit the grid again")
         self.cfg = cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
         if cfg.grad_accum % d.world_size:
             raise AblateError(f"key 'grad_accum': {cfg.grad_accum} is not divisible by the {d.world_size} processes")
@@ -222,7 +233,13 @@ class Trainer:
 
     def _beat(self) -> None:
         self._last_beat = time.time()
-        rundir.update_status(self.run_dir, heartbeat=self._last_beat, step=self.step)
+        self.status(heartbeat=self._last_beat, step=self.step)
+
+    def status(self, **fields) -> None:
+        """Write status.json while this trainer's attempt still owns the run; else stop."""
+        if rundir.update_status(self.run_dir, expect=self.owner, **fields) is None:
+            raise rundir.Superseded(f"{self.run_dir}: status.json now names another attempt than this trainer's "
+                                    f"({(self.owner or {}).get('attempt_id')}): stopping without writing")
 
     def log(self, msg: str) -> None:
         if self.d.is_main:
@@ -276,8 +293,8 @@ class Trainer:
         if self.d.is_main:
             if rundir.read_status(self.run_dir).get("state") == "cancelled":  # `ablate cancel` sent the signal
                 state = "cancelled"
-            rundir.update_status(self.run_dir, state=state, note="preempted" if state == "pending" else "cancelled",
-                                 ckpt_step=self.step, ended=time.time() if state == "cancelled" else None)
+            self.status(state=state, note="preempted" if state == "pending" else "cancelled",
+                        ckpt_step=self.step, ended=time.time() if state == "cancelled" else None)
         self.log(f"signal {signum}: checkpoint saved at step {self.step}, state {state}")
         self.stop.chain_previous()  # submitit's checkpoint-and-requeue handler, when there is one
         raise Preempted(self.step, signum, state)
@@ -290,13 +307,14 @@ class Trainer:
     def finish(self, state: str, error: str | None = None) -> str:
         ckpt_bytes = None
         if self.d.is_main:
+            self.status()  # still ours? (the results below are this attempt's to write)
             if state == "done":
                 ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", self.raw)
             rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
                                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
                                 ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks())
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
-            rundir.update_status(self.run_dir, state=state, ended=time.time(), step=self.step, error=error)
+            self.status(state=state, ended=time.time(), step=self.step, error=error)
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))
         return state
 
@@ -306,52 +324,63 @@ def _error_text(e: BaseException, lines: int = 15) -> str:
     return "\n".join(tail)[-3000:]
 
 
-def _start_status(run_dir: Path, d: Dist | None) -> None:
+def _claim(run_dir: Path, d: Dist | None, attempt: str | None) -> dict:
+    """Mark the run running for `attempt` (the job's; None: a trainer started by hand takes a new
+    one). Returns the `expect` that every later status write of this trainer passes."""
     prev = rundir.read_status(run_dir)
     now = time.time()
     fields = dict(state="running", attempts=int(prev.get("attempts") or 0) + 1, started=now, heartbeat=now, ended=None,
                   error=None, note=None, **summary.job_fields())
     if d is not None:
         fields.update(device=str(d.device), device_name=memory.device_name(d.device), world_size=d.world_size)
-    rundir.update_status(run_dir, **fields)
+    expect = {"attempt_id": attempt} if attempt is not None else None
+    attempt = attempt or rundir.new_attempt()
+    if rundir.update_status(run_dir, expect=expect, attempt_id=attempt, **fields) is None:
+        raise rundir.Superseded(f"{run_dir}: this job is attempt {attempt}, but status.json names attempt "
+                                f"{rundir.read_status(run_dir).get('attempt_id')}: a newer submission owns the run; "
+                                "not training")
+    return {"attempt_id": attempt}
 
 
-def train(run_dir) -> str:
-    """Train (or resume) the run in run_dir; returns the final state. See the module docstring."""
+def train(run_dir, attempt: str | None = None) -> str:
+    """Train (or resume) the run in run_dir; returns the final state. See the module docstring.
+    attempt: the attempt id `ablate submit` gave this job (None when started by hand)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AblateError(f"run dir {run_dir} does not exist")
     is_main = distributed.env_rank() == 0
     d, trainer = None, None
-    with StopFlag() as stop:
+    owner = {"attempt_id": attempt} if attempt is not None else None  # whose state we may write
+
+    def status(**fields):
+        if is_main:
+            rundir.update_status(run_dir, expect=owner, **fields)
+
+    with rundir.train_lock(run_dir) if is_main else contextlib.nullcontext(), StopFlag() as stop:
         try:
             cfg, doc = load_config(run_dir)
             d = distributed.setup(cfg.device)
             if is_main:
-                _start_status(run_dir, d)
-            trainer = Trainer(run_dir, cfg, doc, d, stop)
+                owner = _claim(run_dir, d, attempt)
+            trainer = Trainer(run_dir, cfg, doc, d, stop, owner)
             return trainer.fit()
-        except Preempted:
+        except (Preempted, rundir.Superseded):
             raise
         except torch.OutOfMemoryError as e:  # a result (this config does not fit), not a failure
             step = trainer.step if trainer is not None else 0
             err = f"out of memory at step {step}: {str(e).splitlines()[0][:300]}"
-            if is_main:
-                rundir.update_status(run_dir, oom_step=step, oom_peak_alloc=memory.peaks(d.device)["peak_alloc"],
-                                     oom_capacity=memory.capacity(d.device))
+            status(oom_step=step, oom_peak_alloc=memory.peaks(d.device)["peak_alloc"],
+                   oom_capacity=memory.capacity(d.device))
             if trainer is None or not hasattr(trainer, "_t_start"):  # while building: no summary to write
-                if is_main:
-                    rundir.update_status(run_dir, state="oom", ended=time.time(), error=err)
+                status(state="oom", ended=time.time(), error=err)
                 return "oom"
             trainer.optimizer.zero_grad(set_to_none=True)
             return trainer.finish("oom", err)
         except KeyboardInterrupt:
-            if is_main:
-                rundir.update_status(run_dir, state="cancelled", ended=time.time(), error="KeyboardInterrupt")
+            status(state="cancelled", ended=time.time(), error="KeyboardInterrupt")
             raise
         except Exception as e:
-            if is_main:
-                rundir.update_status(run_dir, state="failed", ended=time.time(), error=_error_text(e))
+            status(state="failed", ended=time.time(), error=_error_text(e))
             raise
         finally:
             distributed.teardown(d)

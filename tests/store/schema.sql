@@ -7,7 +7,15 @@ CREATE TABLE ingested (
     grid VARCHAR NOT NULL,
     run_id VARCHAR NOT NULL,
     fingerprint VARCHAR,
+    digest VARCHAR,
     ingested_at DOUBLE
+);
+
+CREATE TABLE broken (
+    grid VARCHAR NOT NULL,
+    run_id VARCHAR NOT NULL,
+    run_dir VARCHAR,
+    problem VARCHAR
 );
 
 CREATE TABLE runs (
@@ -42,6 +50,7 @@ CREATE TABLE runs (
     vocab_size BIGINT,
     attn_backend VARCHAR,
     dataset VARCHAR,
+    data_id VARCHAR,
     tokenizer VARCHAR,
     max_iters BIGINT,
     batch_size BIGINT,
@@ -98,6 +107,7 @@ CREATE TABLE runs (
     last_train_loss DOUBLE,
     median_tokens_per_s DOUBLE,
     max_mem_peak BIGINT,
+    skipped_lines BIGINT,
     version VARCHAR,
     git_sha VARCHAR,
     has_summary BOOLEAN,
@@ -132,7 +142,7 @@ CREATE TABLE train (
 );
 
 CREATE VIEW final AS
-SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters,
+SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters,
        coalesce(final_val_loss, last_val_loss) AS final_val_loss,
        coalesce(final_train_loss, last_train_loss) AS final_train_loss,
        coalesce(final_eval_step, last_step) AS final_step,
@@ -141,7 +151,7 @@ SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_h
 FROM runs;
 
 CREATE VIEW cells AS
-SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters,
+SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters,
        count(*) AS n_runs,
        count(*) FILTER (WHERE finished) AS n_done,
        list(run_id ORDER BY seed) AS run_ids,
@@ -151,4 +161,4 @@ SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, 
            / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
        avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
 FROM final
-GROUP BY grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters;
+GROUP BY grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, diverge_loss, eval_iters;

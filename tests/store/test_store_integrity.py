@@ -1,0 +1,159 @@
+"""The store is a cache of runs/ that nothing but ingest writes: `ablate query` is read-only, one
+statement, no file system; a row no run dir backs is never trusted; a run dir whose config.json is
+not its own is broken, not data; bytes that are not UTF-8 are skipped and counted."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from ablate.plan import rundir
+from ablate.store import Store
+from ablate.store.synthetic import write_run
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "ablate.cli", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _two_runs(runs):
+    gpt = write_run(runs, "g", {"arch": "gpt"}, lambda s: 3.0 - s / 1000)
+    ngpt = write_run(runs, "g", {"arch": "ngpt"}, lambda s: 2.9 - s / 1000)
+    return gpt, ngpt
+
+
+def _losses(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return dict(con.execute("select run_id, final_val_loss from runs order by run_id").fetchall()), \
+            con.execute("select count(*) from evals").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+HOSTILE = [
+    "UPDATE runs SET final_val_loss = 1.0",
+    "DELETE FROM evals",
+    "DROP TABLE evals",
+    "INSERT INTO runs (grid, run_id) VALUES ('g', 'fake')",
+    "ATTACH '{tmp}/other.duckdb' AS o",
+    "COPY runs TO '{tmp}/leak.csv'",
+    "LOAD httpfs",
+    "INSTALL httpfs",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT 1; DROP TABLE train",
+    "SET enable_external_access = true",
+    "CREATE TABLE x AS SELECT 1",
+    "EXPORT DATABASE '{tmp}/dump'",
+]
+
+
+def test_query_is_read_only_one_statement_with_no_file_system(tmp_path):
+    runs = tmp_path / "runs"
+    _two_runs(runs)
+    r = cli("query", "select count(*) as n from runs")
+    assert r.returncode == 0 and "2" in r.stdout, r.stderr
+    before = _losses(runs / "ablate.duckdb")
+    for sql in HOSTILE:
+        r = cli("query", sql.format(tmp=tmp_path), "--no-ingest")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, (sql, r.stdout + r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("ablate: error: "), (sql, r.stderr)
+        assert _losses(runs / "ablate.duckdb") == before, sql
+        assert not any((tmp_path / name).exists() for name in ("other.duckdb", "leak.csv", "dump")), sql
+    r = cli("query", "select count(*) as n from train")
+    assert r.returncode == 0 and r.stdout.split()[-1] != "0", r.stderr
+
+
+def test_rows_that_no_run_dir_backs_are_never_trusted(tmp_path):
+    """Whatever edits the store behind ingest's back (another DuckDB client, an old ablate), the next
+    ingest (every report starts with one) puts back what the run dirs say."""
+    runs = tmp_path / "runs"
+    gpt, ngpt = _two_runs(runs)
+    db = runs / "ablate.duckdb"
+    with Store(db) as s:
+        s.ingest(runs)
+    truth = _losses(db)
+    con = duckdb.connect(str(db))
+    con.execute(f"UPDATE runs SET final_val_loss = 0.5 WHERE run_id = '{gpt.name}'")
+    con.execute(f"DELETE FROM evals WHERE run_id = '{ngpt.name}' AND step > 0")
+    con.execute("INSERT INTO runs (grid, run_id, state, final_val_loss) VALUES ('g', 'nowhere', 'done', 0.1)")
+    con.execute("INSERT INTO evals (grid, run_id, step, val_loss) VALUES ('g', 'ghost', 5, 0.1)")
+    con.close()
+    with Store(db) as s:
+        counts = s.ingest(runs)
+        assert counts["read"] == 2 and counts["runs"] == 2
+        assert s.query("select count(*) as n from evals where run_id in ('nowhere', 'ghost')").n[0] == 0
+    assert _losses(db) == truth
+
+    con = duckdb.connect(str(db))
+    con.execute("DROP TABLE evals")
+    con.execute("ALTER TABLE train DROP COLUMN loss")
+    con.execute("DROP VIEW cells")
+    con.close()
+    r = cli("report", _grid_file(tmp_path), "--quiet")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert _losses(db) == truth
+
+
+def _grid_file(tmp_path):
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\ndata: {dataset: shakespeare, tokenizer: char}\n"
+                    "base: {device: cpu, eval_interval: 100, log_interval: 10}\ngrid: {arch: [gpt, ngpt]}\n")
+    return path
+
+
+def test_a_run_dir_whose_config_is_another_runs_is_broken_not_data(tmp_path):
+    runs = tmp_path / "runs"
+    gpt, ngpt = _two_runs(runs)
+    shutil.copy(gpt / rundir.CONFIG, ngpt / rundir.CONFIG)  # ngpt's dir now claims to be the gpt run
+    grid = _grid_file(tmp_path)
+
+    r = cli("report", grid, "--quiet")
+    assert r.returncode == 0, r.stderr
+    with Store(runs / "ablate.duckdb", read_only=True) as s:
+        rows = s.query("select run_id, arch from runs")
+        assert rows.to_dict("records") == [{"run_id": gpt.name, "arch": "gpt"}]
+        broken = s.broken("g")
+        assert broken.run_id.tolist() == [ngpt.name] and "belongs to run" in broken.problem[0]
+        assert s.query(f"select count(*) as n from evals where run_id = '{ngpt.name}'").n[0] == 0
+    html = (tmp_path / "reports" / "g" / "index.html").read_text()
+    assert ngpt.name in html and "broken" in html
+
+    for verb in ("plan", "status"):
+        r = cli(verb, grid)
+        line = next(l for l in r.stdout.splitlines() if l.startswith(ngpt.name) or ngpt.name in l.split()[:1])
+        assert "broken" in line, (verb, r.stdout)
+    r = cli("submit", grid, "--executor", "debug")
+    assert f"skip {ngpt.name}: broken" in r.stdout, r.stdout + r.stderr
+
+    # an edited config (same run_id field, other content) is broken as well
+    doc = json.loads((gpt / rundir.CONFIG).read_text())
+    doc["config"]["lr"] = 0.5
+    (gpt / rundir.CONFIG).write_text(json.dumps(doc))
+    assert "hashes to" in rundir.identity_problem(gpt)
+
+
+def test_bytes_that_are_not_utf8_are_skipped_and_counted(tmp_path):
+    runs = tmp_path / "runs"
+    gpt, _ = _two_runs(runs)
+    with open(gpt / rundir.EVALS, "ab") as f:
+        f.write(b'{"step": 77, "val_loss": 1.0, "note": "\xff\xfe"}\n\xc3\x28garbage\n')
+    with open(gpt / rundir.METRICS, "ab") as f:
+        f.write(b"\x80\x81\n")
+    (gpt / rundir.SUMMARY).write_bytes(b"\xff not json")  # a garbled summary is no summary
+    for args in (("query", "select run_id, skipped_lines, n_evals from runs order by run_id"),
+                 ("report", _grid_file(tmp_path), "--quiet")):
+        r = cli(*args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    records, skipped = rundir.read_jsonl_counted(gpt / rundir.EVALS)
+    assert skipped == 2 and [r["step"] for r in records][-1] == 1000
+    with Store(runs / "ablate.duckdb", read_only=True) as s:
+        row = s.query(f"select skipped_lines, n_evals, has_summary from runs where run_id = '{gpt.name}'").iloc[0]
+    assert (row.skipped_lines, row.n_evals, bool(row.has_summary)) == (3, 11, False)

@@ -1,0 +1,110 @@
+"""The command line under misuse: closed pipes, unwritable directories, `report --where`, a status
+table without a grid, and help for every argument."""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from ablate.cli import build_parser
+from ablate.plan import rundir
+from ablate.store.synthetic import write_run
+from conftest import ROOT, ablate_cli
+
+GRID = """\
+name: quickstart
+data: {{dataset: 'text:{text}', tokenizer: char}}
+base: {{n_layer: 2, n_head: 2, n_embd: 32, context: 16, batch_size: 4, max_iters: 5, device: cpu}}
+grid: {{arch: [gpt, ngpt], lr: [0.001, 0.002, 0.003]}}
+"""
+
+
+@pytest.fixture
+def grid(tmp_path):
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    path = tmp_path / "quickstart.yaml"
+    path.write_text(GRID.format(text=text))
+    return path
+
+
+@pytest.mark.parametrize("args", [("plan", "{grid}", "--json"), ("plan", "{grid}"), ("status",)])
+def test_a_closed_pipe_ends_quietly(grid, args):
+    """`ablate plan G --json | head`: the reader is gone before ablate writes."""
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", *(a.format(grid=grid) for a in args)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # like `head` exiting
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 141), err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+def _not_writable_dir() -> Path | None:
+    """A directory where even root cannot create anything (sysfs), or a 0555 one for other users."""
+    if os.geteuid() != 0:
+        d = Path(tempfile.mkdtemp())
+        d.chmod(0o555)
+        return d
+    return Path("/sys") if Path("/sys/kernel").is_dir() else None
+
+
+@pytest.mark.parametrize("what", ["runs", "data", "store"])
+def test_an_unwritable_directory_is_one_line_naming_the_path(grid, tmp_path, what):
+    base = _not_writable_dir()
+    if base is None:
+        pytest.skip("no directory here that the current user cannot write to")
+    target = base / "ablate-test-not-writable"
+    if what == "runs":
+        r = ablate_cli("submit", grid, "--executor", "debug", env={"ABLATE_RUNS_DIR": str(target)})
+    elif what == "data":
+        r = ablate_cli("data", "prepare", "text", tmp_path / "corpus.txt", "--tokenizer", "char",
+                       env={"ABLATE_DATA_DIR": str(target)})
+    else:
+        r = ablate_cli("report", grid, "--db", base / "ablate.duckdb")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ablate: error: ") and str(base) in lines[0], r.stderr
+    assert "not permitted" in lines[0].lower() or "permission" in lines[0].lower(), r.stderr
+    assert "writing process" not in lines[0]  # not blamed on a concurrent writer
+
+
+def test_report_where_is_refused_not_ignored(grid):
+    r = ablate_cli("report", grid, "--where", "arch=gpt")
+    assert r.returncode == 2 and "report --where" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_status_without_a_grid_keeps_its_columns_aligned(tmp_path):
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    for grid_name, arch in (("quickstart", "gpt"), ("g", "ngpt")):
+        write_run(runs, grid_name, {"arch": arch}, state="failed", steps=200, error="boom")
+    r = ablate_cli("status")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = next(l for l in lines if l.startswith("run_id"))
+    rows = [l for l in lines if "/" in l.split(" ")[0]]
+    assert len(rows) == 2, r.stdout
+    for row in rows:
+        assert row.index(" failed ") + 1 == head.index("state"), r.stdout
+        assert row[head.index("job") - 1:].startswith(" 1 "), r.stdout
+        assert row[head.index("note"):] == "boom", r.stdout
+
+
+def test_every_argument_has_help_and_data_prepare_reads_as_one_command():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def walk(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+            elif not isinstance(action, argparse._HelpAction) and action.help != argparse.SUPPRESS:
+                yield path, action
+
+    missing = [f"{path} {a.dest}" for path, a in walk(parser, "ablate") if not a.help]
+    assert missing == [], missing
+    usage = sub.choices["data"]._subparsers._group_actions[0].choices["prepare"].format_usage()
+    assert usage.startswith("usage: ablate data prepare ") and "{shakespeare,openwebtext,text} [FILE]" in usage, usage
