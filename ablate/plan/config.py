@@ -23,8 +23,10 @@ ARCH_DEFAULTS = {
 }
 
 
-def meta(default, doc: str, hashed: bool = True):
-    return field(default=default, metadata={"doc": doc, "hashed": hashed})
+def meta(default, doc: str, hashed: bool = True, added: bool = False):
+    """added=True: a field that came after runs existed. It is hashed only when it differs from
+    its default, so adding a knob does not rename the runs (and cells) that never used it."""
+    return field(default=default, metadata={"doc": doc, "hashed": hashed, "added": added})
 
 
 @dataclass(frozen=True)
@@ -61,6 +63,13 @@ class RunConfig:
     dtype: Literal["fp32", "bf16"] = meta("fp32", "compute dtype (bf16 = autocast)")
     param_dtype: Literal["fp32", "bf16"] = meta("fp32", "storage of block matrices (bf16 = NVIDIA reference, CUDA only)")
     compile: bool = meta(False, "torch.compile the model")
+    # ---- memory knobs: they change peak memory and speed, never the loss or the gradients
+    act_ckpt: Literal["none", "blocks", "selective"] = meta(
+        "none", "activation checkpointing per block: none | blocks (recompute each block in backward) | "
+        "selective (keep matmul and attention outputs, recompute the element-wise ops)", added=True)
+    loss_chunk: Optional[int] = meta(
+        None, "tokens per chunk of the fused LM head + cross-entropy (the B*T*V logits never exist); "
+        "None = plain", added=True)
     device: Literal["auto", "cpu", "cuda"] = meta("auto", "auto = cuda when available", hashed=False)
     diverge_loss: float = meta(20.0, "stop as diverged when train loss is NaN/inf or above this")
     # ---- cadence (does not change what is learned: not hashed)
@@ -96,8 +105,7 @@ class RunConfig:
         return dict(self.__dict__)  # exactly the fields, in declaration order
 
     def hashed_dict(self) -> dict:
-        d = self.__dict__
-        return {name: d[name] for name in HASHED_NAMES}  # sorted by name
+        return identity(self.__dict__)
 
     def run_id(self) -> str:
         """Short hash of the canonical JSON (sorted keys, no spaces) of every field that changes results."""
@@ -143,6 +151,15 @@ _CHECKERS = {name: _checker(name) for name in FIELDS}
 FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
+# fields hashed only when set (meta added=True) -> their default
+ADDED_DEFAULTS = {n: f.default for n, f in FIELDS.items() if f.metadata.get("added")}
+
+
+def identity(config: dict, names=HASHED_NAMES) -> dict:
+    """The part of a config dict that names a run (names sorted): every hashed field, but an
+    added field only when it is set to something other than its default (a missing one is unset)."""
+    return {n: config.get(n) for n in names
+            if n not in ADDED_DEFAULTS or config.get(n, ADDED_DEFAULTS[n]) != ADDED_DEFAULTS[n]}
 _FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
 _DEFAULT_CONFIG = RunConfig()
 
@@ -242,6 +259,8 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
         bad(f"key 'share_attn': {c.share_attn} must divide n_layer={c.n_layer} (1 = one attention for all layers)")
     if c.window is not None and c.window < 1:
         bad(f"key 'window': {c.window} must be >= 1 (keys seen including the query itself) or null")
+    if c.loss_chunk is not None and c.loss_chunk < 1:
+        bad(f"key 'loss_chunk': {c.loss_chunk} must be >= 1 (tokens per chunk) or null (plain loss)")
     if c.lr <= 0:
         bad(f"key 'lr': {c.lr} must be > 0")
     if c.min_lr < 0 or c.min_lr > c.lr:
