@@ -76,6 +76,7 @@ def cmd_submit(args) -> int:
 def cmd_report(args) -> int:
     from ablate.plan import estimate
     from ablate.plan.grid import reports_root, runs_root
+    from ablate.plan.memory import simulate
     from ablate.report import make_report
     from ablate.store import Store
 
@@ -84,7 +85,10 @@ def cmd_report(args) -> int:
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
     estimates = {c.run_id: estimate.memory_breakdown(c.config) for c in grid.cells}
-    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x)
+    planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
+    simulated = simulate(grid.cells, grid.resources.gpus, cached_only=True)  # what `plan --memory` cached
+    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
+                simulated=simulated)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:

@@ -151,6 +151,7 @@ _CHECKERS = {name: _checker(name) for name in FIELDS}
 FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
+MEMORY_KNOBS = ("act_ckpt", "loss_chunk")  # change memory and speed, never the math
 # fields hashed only when set (meta added=True) -> their default
 ADDED_DEFAULTS = {n: f.default for n, f in FIELDS.items() if f.metadata.get("added")}
 
