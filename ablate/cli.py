@@ -84,7 +84,7 @@ def cmd_report(args) -> int:
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
-    estimates = {c.run_id: estimate.memory_breakdown(c.config) for c in grid.cells}
+    estimates = {c.run_id: estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
     simulated = simulate(grid.cells, grid.resources.gpus, cached_only=True)  # what `plan --memory` cached
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,

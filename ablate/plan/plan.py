@@ -57,7 +57,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[
     for cell in cells:
         c = cell.config
         params = estimate.param_counts(c)
-        mem = estimate.memory_breakdown(c)
+        mem = estimate.memory_breakdown(c, max(1, grid.resources.gpus))
         tokens = estimate.total_tokens(c)
         config = c.to_dict()
         known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None

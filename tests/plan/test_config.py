@@ -125,9 +125,11 @@ def test_memory_estimate_grows_with_batch_and_vocab():
     base = {"vocab_size": 512}
     m1 = estimate.memory_breakdown(resolve(make_config(base)))
     m2 = estimate.memory_breakdown(resolve(make_config({**base, "batch_size": 32})))
-    assert m2["activations"] == 2 * m1["activations"] and m2["logits"] == 2 * m1["logits"]
+    assert m2["activations"] == 2 * m1["activations"] and m2["temps"] == 2 * m1["temps"]
     assert m1["optimizer"] == 2 * 4 * estimate.param_counts(resolve(make_config(base)))["total"]
-    assert m1["total"] == sum(m1[k] for k in ("params", "grads", "optimizer", "activations", "logits"))
+    assert m1["total"] == sum(m1[k] for k in ("params", "grads", "optimizer", "activations", "temps"))
+    bigger_vocab = estimate.memory_breakdown(resolve(make_config({"vocab_size": 50304})))
+    assert bigger_vocab["activations"] > m1["activations"] and bigger_vocab["temps"] > m1["temps"]
 
 
 def test_flops_count_the_matmuls_that_run_not_the_weights_stored():

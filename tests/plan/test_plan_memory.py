@@ -136,3 +136,25 @@ def _write(tmp_path, text):
     path = tmp_path / "g.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+@pytest.mark.parametrize("shape", [
+    {"arch": "gpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "context": 128, "batch_size": 16, "vocab_size": 128},
+    {"arch": "ngpt", "n_layer": 4, "n_head": 4, "n_embd": 128, "context": 128, "batch_size": 16, "vocab_size": 128},
+    {"arch": "gpt", "n_layer": 3, "n_head": 4, "n_embd": 256, "context": 256, "batch_size": 2, "vocab_size": 8192,
+     "dtype": "bf16", "n_kv_head": 2, "tie_embeddings": True},
+    {"arch": "ngpt", "n_layer": 3, "n_head": 4, "n_embd": 256, "context": 256, "batch_size": 2, "vocab_size": 8192,
+     "act_ckpt": "blocks", "loss_chunk": 128, "share_attn": 1, "window": 64},
+    {"arch": "gpt", "n_layer": 3, "n_head": 4, "n_embd": 256, "context": 256, "batch_size": 2, "vocab_size": 8192,
+     "dtype": "bf16", "act_ckpt": "selective"},
+], ids=["quickstart-gpt", "quickstart-ngpt", "gpt-bf16-gqa-tied", "ngpt-knobs-share-swa", "gpt-bf16-selective"])
+def test_the_analytical_estimate_is_within_10_percent_of_the_simulation(shape):
+    """The torch-free estimate (plan without --memory, the report's ticks) against a simulated
+    step, for shapes it was not calibrated on."""
+    from ablate.plan import estimate
+    from ablate.plan.config import make_config, resolve
+    from ablate.train.memtrack import simulate_step
+
+    cfg = resolve(make_config(shape))
+    simulated, estimated = simulate_step(cfg)["total"], estimate.memory_breakdown(cfg)["total"]
+    assert abs(estimated / simulated - 1) < 0.10, (estimated / 2 ** 20, simulated / 2 ** 20)
