@@ -79,7 +79,8 @@ def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None
         return None
     rows = pd.DataFrame([{**p, "state": "planned", "config_json": json.dumps(
         {k: v for k, v in p.items() if k != "run_id"}, sort_keys=True)} for p in todo])
-    both = cmp.plain(pd.concat([runs, rows], ignore_index=True)) if len(runs) else cmp.plain(rows)
+    rows = rows.reindex(columns=list(dict.fromkeys([*runs.columns, *rows.columns])))  # every column a run has
+    both = cmp.plain(pd.concat([runs, rows], ignore_index=True) if len(runs) else rows)
     return cmp.annotate(both, cmp.resolve(both, compare))
 
 

@@ -109,6 +109,7 @@ def memory_table(mem: pd.DataFrame) -> pd.DataFrame:
         "Δ %": [pct(x) for x in mem.delta_alloc_pct],
         f"tensors at peak ({unit})": [num(x, scale=scale, missing="–") for x in mem.mem_total],
         "tensors from": mem.mem_source.fillna("–"),
+        "tensors Δ %": [pct(x) for x in mem.delta_mem_pct],
         f"params / grads / optim / act / temps ({unit})": [_parts(r, "mem", scale) for r in mem.itertuples()],
         f"estimate ({unit})": [num(x, scale=scale) for x in mem.est_total],
         f"est. params / grads / optim / act / temps ({unit})": [_parts(r, "est", scale) for r in mem.itertuples()],

@@ -224,7 +224,8 @@ def test_memory_chart_stacks_tracked_categories_and_simulated_ones_for_cells_not
     assert bars[("ngpt", "temps")]["value"] == 26 and bars[("ngpt", "temps")]["source"] == "simulated"
     assert "Peak memory per process" in json.dumps(spec["title"])
     md = out["paths"]["summary.md"].read_text()
-    assert "| 126.00 | tracked | 4.00 / 1.00 / 8.00 / 100.00 / 13.00 |" in md
+    assert "| 126.00 | tracked | +0.0% | 4.00 / 1.00 / 8.00 / 100.00 / 13.00 |" in md
+    assert "| 252.00 | simulated | +100.0% | 8.00 / 2.00 / 16.00 / 200.00 / 26.00 |" in md
 
 
 @pytest.mark.usefixtures("specs_only")
