@@ -19,6 +19,7 @@ import pandas as pd
 from ablate.errors import AblateError
 from ablate.plan import estimate
 from ablate.plan.config import ADDED_DEFAULTS, MEMORY_KNOBS, make_config
+from ablate.plan.plan import memory_unit as plan_memory_unit
 
 GIB = 2 ** 30
 KEY = ["mgroup", "variant"]
@@ -26,10 +27,9 @@ PROBLEM = ("failed", "diverged", "oom", "cancelled")
 
 
 def memory_unit(mem: pd.DataFrame) -> tuple[str, int]:
-    """GiB, or MiB when every number is under half a GiB (a small CPU model)."""
+    """The plan's unit for these byte columns: GiB, or MiB when every number is under 1 GiB."""
     values = pd.concat([mem.get(c, pd.Series(dtype=float)) for c in ("peak_alloc", "est_total", "mem_total")])
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    return ("MiB", 2 ** 20) if len(values) and values.max() < GIB / 2 else ("GiB", GIB)
+    return plan_memory_unit(pd.to_numeric(values, errors="coerce").dropna().tolist() or [GIB])
 
 
 def _config(config_json):
