@@ -39,7 +39,8 @@ def cmd_plan(args) -> int:
     from ablate.plan.plan import explain, format_table, plan_rows
 
     grid = _grid(args)
-    rows = plan_rows(grid, _cells(grid, args))
+    memory = getattr(args, "memory", False)
+    rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr))
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:
@@ -49,8 +50,20 @@ def cmd_plan(args) -> int:
         print(json.dumps(rows, indent=1, default=str))
     else:
         print(f"grid {grid.name}: {grid.path}")
-        print(format_table(grid, rows))
+        print(format_table(grid, rows, _capacity(grid, args) if memory else None))
     return 0
+
+
+def _capacity(grid, args):
+    """(GiB, what) of the GPU to check cells against: --gpu-mem, else a GPU named in resources."""
+    from ablate.plan.memory import gpu_memory_gib
+
+    if args.gpu_mem is not None:
+        if not args.gpu_mem > 0:
+            raise AblateError(f"--gpu-mem {args.gpu_mem}: expected GiB of GPU memory, a number > 0")
+        return args.gpu_mem, "--gpu-mem"
+    found = gpu_memory_gib(grid.resources) if grid.resources.gpus else None
+    return (found[0], f"{found[1]} in resources") if found else None
 
 
 def _retry(value):
@@ -78,6 +91,7 @@ def cmd_submit(args) -> int:
 def cmd_report(args) -> int:
     from ablate.plan import estimate
     from ablate.plan.grid import reports_root, runs_root
+    from ablate.plan.memory import simulate
     from ablate.report import make_report
     from ablate.store import Store
 
@@ -88,8 +102,11 @@ def cmd_report(args) -> int:
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
-    estimates = {c.run_id: estimate.memory_breakdown(c.config) for c in grid.cells}
-    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x)
+    estimates = {c.run_id: estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
+    planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
+    simulated = simulate(grid.cells, grid.resources.gpus, cached_only=True)  # what `plan --memory` cached
+    make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
+                simulated=simulated)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:
@@ -174,6 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = grid_cmd("plan", cmd_plan, "expand a grid: every cell, its state and its cost (no side effects)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--explain", metavar="RUN_ID", help="memory breakdown of one cell")
+    s.add_argument("--memory", action="store_true",
+                   help="simulate one training step per distinct shape (FakeTensorMode, cached): memory by category")
+    s.add_argument("--gpu-mem", type=float, metavar="GIB",
+                   help="with --memory: say whether each cell fits a GPU of this many GiB (default: the GPU "
+                        "named in resources, e.g. constraint: h100)")
 
     def submit_args(s):
         s.add_argument("--executor", choices=("local", "slurm", "debug"), help="default: slurm if sbatch is on PATH, else local")

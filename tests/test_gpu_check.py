@@ -96,7 +96,7 @@ def test_a_job_stopped_at_its_cap_keeps_what_it_had_written(tmp_path):
 
 
 def test_warm_compiles_the_compiled_cells_while_the_tests_run_and_stops_with_them(tmp_path):
-    (tmp_path / "jobs.py").write_text(textwrap.dedent(FAKE_JOBS.replace('job == "env"', 'job == "cell"')))
+    (tmp_path / "jobs.py").write_text(textwrap.dedent(FAKE_JOBS.replace('("env", "kernels")', '("cell", "kernels")')))
     check = gpu_check.Check(tmp_path, "gpu", ("bench",), (), 60, tmp_path / "work")
     check.jobs = [sys.executable, str(tmp_path / "jobs.py")]
     thread = gpu_check.threading.Thread(target=check.warm)

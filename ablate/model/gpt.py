@@ -28,6 +28,8 @@ import torch.nn.functional as F
 
 from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
+from ablate.model.loss import chunked_cross_entropy
+from ablate.model.recompute import run_blocks
 
 ROPE_BASE = 10000.0
 
@@ -223,8 +225,10 @@ class GPT(nn.Module):
         B, T = idx.shape
         rope = rope_cos_sin(T, self.config.head_dim, idx.device)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
-        for block in self.blocks:
-            h = block(h, rope)
+        h = run_blocks(self.blocks, h, rope, self.config.act_ckpt)  # act_ckpt: recompute in backward
+        if targets is not None and self.config.loss_chunk:  # the (B, T, V) logits never exist
+            s_z = self.s_z() if self.s_z is not None else None
+            return None, chunked_cross_entropy(self.norm_f(h), self.lm_head.weight, targets, s_z, self.config.loss_chunk)
         logits = self.lm_head(self.norm_f(h))  # (B, T, V)
         if self.s_z is not None:
             # nGPT: the logits are cosines in [-1, 1]; s_z is a learned per-token temperature

@@ -5,8 +5,9 @@ fields that only change cadence or bookkeeping opt out with `meta(..., hashed=Fa
 (levanter's rule: hash by default, opt out explicitly, so stale results are never reused).
 Fields left as None are resolved from the others (arch defaults, data vocab) by `resolve`,
 which always happens before hashing: an explicit value equal to the default hashes the same.
-A field marked `hashed="if set"` is left out of the hash while it is None, so adding it kept
-every earlier run id (data_id: only text:PATH data sets have one).
+A field added after runs existed (`meta(..., added=True)`) is left out of the hash while it
+holds its default, so adding it kept every earlier run id (data_id: only text:PATH data sets
+have one; the memory knobs: only cells that use them).
 """
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ ARCH_DEFAULTS = {
 }
 
 
-def meta(default, doc: str, hashed: bool = True):
-    return field(default=default, metadata={"doc": doc, "hashed": hashed})
+def meta(default, doc: str, hashed: bool = True, added: bool = False):
+    """added=True: a field that came after runs existed. It is hashed only when it differs from
+    its default, so adding a knob does not rename the runs (and cells) that never used it."""
+    return field(default=default, metadata={"doc": doc, "hashed": hashed, "added": added})
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class RunConfig:
     # ---- data
     dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
     data_id: Optional[str] = meta(None, "content hash of a text:PATH file (derived when the grid is read, never "
-                                  "written in a grid): the run id follows the data, not its path", hashed="if set")
+                                  "written in a grid): the run id follows the data, not its path", added=True)
     tokenizer: Literal["gpt2", "char"] = meta("char", "GPT-2 BPE (tiktoken) or character-level")
     # ---- optimization
     max_iters: int = meta(1000, "optimizer steps (the training budget)")
@@ -66,6 +69,13 @@ class RunConfig:
     dtype: Literal["fp32", "bf16"] = meta("fp32", "compute dtype (bf16 = autocast)")
     param_dtype: Literal["fp32", "bf16"] = meta("fp32", "storage of block matrices (bf16 = NVIDIA reference, CUDA only)")
     compile: bool = meta(False, "torch.compile the model")
+    # ---- memory knobs: they change peak memory and speed, never the loss or the gradients
+    act_ckpt: Literal["none", "blocks", "selective"] = meta(
+        "none", "activation checkpointing per block: none | blocks (recompute each block in backward) | "
+        "selective (keep matmul and attention outputs, recompute the element-wise ops)", added=True)
+    loss_chunk: Optional[int] = meta(
+        None, "tokens per chunk of the fused LM head + cross-entropy (the B*T*V logits never exist); "
+        "None = plain", added=True)
     device: Literal["auto", "cpu", "cuda"] = meta("auto", "auto = cuda when available", hashed=False)
     diverge_loss: float = meta(20.0, "stop as diverged when train loss is NaN/inf or above this")
     # ---- cadence (does not change what is learned: not hashed)
@@ -101,12 +111,7 @@ class RunConfig:
         return dict(self.__dict__)  # exactly the fields, in declaration order
 
     def hashed_dict(self) -> dict:
-        d = self.__dict__
-        out = {name: d[name] for name in HASHED_NAMES}  # sorted by name
-        for name in _HASHED_IF_SET:
-            if out[name] is None:
-                del out[name]
-        return out
+        return identity(self.__dict__)
 
     def run_id(self) -> str:
         """Short hash of the canonical JSON (sorted keys, no spaces) of every field that changes results."""
@@ -151,9 +156,20 @@ def _checker(name: str):
 _CHECKERS = {name: _checker(name) for name in FIELDS}
 FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
-_HASHED_IF_SET = frozenset(n for n, f in FIELDS.items() if f.metadata.get("hashed") == "if set")
 DERIVED = ("data_id",)  # fields a grid may not set: they are computed from other things
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
+MEMORY_KNOBS = ("act_ckpt", "loss_chunk")  # change memory and speed, never the math
+# fields hashed only when set (meta added=True) -> their default
+ADDED_DEFAULTS = {n: f.default for n, f in FIELDS.items() if f.metadata.get("added")}
+
+
+def identity(config: dict, names=HASHED_NAMES) -> dict:
+    """The part of a config dict that names a run (names sorted): every hashed field, but an
+    added field only when it is set to something other than its default (a missing one is unset)."""
+    return {n: config.get(n) for n in names
+            if n not in ADDED_DEFAULTS or config.get(n, ADDED_DEFAULTS[n]) != ADDED_DEFAULTS[n]}
+
+
 _FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
 _NUMERIC = tuple(n for n in FIELDS if _HINTS[n] in (int, float, Optional[int], Optional[float]))
 _IN_RANGE = {n: set() for n in _NUMERIC}  # values already found in range, per field (types are checked before)
@@ -240,7 +256,8 @@ INT_MAX = 2 ** 31 - 1
 RANGES = {
     **{name: (1, INT_MAX, True) for name in (
         "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context", "vocab_size", "max_iters",
-        "batch_size", "grad_accum", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval")},
+        "batch_size", "grad_accum", "lr_decay_iters", "eval_interval", "eval_iters", "log_interval",
+        "loss_chunk")},
     "warmup_iters": (0, INT_MAX, True), "ckpt_interval": (0, INT_MAX, True),
     "seed": (0, 2 ** 32 - 1, True),  # numpy seeds are 32-bit
     "lr": (0.0, math.inf, False), "min_lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),

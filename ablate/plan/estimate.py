@@ -69,29 +69,74 @@ def total_flops(c: RunConfig) -> float:
     return flops_per_token(c)["causal"] * total_tokens(c)
 
 
-def memory_breakdown(c: RunConfig) -> dict:
-    """Estimated peak training memory in bytes, per process, by part.
+# The memory model's constants, measured with MemTracker under FakeTensorMode (CPU dispatch,
+# torch 2.13) by benchmarks/calibrate_memory.py, per (arch, dtype, act_ckpt), in bytes:
+#   a      kept for backward per layer, per token and per unit of d
+#   b      the same per unit of d_kv (k and v: what GQA removes)
+#   w      per block-matrix weight (autocast keeps a bf16 copy of each for backward)
+#   h_act  kept per token and vocabulary entry at the head (logits, fp32 copy, log-softmax)
+#   h_tmp  the head's backward per token and vocabulary entry
+#   ch     per token and unit of d besides the layers, at the head's backward
+#   cb     per token and unit of d besides the layers, at a block's backward (small vocabularies)
+# `blocks` keeps each block's fp32 input and reruns one block at a time (from `none`'s constants).
+MEMORY_COEF = {
+    ("gpt", "fp32", "none"): (96.08, 8.0, 0.0, 8.0, 8.0, 12.29, 36.78),
+    ("gpt", "fp32", "selective"): (52.06, 8.0, 0.0, 8.0, 8.0, 12.29, 84.8),
+    ("gpt", "bf16", "none"): (60.08, 4.0, 2.0, 7.0, 8.0, 10.29, 24.53),
+    ("gpt", "bf16", "selective"): (19.16, 5.03, 1.97, 7.0, 8.0, 10.29, 50.81),
+    ("ngpt", "fp32", "none"): (144.29, 12.12, 0.0, 8.0, 12.0, 4.28, 24.76),
+    ("ngpt", "fp32", "selective"): (52.06, 8.0, 0.0, 8.0, 12.0, 4.28, 121.13),
+    ("ngpt", "bf16", "none"): (98.29, 8.12, 2.0, 7.0, 14.0, 2.28, 20.78),
+    ("ngpt", "bf16", "selective"): (28.06, 4.0, 0.0, 7.0, 14.0, 2.28, 111.16),
+}
+GIB = 2 ** 30
 
-    params + grads (same dtype as params) + AdamW state (two fp32 moments) + activations
-    (what autograd keeps for backward, per micro-batch) + logits (fp32 logits and their
-    softmax grad dominate with a large vocabulary). An estimate: the report shows it beside
-    the measured peak."""
+
+def memory_breakdown(c: RunConfig, world_size: int = 1) -> dict:
+    """Estimated peak training memory in bytes, per process, by category, as memtrack reports
+    it: params, grads, optimizer (AdamW's two fp32 moments), activations (kept for backward),
+    temps (backward temporaries) and total, at the largest of three moments (with several
+    micro-batches per process, every gradient already exists in the second one's):
+
+    head      the loss's backward: every layer's saved tensors, the head's logits and their
+              gradient (with loss_chunk: one chunk's, plus the fp32 gradient buffers of the
+              fused head); with a large vocabulary this is the peak
+    block     a block's backward, for small vocabularies (act_ckpt blocks: the one block being
+              rerun, with the gradients of the blocks after it)
+    optimizer the step: every gradient, and two temporaries the size of the largest matrix
+
+    The constants (MEMORY_COEF) are measured; benchmarks/calibrate_memory.py --check compares
+    the estimate with the simulation cell by cell: within 10% on grids/memory.yaml and the
+    quickstart. Not modelled: a sliding window's mask on CPU dispatch (CPU attention with a
+    mask keeps more: +1.5 GiB at 8k context, 124M, where the estimate is 9% low; CUDA kernels
+    take the window natively), the CUDA allocator's rounding, DDP's gradient buckets. A
+    torch-free approximation: `ablate plan --memory` simulates the real step."""
     block, other = matrix_params(c)
     pb = BYTES[c.param_dtype]
     params = block * pb + other * 4
-    grads = params
     optimizer = 2 * 4 * (block + other)
-    act_bytes = 2 if c.dtype == "bf16" else 4
-    B, T, d, L = c.batch_size, c.context, c.n_embd, c.n_layer
-    d_kv = c.kv_heads * c.head_dim
-    # per layer, per token, saved for backward: block input, norm out, q, k, v, attn out,
-    # W_o out, MLP input, 8d up-projection, 4d gated, MLP out; nGPT keeps extra normalized copies
-    per_token = d * 6 + 2 * d_kv + 8 * d + 4 * d
-    if c.arch == "ngpt":
-        per_token += 4 * d
-    activations = L * B * T * per_token * act_bytes
-    # logits: bf16/fp32 logits, fp32 copy for the loss, and its gradient
-    logits = B * T * c.vocab_size * (act_bytes + 4 + 4)
-    total = params + grads + optimizer + activations + logits
-    return {"params": params, "grads": grads, "optimizer": optimizer,
-            "activations": activations, "logits": logits, "total": total}
+    B, T, d, L, V = c.batch_size, c.context, c.n_embd, c.n_layer, c.vocab_size
+    N, d_kv, bf16 = B * T, c.kv_heads * c.head_dim, c.dtype == "bf16"
+    mode = "none" if c.act_ckpt == "blocks" else c.act_ckpt
+    a, b, w, h_act, h_tmp, ch, cb = MEMORY_COEF[(c.arch, c.dtype, mode)]
+    one_layer = N * (a * d + b * d_kv) + w * block / L  # everything a block keeps
+    kept = L * N * d * 4 if c.act_ckpt == "blocks" else L * one_layer  # blocks: each block's fp32 input
+    if c.loss_chunk:  # one chunk's logits and gradient; fp32 gradient buffers of h, W (and its bf16 copy)
+        rows = min(c.loss_chunk, N)
+        head_act = N * d * 4 + V * d * (4 + (2 if bf16 else 0))
+        head_tmp = rows * V * (h_act + h_tmp) + N * d * ch
+    else:
+        head_act, head_tmp = N * V * h_act, N * V * h_tmp + N * d * ch
+    accumulated = params if c.grad_accum // max(1, world_size) > 1 else 0  # grads from the micro-batch before
+    moments = {"head": (accumulated, kept + head_act, head_tmp)}  # (grads, activations, temps)
+    if c.act_ckpt == "blocks":  # rerunning one block, the gradients of the blocks after it exist
+        grads_after = (params - block * pb / L) * (L - 1) / L
+        moments["block"] = (max(accumulated, grads_after), one_layer + L * N * d * 4, N * d * cb)
+    else:
+        moments["block"] = (accumulated, kept, N * d * cb)
+    largest = max(V * d, 8 * d * d) * 4
+    moments["optimizer"] = (params, 0, 2 * largest)
+    grads, activations, temps = max(moments.values(), key=sum)
+    total = params + optimizer + grads + activations + temps
+    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations, "temps": temps,
+            "total": total}

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-from ablate.plan import estimate
+from ablate.plan import estimate, memory
+from ablate.plan.memory import HEADROOM, fits
 from ablate.plan.grid import Grid, runs_root
 from ablate.plan.rundir import SUMMARY, checked_state, read_json
 
@@ -44,15 +45,19 @@ def _known_throughput(throughput: dict, config: dict, gpus: int):
     return throughput.get((shape, "cuda")) or throughput.get((shape, "cpu"))
 
 
-def plan_rows(grid: Grid, cells=None) -> list[dict]:
+def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[dict]:
+    """One row per cell; simulate: also the simulated memory per category (row["simulated"],
+    plan.memory: imports torch for the shapes not in the cache)."""
+    cells = grid.cells if cells is None else cells
+    sims = memory.simulate(cells, grid.resources.gpus, log=log) if simulate else {}
     throughput = measured_throughput()
     # list the grid's run dirs once instead of probing 10,000 missing status files
     existing = set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()
     rows = []
-    for cell in cells if cells is not None else grid.cells:
+    for cell in cells:
         c = cell.config
         params = estimate.param_counts(c)
-        mem = estimate.memory_breakdown(c)
+        mem = estimate.memory_breakdown(c, max(1, grid.resources.gpus))
         tokens = estimate.total_tokens(c)
         config = c.to_dict()
         known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None
@@ -72,42 +77,123 @@ def plan_rows(grid: Grid, cells=None) -> list[dict]:
             "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
             "throughput_device": known[1] if known else None,
             "run_dir": str(cell.run_dir),
+            **({"simulated": sims.get(cell.run_id)} if simulate else {}),
         })
     return rows
 
 
-def _human(n: float, unit: str = "") -> str:
-    for div, suffix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}"
+def human_count(n: float) -> str:
+    """124M, 2.68B, 950: counts (parameters, tokens, hours) to 3 significant digits."""
+    r = float(f"{n:.3g}")  # round first: 999,960 is 1M, not 1e+03k
+    if abs(r) >= 1e15:
+        return human_flops(r)
+    for div, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(r) >= div:
+            return f"{r / div:g}{suffix}"
+    return f"{r:g}"
 
 
-def format_table(grid: Grid, rows: list[dict]) -> str:
+def human_flops(n: float) -> str:
+    """2.3e18: FLOP counts span 1e12 (a CPU demo) to 1e24, which no prefix reads well across."""
+    if not n:
+        return "0"
+    mantissa, exponent = f"{n:.2e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def human_hours(hours: float, gpu: bool) -> str:
+    """~45 min, ~5.2 GPU-hours, ~31.2M hours: a duration of compute (summed over cells and GPUs)."""
+    unit = "GPU-hours" if gpu else "hours"
+    if hours < 1:
+        minutes = round(hours * 60)
+        return f"{'~' if minutes else '<'}{max(1, minutes)} {'GPU-' if gpu else ''}min"
+    return f"~{human_count(hours)} {unit}"
+
+
+def memory_unit(values) -> tuple[str, float]:
+    """GiB, or MiB when every figure is under 1 GiB (a CPU demo's 127 MiB is not "0.12GiB")."""
+    values = [v for v in values if v is not None]
+    return ("GiB", GIB) if values and max(values) >= GIB else ("MiB", 2 ** 20)
+
+
+def _num(x: float) -> str:
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}" if x < 1000 else f"{x:,.0f}"
+
+
+MEMORY_COLUMNS = (("weights", ("params", "buffers")), ("grads", ("grads",)), ("optim", ("optimizer",)),
+                  ("acts", ("activations",)), ("temps", ("temps", "other")))
+
+
+def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | None = None) -> str:
+    """The plan as a table. Rows with "simulated" (plan --memory) get memory per category;
+    capacity: (GiB, what) of the GPU to check each cell against."""
     keys = grid.varied_keys
-    head = ["run_id", *keys, "state", "params", "tokens", "est_mem", "flops"]
-    body = [[r["run_id"], *[str(r["varied"].get(k)) for k in keys], r["state"], _human(r["n_params"]),
-             _human(r["tokens"]), f"{r['est_peak_mem_bytes'] / GIB:.2f}GiB", _human(r["flops"])] for r in rows]
+    sims = [r.get("simulated") or {} for r in rows]
+    with_memory = any("total" in s for s in sims)
+    unit, scale = memory_unit([r["est_peak_mem_bytes"] for r in rows] + [s.get("total") for s in sims])
+    head = ["run_id", *keys, "state", "params", "tokens", "FLOPs"]
+    if with_memory:
+        head += [name for name, _ in MEMORY_COLUMNS] + ["peak", "estimate"] + (["fits"] if capacity else [])
+    else:
+        head += ["est. peak"]
+    body = []
+    for r, sim in zip(rows, sims):
+        line = [r["run_id"], *[str(r["varied"].get(k)) for k in keys], r["state"], human_count(r["n_params"]),
+                human_count(r["tokens"]), human_flops(r["flops"])]
+        est = _num(r["est_peak_mem_bytes"] / scale)
+        if with_memory and "total" in sim:
+            line += [_num(sum(sim.get(c, 0) for c in cats) / scale) for _, cats in MEMORY_COLUMNS]
+            line += [_num(sim["total"] / scale), est] + ([fits(sim["total"], capacity[0])] if capacity else [])
+        elif with_memory:
+            line += ["n/a"] * len(MEMORY_COLUMNS) + ["n/a", est] + ([""] if capacity else [])
+        else:
+            line += [f"{est} {unit}"]
+        body.append(line)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
-    line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()
+    line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
+    if with_memory:
+        out += ["", *_memory_notes(unit, sims, capacity)]
     todo = [r for r in rows if r["state"] != "done"]
     hours = [r["est_hours"] for r in todo]
     devices = sorted({str(r["throughput_device"]) for r in todo})
-    cost = (f"~{sum(hours):.2f} {'GPU-' if grid.resources.gpus else ''}hours (from measured tokens/s on "
-            f"{', '.join(devices)})"
-            if todo and all(h is not None for h in hours) else f"{_human(sum(r['flops'] for r in todo))}FLOPs")
+    cost = (f"{human_hours(sum(hours), bool(grid.resources.gpus))} (from measured tokens/s on {', '.join(devices)})"
+            if todo and all(h is not None for h in hours) else f"{human_flops(sum(r['flops'] for r in todo))} FLOPs")
     out.append("")
-    out.append(f"{len(rows)} cells, {len(todo)} to run, {_human(sum(r['tokens'] for r in todo))} tokens to train, "
+    out.append(f"{len(rows)} cells, {len(todo)} to run, {human_count(sum(r['tokens'] for r in todo))} tokens to train, "
                f"cost {cost}")
     return "\n".join(out)
 
 
+def _memory_notes(unit: str, sims: list[dict], capacity) -> list[str]:
+    devices = sorted({s["device"] for s in sims if "device" in s})
+    notes = [f"memory in {unit} per process at the peak of one training step: weights, grads, optim (AdamW "
+             "moments), acts (kept for backward), temps (backward temporaries); estimate = the analytical formula",
+             f"simulated tensor by tensor under FakeTensorMode on {', '.join(devices) or '-'} dispatch "
+             "(torch.distributed._tools MemTracker): the CUDA allocator's rounding and context come on top"]
+    if any(s.get("target") == "cuda" and s.get("device") == "cpu" for s in sims):
+        notes.append("this torch is a CPU-only build: GPU cells were simulated with CPU kernels and CPU autocast")
+    if capacity:
+        notes.append(f"fits: peak within {HEADROOM:.0%} of {capacity[0]:g} GiB ({capacity[1]}); tight: within 100%")
+    errors = {s["error"] for s in sims if "error" in s}
+    notes += [f"n/a: {e}" for e in sorted(errors)]
+    return notes
+
+
 def explain(row: dict) -> str:
-    mem = row["memory"]
-    lines = [f"run {row['run_id']}: estimated peak training memory per process"]
-    for part in ("params", "grads", "optimizer", "activations", "logits", "total"):
-        lines.append(f"  {part:<12} {mem[part] / GIB:9.3f} GiB")
+    """One cell's memory by category (simulated when the plan ran with --memory, and the
+    analytical estimate), its sizes and its resolved config."""
+    est, sim = row["memory"], row.get("simulated") or {}
+    labels = ("params", "grads", "optimizer", "activations", "temps")  # MEMORY_COLUMNS, spelled out
+    parts = [(label, cats) for label, (_, cats) in zip(labels, MEMORY_COLUMNS)] + [("peak", ("total",))]
+    unit, scale = memory_unit([est["total"], sim.get("total")])
+    lines = [f"run {row['run_id']}: peak training memory per process, {unit}"]
+    lines.append(f"  {'':<11} {'simulated' if 'total' in sim else '':>10} {'estimate':>10}")
+    for name, cats in parts:
+        simulated = f"{sum(sim.get(c, 0) for c in cats) / scale:10.3f}" if "total" in sim else " " * 10
+        lines.append(f"  {name:<11} {simulated} {sum(est.get(c, 0) for c in cats) / scale:10.3f}")
+    if "error" in sim:
+        lines.append(f"  simulation: {sim['error']}")
     lines.append(f"  params: {row['n_params']:,} total, {row['n_params_non_embedding']:,} non-embedding, "
                  f"{row['n_params_attention']:,} attention; checkpoint ~{row['ckpt_bytes'] / 1e6:.1f} MB")
     lines.append("config: " + json.dumps(row["config"], sort_keys=True))

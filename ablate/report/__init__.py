@@ -1,7 +1,8 @@
 """`ablate report`: what each change buys, from the store. No torch.
 
     make_report(store, "quickstart", {"baseline": {"arch": "gpt"}, "group_by": ["context"]},
-                "reports/quickstart", plan_estimates={run_id: memory_breakdown})
+                "reports/quickstart", plan_estimates={run_id: memory_breakdown},
+                planned=[{"run_id": ..., **config}], simulated={run_id: memtrack breakdown})
 
 writes, into out_dir: loss_curves, loss_vs_tokens, speedup, memory, size, throughput and (when
 the grid sweeps lr) lr_sweep, each as .png and .svg; speedup.csv, memory.csv, size.csv (raw
@@ -15,6 +16,7 @@ Modules: compare (groups, variants, baseline), speedup (curve and budget modes),
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -68,15 +70,31 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
     return lines
 
 
+def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None) -> pd.DataFrame:
+    """The runs plus the grid's cells that have no run yet (state "planned"), labelled together:
+    the memory chart shows what the plan simulated for those."""
+    have = set(runs.run_id)
+    todo = [p for p in planned or [] if p["run_id"] not in have]
+    if not todo:
+        return None
+    rows = pd.DataFrame([{**p, "state": "planned", "config_json": json.dumps(
+        {k: v for k, v in p.items() if k != "run_id"}, sort_keys=True)} for p in todo])
+    rows = rows.reindex(columns=list(dict.fromkeys([*runs.columns, *rows.columns])))  # every column a run has
+    both = cmp.plain(pd.concat([runs, rows], ignore_index=True) if len(runs) else rows)
+    return cmp.annotate(both, cmp.resolve(both, compare))
+
+
 def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
-                log_x: bool = False) -> dict:
-    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis);
-    returns {"paths": {name: Path}, "speedup",
-    "memory", "size", "throughput", "cells", "lr_sweep" (DataFrames), "status" (dict),
-    "comparison"}."""
+                log_x: bool = False, planned: list | None = None, simulated: dict | None = None) -> dict:
+    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis;
+    planned: every cell of the grid as {"run_id", **config}; simulated: the plan's cached memory
+    simulations by run_id, shown for the cells that have not run); returns {"paths": {name: Path},
+    "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep" (DataFrames),
+    "status" (dict), "comparison"}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = cmp.plain(_runs(store, grid_name))
+    mem_runs = _with_planned(runs, planned, compare)  # None: every planned cell has run
     comp = cmp.resolve(runs, compare) if len(runs) else None
     if comp is not None:
         runs = cmp.annotate(runs, comp)
@@ -86,7 +104,9 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
                         "where grid = ?", [grid_name])
     cells = cmp.cells(runs, stats)
     sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
-    mem, sz, th = tables.memory(runs, plan_estimates), tables.size(runs), tables.throughput(runs)
+    mem_runs = runs if mem_runs is None else mem_runs
+    mem, sz, th = tables.memory(mem_runs, plan_estimates, simulated), tables.size(runs), tables.throughput(runs)
+    kn = tables.knobs(mem_runs, mem, th)
     lr = tables.lr_sweep(cells)
     status = tables.status(runs, plan_estimates)
     curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
@@ -103,7 +123,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     specs = render.write_charts(figs, out)
 
     paths = {name: out / f"{name}.png" for name in figs}
-    for name, df in (("speedup", sp), ("memory", mem), ("size", sz)):
+    for name, df in (("speedup", sp), ("memory", mem), ("size", sz), ("knobs", kn)):
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
@@ -122,6 +142,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         ("Final validation loss per cell (mean ± standard error over seeds)", "lr_sweep",
          render.loss_table(cells) if len(cells) else None),
         ("Peak memory", "memory", render.memory_table(mem) if len(mem) else None),
+        ("Memory knobs: memory saved and step time paid", None, render.knobs_table(kn) if len(kn) else None),
         ("Model size", "size", render.size_table(sz) if len(sz) else None),
         ("Throughput", "throughput", render.throughput_table(th) if len(th) else None),
         ("Runs that did not finish cleanly", None, problems if len(problems) else None),
@@ -140,5 +161,5 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     (out / "index.html").write_text(render.index_html(f"ablate report: {grid_name}", intro, html_sections, specs))
     paths.update({"summary.md": out / "summary.md", "index.html": out / "index.html"})
     store.put_table("speedup", grid_name, sp)  # an empty table still clears the grid's old rows
-    return {"paths": paths, "speedup": sp, "memory": mem, "size": sz, "throughput": th, "cells": cells,
+    return {"paths": paths, "speedup": sp, "memory": mem, "knobs": kn, "size": sz, "throughput": th, "cells": cells,
             "lr_sweep": lr, "status": status, "comparison": comp}

@@ -130,34 +130,71 @@ def speedup(df: pd.DataFrame) -> alt.Chart:
     return _facet_layer(layer, d, "group").properties(title=_subtitle(title, notes))
 
 
+MEM_COLORS = {"params": "#4c78a8", "grads": "#72b7b2", "optimizer": "#54a24b", "activations": "#f58518",
+              "temps": "#e45756"}
+
+
+MEM_COLORS = {"params": "#4c78a8", "grads": "#72b7b2", "optimizer": "#54a24b", "activations": "#f58518",
+              "temps": "#e45756"}
+
+
 def memory(df: pd.DataFrame) -> alt.Chart:
-    """Peak allocated GiB per variant (bars), the baseline's peak (dashed), the plan's estimate (tick)."""
-    title = "Peak GPU memory per process"
+    """Peak memory per variant, per process: the tensors at the peak of one training step stacked
+    by category (tracked in the run, or simulated by the plan for cells that have not run), the
+    plan's analytical estimate (black tick), the CUDA allocator's peak where measured (diamond)
+    and the baseline's peak (dashed)."""
+    title = "Peak memory per process"
     if not len(df):
         return placeholder(title, "no runs")
     d = df.copy()
     unit, scale = memory_unit(d)
-    d["measured"] = d.peak_alloc / scale
+    d["cuda"] = d.peak_alloc / scale
     d["estimate"] = d.est_total / scale
-    base = {m: g[g.is_baseline].measured.dropna() for m, g in d.groupby("mgroup")}
+    d["peak"] = (d.mem_total / scale).where(d.mem_total.notna(), d.cuda)  # labels and the baseline line
+    base = {m: g[g.is_baseline].peak.dropna() for m, g in d.groupby("mgroup")}
     d["base"] = d.mgroup.map(lambda m: base[m].iloc[0] if len(base[m]) else math.nan)
-    d["label"] = d.apply(lambda r: "OOM" if r.oom and math.isnan(r.measured) else
-                         ("" if math.isnan(r.measured) else f"{r.measured:.2f}"), axis=1)
-    d["bar"] = d.measured.fillna(0.0)
-    if d.measured.isna().all():
-        lines = ["no CUDA memory measured (CPU runs, or none finished yet): the ticks are the plan's estimates"]
-    else:
-        lines = ["bar: measured peak allocated; tick: plan estimate; dashed: baseline; blank: not measured"]
-    base = alt.Chart(d).encode(x=_xvar("variant"))
-    tip = ["variant:N", "mgroup:N", alt.Tooltip("measured:Q", format=".2f"), alt.Tooltip("estimate:Q", format=".2f"),
-           "states:N"]
-    layer = alt.layer(
-        base.mark_bar().encode(y=alt.Y("bar:Q", title=unit), color=alt.Color("variant:N", legend=None), tooltip=tip),
-        base.mark_tick(color="black", thickness=2, size=30).encode(y="estimate:Q"),
-        alt.Chart(d).mark_rule(color="red", strokeDash=[4, 3]).encode(y="mean(base):Q"),
-        base.mark_text(dy=-6, fontSize=10).encode(y="bar:Q", text="label:N"),
-    ).properties(width=max(W, 40 * d.variant.nunique()), height=H)
-    return _facet_layer(layer, d, "mgroup").properties(title=_subtitle(title, lines))
+    d["label"] = [("OOM" if r.oom else "") if math.isnan(r.peak) else f"{r.peak:.3g}" for r in d.itertuples()]
+    d["source"] = d.mem_source.fillna("none")
+    d["kind"] = "total"
+    parts = list(MEM_COLORS)
+    stack = d.melt(id_vars=["mgroup", "variant", "source", "states"], value_vars=[f"mem_{p}" for p in parts],
+                   var_name="category", value_name="bytes").dropna(subset=["bytes"])
+    stack["category"] = stack.category.str.removeprefix("mem_")
+    stack["value"] = stack["bytes"] / scale
+    stack["order"] = stack.category.map(parts.index)
+    stack["kind"] = "part"
+    data = pd.concat([stack, d[["mgroup", "variant", "source", "states", "kind", "cuda", "estimate", "peak", "base",
+                                "label"]]], ignore_index=True)
+    sources = set(d.mem_source.dropna())
+    lines = ["bars: tensors at the peak of one training step by category, " + (
+        "tracked in a real step" if sources == {"tracked"} else "simulated by the plan (pale)" if sources == {"simulated"}
+        else "tracked in a real step (solid) or simulated by the plan (pale)" if sources else
+        "not tracked (run `ablate plan --memory` to simulate cells that have not run)"),
+        "tick: the plan's analytical estimate; dashed: the baseline" +
+        ("; diamond: CUDA allocator peak" if d.cuda.notna().any() else "")]
+    x = _xvar("variant")
+    chart = alt.Chart(data).encode(x=x)
+    parts_only, totals = alt.datum.kind == "part", alt.datum.kind == "total"
+    layers = [chart.transform_filter(parts_only).mark_bar().encode(
+        y=alt.Y("value:Q", title=unit, stack="zero"),
+        color=alt.Color("category:N", title="category", sort=parts,
+                        scale=alt.Scale(domain=parts, range=[MEM_COLORS[p] for p in parts])),
+        order=alt.Order("order:Q"),
+        opacity=alt.Opacity("source:N", scale=alt.Scale(domain=["tracked", "simulated"], range=[1.0, 0.45]),
+                            legend=None),
+        tooltip=["variant:N", "mgroup:N", "category:N", alt.Tooltip("value:Q", format=".3g", title=unit), "source:N",
+                 "states:N"]),
+        chart.transform_filter(totals).mark_tick(color="black", thickness=2, size=30).encode(
+            y="estimate:Q", tooltip=["variant:N", alt.Tooltip("estimate:Q", format=".3g", title=f"estimate ({unit})")])]
+    if d.cuda.notna().any():
+        layers.append(chart.transform_filter(totals).mark_point(shape="diamond", color="black", filled=True, size=60)
+                      .encode(y="cuda:Q", tooltip=["variant:N", alt.Tooltip("cuda:Q", format=".3g",
+                                                                             title=f"CUDA peak ({unit})")]))
+    layers += [alt.Chart(data).transform_filter(totals).mark_rule(color="red", strokeDash=[4, 3]).encode(
+                   y="mean(base):Q"),
+               chart.transform_filter(totals).mark_text(dy=-6, fontSize=10).encode(y="peak:Q", text="label:N")]
+    layer = alt.layer(*layers).properties(width=max(W, 40 * d.variant.nunique()), height=H)
+    return _facet_layer(layer, data, "mgroup").properties(title=_subtitle(title, lines))
 
 
 def _long(df: pd.DataFrame, metrics: dict) -> pd.DataFrame:

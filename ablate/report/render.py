@@ -107,11 +107,30 @@ def memory_table(mem: pd.DataFrame) -> pd.DataFrame:
         f"peak reserved ({unit})": [num(x, scale=scale) for x in mem.peak_reserved],
         f"Δ vs baseline ({unit})": [num(x, "+.2f", scale) for x in mem.delta_alloc],
         "Δ %": [pct(x) for x in mem.delta_alloc_pct],
+        f"tensors at peak ({unit})": [num(x, scale=scale, missing="–") for x in mem.mem_total],
+        "tensors from": mem.mem_source.fillna("–"),
+        "tensors Δ %": [pct(x) for x in mem.delta_mem_pct],
+        f"params / grads / optim / act / temps ({unit})": [_parts(r, "mem", scale) for r in mem.itertuples()],
         f"estimate ({unit})": [num(x, scale=scale) for x in mem.est_total],
-        f"est. params / grads / optim / act / logits ({unit})": [
-            " / ".join(num(getattr(r, f"est_{k}"), scale=scale) for k in
-                       ("params", "grads", "optimizer", "activations", "logits")) for r in mem.itertuples()],
+        f"est. params / grads / optim / act / temps ({unit})": [_parts(r, "est", scale) for r in mem.itertuples()],
         "device": mem.device_name.fillna("–")})
+
+
+def _parts(r, prefix: str, scale: float) -> str:
+    values = [getattr(r, f"{prefix}_{k}", None) for k in ("params", "grads", "optimizer", "activations", "temps")]
+    return "–" if all(v is None or pd.isna(v) for v in values) else " / ".join(num(v, scale=scale) for v in values)
+
+
+def knobs_table(kn: pd.DataFrame) -> pd.DataFrame:
+    """Memory saved and step time paid by each memory knob, beside the same shape without it."""
+    unit, scale = memory_unit(kn.rename(columns={"peak": "mem_total"}))
+    return pd.DataFrame({
+        "group": kn.mgroup, "variant": kn.variant, "compared with": kn.without,
+        f"peak ({unit})": [num(x, scale=scale) for x in kn.peak],
+        f"without ({unit})": [num(x, scale=scale) for x in kn.peak_without],
+        "memory saved": [pct(x) for x in kn.saving_pct], "from": kn.source.fillna("–"),
+        "tokens/s": [num(x, ",.0f") for x in kn.tokens_per_s],
+        "step time cost": [pct(x) for x in kn.step_cost_pct]})
 
 
 def size_table(sz: pd.DataFrame) -> pd.DataFrame:

@@ -1,10 +1,12 @@
-"""Memory, size, throughput, lr sweep and status tables: one row per (mgroup, variant).
+"""Memory, size, throughput, knobs, lr sweep and status tables: one row per (mgroup, variant).
 
 Memory, size and throughput do not depend on the lr, the budget or the seed, so they are
 reported per shape: the group without max_iters and lr (mgroup) x the variant. Measured values
 come from summary.json (metrics.jsonl's peak for a job still running); the plan's estimate
 (`plan_estimates`, or plan.estimate on the run's own config) stands beside them, and fills in
-the size of a cell that has no summary (marked "estimate"). Byte columns stay in bytes here;
+the size of a cell that has no summary (marked "estimate"). Memory by category (mem_*) is the
+run's tracked step where it ran one (source "tracked"), else the plan's simulation of its shape
+(source "simulated", from `ablate plan --memory`'s cache). Byte columns stay in bytes here;
 render.py turns them into GiB / MiB.
 """
 from __future__ import annotations
@@ -16,7 +18,8 @@ import pandas as pd
 
 from ablate.errors import AblateError
 from ablate.plan import estimate
-from ablate.plan.config import make_config
+from ablate.plan.config import ADDED_DEFAULTS, MEMORY_KNOBS, make_config
+from ablate.plan.plan import memory_unit as plan_memory_unit
 
 GIB = 2 ** 30
 KEY = ["mgroup", "variant"]
@@ -24,10 +27,9 @@ PROBLEM = ("failed", "diverged", "oom", "cancelled")
 
 
 def memory_unit(mem: pd.DataFrame) -> tuple[str, int]:
-    """GiB, or MiB when every number is under half a GiB (a small CPU model)."""
-    values = pd.concat([mem.get("peak_alloc", pd.Series(dtype=float)), mem.get("est_total", pd.Series(dtype=float))])
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    return ("MiB", 2 ** 20) if len(values) and values.max() < GIB / 2 else ("GiB", GIB)
+    """The plan's unit for these byte columns: GiB, or MiB when every number is under 1 GiB."""
+    values = pd.concat([mem.get(c, pd.Series(dtype=float)) for c in ("peak_alloc", "est_total", "mem_total")])
+    return plan_memory_unit(pd.to_numeric(values, errors="coerce").dropna().tolist() or [GIB])
 
 
 def _config(config_json):
@@ -88,7 +90,32 @@ def _vs_baseline(df: pd.DataFrame, col: str, out: str) -> pd.DataFrame:
     return df
 
 
-def memory(runs: pd.DataFrame, plan_estimates: dict | None = None) -> pd.DataFrame:
+# memory categories as the report shows them <- memtrack's categories (summary tracked_*, plan cache)
+MEM_PARTS = {"params": ("params", "buffers"), "grads": ("grads",), "optimizer": ("optimizer",),
+             "activations": ("activations",), "temps": ("temps", "other")}
+EST_PARTS = ("params", "grads", "optimizer", "activations", "temps")
+
+
+def _by_category(g: pd.DataFrame, simulated: dict | None) -> dict:
+    """mem_<part> bytes and mem_source: the tracked step of a run of this shape (the largest, if
+    seeds differ), else the plan's simulation of any of its run ids, else nothing."""
+    tracked = g[pd.to_numeric(g.get("tracked_total", pd.Series(dtype=float)), errors="coerce").notna()] \
+        if "tracked_total" in g else g.iloc[:0]
+    if len(tracked):
+        r = tracked.loc[pd.to_numeric(tracked.tracked_total).idxmax()]
+        found, source = {c: r.get(f"tracked_{c}") for c in (*sum(MEM_PARTS.values(), ()), "total")}, "tracked"
+    else:
+        found = next((simulated[r] for r in g.run_id if "total" in (simulated or {}).get(r, {})), None)
+        source = "simulated" if found else None
+    if not found:
+        return {"mem_source": None, "mem_total": math.nan, **{f"mem_{p}": math.nan for p in MEM_PARTS}}
+    num = lambda v: float(v) if v is not None and not pd.isna(v) else 0.0  # noqa: E731
+    return {"mem_source": source, "mem_total": num(found.get("total")),
+            **{f"mem_{p}": sum(num(found.get(c)) for c in cats) for p, cats in MEM_PARTS.items()}}
+
+
+def memory(runs: pd.DataFrame, plan_estimates: dict | None = None, simulated: dict | None = None) -> pd.DataFrame:
+    """simulated: {run_id: memtrack breakdown} for shapes that have not run (the plan's cache)."""
     def fn(g):
         live = g[~g.state.isin(PROBLEM)]
         mem, _ = _plan(g, plan_estimates)
@@ -97,12 +124,53 @@ def memory(runs: pd.DataFrame, plan_estimates: dict | None = None) -> pd.DataFra
             peak = _max(live.max_mem_peak)
         return {"oom": bool((g.state == "oom").any()), "peak_alloc": peak, "peak_reserved": _max(live.peak_reserved),
                 "oom_peak_alloc": _max(g.oom_peak_alloc), "device_capacity": _max(g.device_capacity),
-                "device_name": _first(g.device_name),
-                **{f"est_{k}": mem.get(k, math.nan) for k in
-                   ("total", "params", "grads", "optimizer", "activations", "logits")}}
+                "device_name": _first(g.device_name), **_by_category(live, simulated),
+                **{f"est_{k}": mem.get(k, math.nan) for k in ("total", *EST_PARTS)}}
     if not len(runs):
         return pd.DataFrame()
-    return _vs_baseline(_per_shape(runs, fn), "peak_alloc", "delta_alloc")
+    df = _vs_baseline(_per_shape(runs, fn), "peak_alloc", "delta_alloc")
+    return _vs_baseline(df, "mem_total", "delta_mem")
+
+
+def _without_knobs(config_json) -> str | None:
+    """A shape's identity with the memory knobs at their defaults (lr and budget do not matter)."""
+    try:
+        config = json.loads(config_json or "null")
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    config.update({k: ADDED_DEFAULTS[k] for k in MEMORY_KNOBS})
+    for k in ("lr", "min_lr", "max_iters", "lr_decay_iters", "warmup_iters", "seed"):
+        config.pop(k, None)
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def knobs(runs: pd.DataFrame, mem: pd.DataFrame, th: pd.DataFrame) -> pd.DataFrame:
+    """Each shape that sets a memory knob beside the same shape without it: the memory saved (%,
+    tracked or simulated peak) and the step-time cost (% more time per token, from tokens/s)."""
+    if not len(runs) or not len(mem) or not any(k in runs for k in MEMORY_KNOBS):
+        return pd.DataFrame()
+    shape = runs.sort_values(["morder", "vorder"], kind="stable").drop_duplicates(KEY)
+    key = dict(zip(zip(shape.mgroup, shape.variant), map(_without_knobs, shape.config_json)))
+    knobbed = {kv for kv, r in zip(zip(shape.mgroup, shape.variant), shape.to_dict("records"))
+               if any(r.get(k) not in (None, ADDED_DEFAULTS[k]) for k in MEMORY_KNOBS)}
+    plain = {key[kv]: kv for kv in key if kv not in knobbed}
+    m = mem.set_index(KEY)
+    t = th.set_index(KEY) if len(th) else None
+    rows = []
+    for kv in key:
+        base = plain.get(key[kv])
+        if kv not in knobbed or base is None:
+            continue
+        peak, base_peak = m.loc[kv, "mem_total"], m.loc[base, "mem_total"]
+        tps = t.loc[kv, "tokens_per_s"] if t is not None and kv in t.index else math.nan
+        base_tps = t.loc[base, "tokens_per_s"] if t is not None and base in t.index else math.nan
+        rows.append({"mgroup": kv[0], "variant": kv[1], "without": base[1], "source": m.loc[kv, "mem_source"],
+                     "peak": peak, "peak_without": base_peak, "saving_pct": 100.0 * (1 - peak / base_peak)
+                     if base_peak else math.nan, "tokens_per_s": tps, "tokens_per_s_without": base_tps,
+                     "step_cost_pct": 100.0 * (base_tps / tps - 1) if tps else math.nan})
+    return pd.DataFrame(rows)
 
 
 def size(runs: pd.DataFrame) -> pd.DataFrame:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ablate.plan import rundir
+from ablate.plan.config import ADDED_DEFAULTS, identity
 from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS,
                                  STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
 
@@ -104,7 +105,7 @@ def frame(columns: dict, types: dict) -> pd.DataFrame:
 
 def cell_id(config: dict) -> str:
     """Short hash of the config without the seed: the runs of one cell differ only by seed."""
-    blob = json.dumps({k: config.get(k) for k in CELL_KEYS}, sort_keys=True, separators=(",", ":"), default=str)
+    blob = json.dumps(identity(config, CELL_KEYS), sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -160,8 +161,8 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
         row[col] = coerce(status.get(key), t)
     # a run dir with a config but no status yet has been written by submit, not started
     row["state"] = row["state"] or (summary or {}).get("state") or "pending"
-    for col, t in CONFIG_COLUMNS.items():
-        row[col] = coerce(config.get(col), t)
+    for col, t in CONFIG_COLUMNS.items():  # a knob added after the run was made: it ran with the default
+        row[col] = coerce(config.get(col, ADDED_DEFAULTS.get(col)), t)
     for col, (key, t) in SUMMARY_COLUMNS.items():
         row[col] = coerce((summary or {}).get(key), t)
     for col, (key, t) in DOC_COLUMNS.items():

@@ -16,7 +16,7 @@ from typing import Literal
 
 from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
 
-SCHEMA_VERSION = "5"
+SCHEMA_VERSION = "6"
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -49,6 +49,9 @@ SUMMARY_COLUMNS = {
     "peak_alloc": ("peak_alloc", "BIGINT"),
     "peak_reserved": ("peak_reserved", "BIGINT"),
     "device_capacity": ("device_capacity", "BIGINT"),
+    # tensor bytes by category at the peak of one tracked step (ablate/train/memtrack.py), any device
+    **{f"tracked_{c}": (f"tracked_{c}", "BIGINT") for c in ("params", "buffers", "grads", "optimizer", "activations",
+                                                           "temps", "other", "total", "step")},
     "tokens_per_s": ("tokens_per_s", "DOUBLE"),
     "mfu_causal": ("mfu_causal", "DOUBLE"),
     "mfu_nanogpt": ("mfu_nanogpt", "DOUBLE"),

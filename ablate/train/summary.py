@@ -2,7 +2,10 @@
 
 Keys: state, run_id, grid; params_total / params_embedding / params_non_embedding /
 params_attention (counted on the model); ckpt_bytes (size of model.pt, the final state_dict);
-peak_alloc / peak_reserved / device_capacity (CUDA bytes, None on CPU); tokens_per_s (median
+peak_alloc / peak_reserved / device_capacity (CUDA bytes, None on CPU); tracked_params /
+tracked_buffers / tracked_grads / tracked_optimizer / tracked_activations / tracked_temps /
+tracked_other / tracked_total (tensor bytes by category at the peak of one step tracked after
+warm-up, any device: memtrack.py) and tracked_step; tokens_per_s (median
 over logged intervals, warm-up excluded); mfu_causal / mfu_nanogpt (6N + attention, the two
 conventions of estimate.flops_per_token, against the device's bf16 peak; None when unknown);
 final_val_loss, final_train_loss, steps, tokens, train_s (training seconds, evals and
@@ -71,7 +74,7 @@ def median_tokens_per_s(records: list[dict], attempt_starts: list[int]) -> float
 
 
 def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, train_s: float, wall_s: float,
-          attempt_starts: list[int], ckpt_bytes: int | None, peaks: dict) -> dict:
+          attempt_starts: list[int], ckpt_bytes: int | None, peaks: dict, tracked: dict | None = None) -> dict:
     evals = rundir.read_jsonl(run_dir / rundir.EVALS)
     last = evals[-1] if evals else {}
     tps = median_tokens_per_s(rundir.read_jsonl(run_dir / rundir.METRICS), attempt_starts)
@@ -82,6 +85,7 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
         "state": state, "run_id": doc.get("run_id"), "grid": doc.get("grid"),
         **{f"params_{k}": counts.get(k) for k in ("total", "embedding", "non_embedding", "attention")},
         "ckpt_bytes": ckpt_bytes, **peaks, "device_capacity": memory.capacity(d.device),
+        **{f"tracked_{k}": v for k, v in (tracked or {}).items()},
         "tokens_per_s": tps,
         "mfu_causal": memory.mfu(fpt["causal"], tps, name, d.world_size),
         "mfu_nanogpt": memory.mfu(fpt["nanogpt"], tps, name, d.world_size),

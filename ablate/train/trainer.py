@@ -26,6 +26,7 @@ stops (rundir.Superseded, exit 2).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import random
 import sys
@@ -39,10 +40,11 @@ import torch
 from ablate.errors import AblateError
 from ablate.plan import rundir
 from ablate.plan.config import RunConfig, make_config, resolve
-from ablate.train import checkpoint, data, distributed, memory, summary
+from ablate.train import checkpoint, data, distributed, memory, memtrack, summary
 from ablate.train.batches import Batches
 from ablate.train.distributed import Dist
 from ablate.train.signals import EXIT_PREEMPTED, Preempted, StopFlag
+from ablate.train.step import optimizer_step
 
 __all__ = ["train", "main", "lr_at", "Preempted", "EXIT_PREEMPTED"]
 HEARTBEAT_S = 60.0  # status.json heartbeat at least this often, whatever log_interval is
@@ -105,8 +107,13 @@ class Trainer:
         self.step, self.train_s, self.wall_s, self.attempt_starts = 0, 0.0, 0.0, []
         self.earlier_peaks: dict = {}  # steady-state peaks of earlier attempts (from the checkpoint)
         self._peaks_reset = False  # this attempt has passed its warm-up and reset the peak counters
+        self.tracked: dict | None = None  # tensor memory of one tracked step (memtrack), kept across attempts
         self._resume()
         self.attempt_starts.append(self.step)
+        # the last warm-up step (AdamW's state exists by then; its time is outside the median tokens/s).
+        # Not compiled runs: under MemTracker's dispatch mode dynamo runs the step eagerly, and
+        # eager's tensors are not what the compiled step holds
+        self.track_step = None if cfg.compile else min(self.step + memory.WARMUP_STEPS, cfg.max_iters)
         self.lr = lr_at(self.step, cfg)
 
         self.fwd = torch.compile(self.raw) if cfg.compile else self.raw
@@ -131,6 +138,7 @@ class Trainer:
             self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
             self.attempt_starts = list(state["attempt_starts"])
             self.earlier_peaks = state.get("steady_peaks") or {}
+            self.tracked = state.get("tracked_memory")
         if self.d.is_main:
             checkpoint.remove_stale_temps(self.run_dir)
             for name in (rundir.METRICS, rundir.EVALS):  # without a checkpoint: start both logs over
@@ -145,7 +153,7 @@ class Trainer:
                 self.run_dir / rundir.CKPT, self.raw, self.optimizer, self.step,
                 data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
-                steady_peaks=self._steady_peaks(), run_id=self.cfg.run_id())
+                steady_peaks=self._steady_peaks(), tracked_memory=self.tracked, run_id=self.cfg.run_id())
         if self.d.enabled:
             torch.distributed.barrier()
         self._excluded += time.perf_counter() - t0
@@ -173,24 +181,18 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         first = self.d.rank * self.micro
-        total = torch.zeros((), device=self.d.device)
-        for i in range(self.micro):
-            x, y = self.batches.train(self.step, first + i)
-            # DDP all-reduces gradients on the last micro-batch only
-            sync = self.model.no_sync() if self.d.enabled and i < self.micro - 1 else contextlib.nullcontext()
-            with sync:
-                with self.autocast():
-                    _, loss = self.model(x, y)
-                (loss / self.micro).backward()
-            total += loss.detach().float()
-        if self.cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.raw.normalize_()  # nGPT: back onto the hypersphere after every step (GPT: no-op)
+        batch = lambda i: self.batches.train(self.step, first + i)  # noqa: E731
+        step = functools.partial(optimizer_step, self.model, self.raw, self.optimizer, micro=self.micro,
+                                 autocast=self.autocast, grad_clip=self.cfg.grad_clip, ddp=self.d.enabled)
+        if self.step + 1 == self.track_step:  # one steady-state step, tensor by tensor
+            with memtrack.StepTracker(self.raw, self.optimizer) as tracker:
+                loss = step(batch=tracker.each_micro_batch(batch))
+            self.tracked = {"step": self.track_step, **tracker.peak()}
+        else:
+            loss = step(batch=batch)
         self.step += 1
         self.lr = lr
-        return total / self.micro
+        return loss
 
     def _mean(self, t: torch.Tensor) -> float:
         return distributed.all_reduce(t.clone(), self.d).item() / self.d.world_size
@@ -312,7 +314,8 @@ class Trainer:
                 ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", self.raw)
             rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
                                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
-                                ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks())
+                                ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks(),
+                                tracked=self.tracked)
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
             self.status(state=state, ended=time.time(), step=self.step, error=error)
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))

@@ -22,6 +22,32 @@ def test_explicit_default_hashes_like_implicit():
     assert implicit.run_id() == explicit.run_id()
 
 
+def test_a_knob_added_later_renames_only_the_runs_that_use_it():
+    """act_ckpt and loss_chunk came after runs existed: at their defaults the run id and the
+    cell id are what they were before the fields existed (pinned from the commit before them),
+    and a config.json written then (without the keys) names the same cell."""
+    from ablate.store.ingest import cell_id
+
+    cfg = resolve(make_config({"arch": "ngpt", "vocab_size": 64, "window": 8}))
+    assert (cfg.run_id(), cell_id(cfg.to_dict())) == ("a791ad23d7", "d2868ea2f1")
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("act_ckpt", "loss_chunk")}
+    assert cell_id(old) == "d2868ea2f1" and resolve(make_config(old)).run_id() == "a791ad23d7"
+    for knob in ({"act_ckpt": "blocks"}, {"act_ckpt": "selective"}, {"loss_chunk": 1024}):
+        changed = resolve(make_config({**cfg.to_dict(), **knob}))
+        assert changed.run_id() != cfg.run_id() and cell_id(changed.to_dict()) != cell_id(cfg.to_dict())
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"act_ckpt": "all"}, "key 'act_ckpt': 'all' is not allowed, expected one of none, blocks, selective"),
+    ({"loss_chunk": 0}, "key 'loss_chunk': 0 must be >= 1"),
+    ({"loss_chunk": 1.5}, "key 'loss_chunk': 1.5 has type float"),
+])
+def test_memory_knobs_are_checked(values, message):
+    with pytest.raises(AblateError) as e:
+        resolve(make_config({"vocab_size": 64, **values}))
+    assert message in str(e.value)
+
+
 def test_arch_defaults_follow_the_nvidia_recipe():
     gpt = resolve(make_config({"arch": "gpt", "max_iters": 1000, "vocab_size": 64}))
     ngpt = resolve(make_config({"arch": "ngpt", "max_iters": 1000, "vocab_size": 64}))
@@ -99,9 +125,11 @@ def test_memory_estimate_grows_with_batch_and_vocab():
     base = {"vocab_size": 512}
     m1 = estimate.memory_breakdown(resolve(make_config(base)))
     m2 = estimate.memory_breakdown(resolve(make_config({**base, "batch_size": 32})))
-    assert m2["activations"] == 2 * m1["activations"] and m2["logits"] == 2 * m1["logits"]
+    assert m2["activations"] == 2 * m1["activations"] and m2["temps"] == 2 * m1["temps"]
     assert m1["optimizer"] == 2 * 4 * estimate.param_counts(resolve(make_config(base)))["total"]
-    assert m1["total"] == sum(m1[k] for k in ("params", "grads", "optimizer", "activations", "logits"))
+    assert m1["total"] == sum(m1[k] for k in ("params", "grads", "optimizer", "activations", "temps"))
+    bigger_vocab = estimate.memory_breakdown(resolve(make_config({"vocab_size": 50304})))
+    assert bigger_vocab["activations"] > m1["activations"] and bigger_vocab["temps"] > m1["temps"]
 
 
 def test_flops_count_the_matmuls_that_run_not_the_weights_stored():

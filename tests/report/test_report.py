@@ -177,16 +177,55 @@ def test_size_table_matches_exact_counts(env):
 
 
 @pytest.mark.usefixtures("specs_only")
-def test_cpu_runs_say_no_cuda_memory(env):
+def test_cpu_runs_without_tracked_memory_say_so(env):
     runs, store, report = env
     write_run(runs, "g", {"arch": "gpt"})
     write_run(runs, "g", {"arch": "ngpt"})
     out = report()
     html = out["paths"]["index.html"].read_text()
     memory = specs_of(html)["chart-memory"]
-    assert "no CUDA memory measured" in json.dumps(memory["title"])
+    assert "not tracked" in json.dumps(memory["subtitle" if "subtitle" in memory else "title"])
+    assert "GPU" not in json.dumps(memory["title"])  # a CPU run's memory is not GPU memory
     assert "not measured" in out["paths"]["summary.md"].read_text()
     assert "MFU unknown" in json.dumps(specs_of(html)["chart-throughput"]["title"])
+
+
+TRACKED = {"params": 4 * 2 ** 20, "buffers": 0, "grads": 2 ** 20, "optimizer": 8 * 2 ** 20,
+           "activations": 100 * 2 ** 20, "temps": 13 * 2 ** 20, "other": 0}
+
+
+def _bars(spec: dict) -> list[dict]:
+    """The memory chart's stacked-bar rows (one per variant x category)."""
+    rows = [r for v in spec["datasets"].values() for r in v]
+    return [r for r in rows if r.get("kind") == "part"]
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_memory_chart_stacks_tracked_categories_and_simulated_ones_for_cells_not_run(env):
+    """CPU runs that tracked a step: bars stacked by category from summary.json, solid; a cell of
+    the grid that has not run: the plan's simulation, pale; both with the estimate beside."""
+    runs, store, report = env
+    tracked = {f"tracked_{k}": v for k, v in TRACKED.items()} | {"tracked_total": sum(TRACKED.values())}
+    write_run(runs, "g", {"arch": "gpt"}, summary=tracked)
+    ngpt = config_for({"arch": "ngpt"})
+    simulated = {ngpt.run_id(): {**{k: 2 * v for k, v in TRACKED.items()}, "total": 2 * sum(TRACKED.values())}}
+    planned = [{"run_id": c.run_id(), **c.to_dict()} for c in (config_for({"arch": "gpt"}), ngpt)]
+    out = report(planned=planned, simulated=simulated)
+    mem = out["memory"].set_index("variant")
+    assert mem.loc["gpt", "mem_source"] == "tracked" and mem.loc["ngpt", "mem_source"] == "simulated"
+    assert mem.loc["gpt", "mem_activations"] == 100 * 2 ** 20 and mem.loc["gpt", "mem_total"] == 126 * 2 ** 20
+    assert mem.loc["ngpt", "mem_total"] == 252 * 2 ** 20 and mem.loc["ngpt", "states"] == "planned"
+    assert mem.loc["ngpt", "delta_mem_pct"] == pytest.approx(100.0)
+    spec = specs_of(out["paths"]["index.html"].read_text())["chart-memory"]
+    bars = {(r["variant"], r["category"]): r for r in _bars(spec)}
+    assert set(bars) == {(v, c) for v in ("gpt", "ngpt") for c in ("params", "grads", "optimizer", "activations",
+                                                                     "temps")}
+    assert bars[("gpt", "activations")]["value"] == 100 and bars[("gpt", "activations")]["source"] == "tracked"
+    assert bars[("ngpt", "temps")]["value"] == 26 and bars[("ngpt", "temps")]["source"] == "simulated"
+    assert "Peak memory per process" in json.dumps(spec["title"])
+    md = out["paths"]["summary.md"].read_text()
+    assert "| 126.00 | tracked | +0.0% | 4.00 / 1.00 / 8.00 / 100.00 / 13.00 |" in md
+    assert "| 252.00 | simulated | +100.0% | 8.00 / 2.00 / 16.00 / 200.00 / 26.00 |" in md
 
 
 @pytest.mark.usefixtures("specs_only")
@@ -245,3 +284,29 @@ def test_report_never_imports_torch(env, tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert (tmp_path / "r" / "index.html").exists()
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_knob_grid_shows_memory_saved_and_step_time_paid(env):
+    """Each shape with a memory knob beside the same shape without it (GQA stays with GQA)."""
+    runs, store, report = env
+
+    def run(overrides, total, tokens_per_s):
+        summary = {"tracked_total": total, "tracked_activations": total}
+        write_run(runs, "g", overrides, summary=summary, tokens_per_s=tokens_per_s)
+    run({"arch": "gpt"}, 100 * 2 ** 20, 1000.0)
+    run({"arch": "gpt", "act_ckpt": "blocks"}, 40 * 2 ** 20, 800.0)
+    run({"arch": "gpt", "n_kv_head": 2}, 90 * 2 ** 20, 1100.0)
+    run({"arch": "gpt", "n_kv_head": 2, "act_ckpt": "blocks", "loss_chunk": 64}, 30 * 2 ** 20, 880.0)
+    compare = {"baseline": {"arch": "gpt", "act_ckpt": "none", "n_kv_head": 4, "loss_chunk": None}}
+    out = report(compare=compare)
+    kn = out["knobs"].set_index("variant")
+    assert set(kn.index) == {"act_ckpt=blocks", "n_kv_head=2 act_ckpt=blocks loss_chunk=64"}
+    blocks = kn.loc["act_ckpt=blocks"]
+    assert blocks.without == "baseline" and blocks.saving_pct == pytest.approx(60.0)
+    assert blocks.step_cost_pct == pytest.approx(25.0)  # 1000 / 800 tokens/s: 25% more time per step
+    both = kn.loc["n_kv_head=2 act_ckpt=blocks loss_chunk=64"]
+    assert both.without == "n_kv_head=2" and both.saving_pct == pytest.approx(100 * (1 - 30 / 90))
+    assert both.step_cost_pct == pytest.approx(100 * (1100 / 880 - 1))
+    md = out["paths"]["summary.md"].read_text()
+    assert "## Memory knobs" in md and "| act_ckpt=blocks | baseline | 40.00 | 100.00 | +60.0% | tracked |" in md

@@ -1,0 +1,176 @@
+"""Simulated peak training memory per cell (`ablate plan --memory`), cached per shape on disk.
+
+A cell's memory depends on its shape only (model, batch, dtype, knobs, micro-batches per
+process, device type), not on its lr, budget or seed, so a 10,000-cell grid has a handful of
+shapes. Each shape not in the cache is simulated once (ablate.train.memtrack.simulate_step:
+one training step under FakeTensorMode, tensor by tensor) in worker processes; the result goes
+to runs/.cache/memory-sim.json, keyed by the shape, the device type simulated, the torch
+version and a hash of the code that decides what a step allocates. A plan whose shapes are all
+cached never imports torch; the report reads the same cache for cells that have not run.
+
+Device type: a cell that will run on a GPU (device cuda, or auto in a grid that asks for GPUs)
+is simulated with fake CUDA tensors when this torch is a CUDA build; a CPU-only build can only
+simulate CPU dispatch (CPU autocast, CPU attention kernels), which is said beside the figures.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ablate.plan.grid import runs_root
+from ablate.plan.rundir import read_json, write_json_atomic
+
+CATEGORIES = ("params", "buffers", "grads", "optimizer", "activations", "temps", "other")  # memtrack's
+# the fields that decide what one step allocates (lr, budget, seed, cadence do not)
+SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
+              "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
+# the code whose change changes what a step allocates
+CODE = ("model", "train/step.py", "train/memtrack.py")
+CACHE_VERSION = 1
+
+# GPU memory as torch reports it (total_memory, GiB), by a name found in resources' constraint or
+# partition; first match wins, so longer names come first. Approximate: --gpu-mem overrides.
+GPU_GIB = (("h200", 139.8), ("gh200", 94.5), ("b200", 178.4), ("h100nvl", 93.1), ("h100", 79.2),
+           ("a100-80", 79.2), ("a100_80", 79.2), ("a100", 39.4), ("l40s", 44.4), ("l40", 44.4),
+           ("a6000", 47.5), ("rtx6000", 47.5), ("a40", 44.4), ("4090", 23.6), ("3090", 23.6), ("a10", 22.0),
+           ("l4", 22.0), ("v100-32", 31.7), ("v100", 15.8), ("t4", 14.6))
+HEADROOM = 0.9  # a cell "fits" when its tensors take at most 90% of the GPU: the CUDA context and the allocator's rounding
+
+
+def gpu_memory_gib(resources) -> tuple[float, str] | None:
+    """(GiB, name) of the GPU a grid's resources name in constraint or partition, else None."""
+    for text in (resources.constraint, resources.partition):
+        flat = (text or "").lower().replace(" ", "").replace("_", "-")
+        for name, gib in GPU_GIB:
+            if name.replace("_", "-") in flat:
+                return gib, name
+    return None
+
+
+def fits(total_bytes: float | None, capacity_gib: float | None) -> str:
+    if total_bytes is None or not capacity_gib:
+        return ""
+    used = total_bytes / 2 ** 30 / capacity_gib
+    return "yes" if used <= HEADROOM else ("tight" if used <= 1.0 else "no")
+
+
+def cuda_build() -> bool:
+    """Whether the installed torch has CUDA, without importing it (a plan stays torch-free)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    lib = Path(list(spec.submodule_search_locations)[0]) / "lib"
+    return any(lib.glob("libtorch_cuda*")) or any(lib.glob("torch_cuda*"))
+
+
+def target_device(config: dict, gpus: int) -> str:
+    """Where the cell will run: cuda (device cuda, or auto in a grid that asks for GPUs) or cpu."""
+    return "cuda" if config["device"] == "cuda" or (config["device"] == "auto" and gpus > 0) else "cpu"
+
+
+def _code_hash() -> str:
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for rel in CODE:
+        for path in sorted((root / rel).glob("*.py")) if (root / rel).is_dir() else [root / rel]:
+            h.update(path.name.encode() + path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _torch_version() -> str:
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+class Cache:
+    """runs/.cache/memory-sim.json: {key: breakdown}. Best effort: unreadable = empty, unwritable = not kept."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path or runs_root() / ".cache" / "memory-sim.json")
+        self.stamp = {"torch": _torch_version(), "code": _code_hash(), "v": CACHE_VERSION}
+        data = read_json(self.path, default=None)
+        self.entries = data if isinstance(data, dict) else {}
+
+    def key(self, config: dict, gpus: int, device: str) -> str:
+        micro = max(1, config["grad_accum"] // max(1, gpus))
+        shape = {**{k: config.get(k) for k in SHAPE_KEYS}, "micro": min(micro, 2),  # memtrack: 2 = any more
+                 "clip": config["grad_clip"] > 0, "device": device, **self.stamp}
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
+
+    def get(self, key: str) -> dict | None:
+        entry = self.entries.get(key)
+        return entry if isinstance(entry, dict) and "total" in entry else None
+
+    def save(self, new: dict) -> None:
+        if not new:
+            return
+        merged = {**(read_json(self.path, default=None) or {}), **new}  # another plan may have added some
+        try:
+            write_json_atomic(self.path, merged)
+        except OSError as e:
+            print(f"warning: memory simulations not cached ({self.path}: {e.strerror or e})", file=sys.stderr)
+        self.entries = merged
+
+
+def _simulate(args) -> dict:
+    """One shape, in a worker process (or this one): imports torch."""
+    config, device, world_size = args
+    from ablate.errors import AblateError
+    from ablate.plan.config import make_config
+    from ablate.train.memtrack import simulate_step
+
+    try:
+        return simulate_step(make_config(config), device, world_size)
+    except (AblateError, NotImplementedError, RuntimeError) as e:  # a cell this device cannot run
+        return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
+
+
+def simulate(cells, gpus: int, cached_only: bool = False, workers: int | None = None, cache: Cache | None = None,
+             log=None) -> dict:
+    """{run_id: {category: bytes, "total", "device" (simulated), "target" (where it will run)}, or
+    {"error", ...}} for the cells; shapes not cached are simulated (in parallel) unless
+    cached_only, then cached."""
+    cache = cache or Cache()
+    can_cuda = cuda_build()
+    keys, todo = {}, {}
+    for cell in cells:
+        config = cell.config.to_dict()
+        target = target_device(config, gpus)
+        device = "cuda" if target == "cuda" and can_cuda else "cpu"
+        key = cache.key(config, gpus, device)
+        keys[cell.run_id] = (key, device, target)
+        if cache.get(key) is None and key not in todo:
+            todo[key] = (config, device, max(1, gpus))
+    results = {}
+    if todo and not cached_only:
+        # a worker process costs a torch import (seconds): worth it from two shapes each
+        n = max(1, min(len(todo) // 2, workers or os.cpu_count() or 1))
+        t0 = time.perf_counter()
+        if log:
+            log(f"simulating {len(todo)} shape{'s' * (len(todo) > 1)} of {len({k[0] for k in keys.values()})} "
+                f"under FakeTensorMode ({n} process{'es' * (n > 1)}) ...")
+        if n == 1:
+            results = {key: _simulate(args) for key, args in todo.items()}
+        else:
+            import multiprocessing
+
+            with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
+                results = dict(zip(todo, pool.map(_simulate, todo.values())))
+        if log:
+            log(f"simulated in {time.perf_counter() - t0:.0f} s; cached in {cache.path}")
+        cache.save({k: v for k, v in results.items() if "total" in v})
+    out = {}
+    for run_id, (key, device, target) in keys.items():
+        found = cache.get(key) or results.get(key)
+        if found is not None:
+            out[run_id] = {**found, "device": device, "target": target}
+    return out

@@ -1,0 +1,110 @@
+"""Calibrate the plan's analytical memory formula (ablate/plan/estimate.py, MEMORY_COEF) against
+the simulated step (ablate/train/memtrack.simulate_step), then check it.
+
+    .venv/bin/python benchmarks/calibrate_memory.py                 # simulate, fit, print the table
+    .venv/bin/python benchmarks/calibrate_memory.py --check GRID...  # estimate vs simulation per cell
+
+Per regime (arch, dtype, act_ckpt, chunked head) it simulates nine small shapes (d 512, 8 heads,
+1,024 tokens, 2 or 4 layers, GQA or not, vocabulary 64 / 8k / 16k, twice the tokens) and reads
+the coefficients off their differences: what a layer keeps per token and per d (a) and per d_kv
+(b), per block-matrix weight (w: autocast's bf16 copies), per token x vocab entry at the head
+(h_act kept, h_tmp its backward), and per token x d besides the layers at the head's backward
+(ch) and at a block's backward (cb). The model they feed (estimate.memory_breakdown) takes the
+largest of three moments: the head's backward, a block's backward, the optimizer step.
+--check simulates every cell of the grids (through the plan's cache) and prints the error.
+"""
+import argparse
+import json
+import sys
+
+from ablate.plan.config import make_config, resolve
+
+N, D, H = 1024, 512, 8
+SHAPES = {"L2": {}, "L4": {"n_layer": 4}, "L2N2": {"batch_size": 4}, "L4N2": {"n_layer": 4, "batch_size": 4},
+          "L2kv": {"n_kv_head": 2}, "L4kv": {"n_layer": 4, "n_kv_head": 2},
+          "V8k": {"vocab_size": 8192}, "V16k": {"vocab_size": 16384}}
+CHUNK = 256
+
+
+def regimes():
+    for arch in ("gpt", "ngpt"):
+        for dtype in ("fp32", "bf16"):
+            for ckpt in ("none", "blocks", "selective"):
+                for chunked in (False, True):
+                    yield arch, dtype, ckpt, chunked
+
+
+def simulate(arch, dtype, ckpt, chunked, shape) -> dict:
+    from ablate.train.memtrack import simulate_step
+
+    cfg = {"arch": arch, "dtype": dtype, "act_ckpt": ckpt, "loss_chunk": CHUNK if chunked else None, "n_layer": 2,
+           "n_head": H, "n_embd": D, "context": 512, "batch_size": 2, "vocab_size": 64, **shape}
+    return simulate_step(resolve(make_config(cfg)))
+
+
+def fit(sims: dict, dtype: str) -> tuple:
+    """(a, b, w, h_act, h_tmp, ch, cb) from the nine simulations of one regime."""
+    from ablate.plan import estimate
+
+    def dyn(s):
+        return s["total"] - s["params"] - s["optimizer"] - s["grads"]
+
+    def block_params(name):
+        cfg = resolve(make_config({"n_layer": 2, "n_head": H, "n_embd": D, "vocab_size": 64, **SHAPES[name]}))
+        return estimate.matrix_params(cfg)[0]
+    # per layer: N (a d + b d_kv) + w W_layer; twice the tokens separates the two
+    per_layer = {k: (dyn(sims[f"L4{k}"]) - dyn(sims[f"L2{k}"])) / 2 for k in ("", "N2", "kv")}
+    w_layer = (block_params("L4") - block_params("L2")) / 2
+    token_part = per_layer["N2"] - per_layer[""]  # N more tokens, same weights
+    w = (per_layer[""] - token_part) / w_layer
+    d_kv = D // H * 2
+    w_kv = (block_params("L4kv") - block_params("L2kv")) / 2
+    b = (per_layer[""] - per_layer["kv"] - w * (w_layer - w_kv)) / (N * (D - d_kv))
+    a = token_part / (N * D) - b
+    layers = 2 * (N * (a * D + b * D)) + w * block_params("L2")
+    rows = CHUNK if sims.get("chunked") else N
+    act = lambda s: s["activations"]  # noqa: E731
+    tmp = lambda s: s["temps"] + s["other"]  # noqa: E731
+    h_act = (act(sims["V16k"]) - act(sims["V8k"])) / (rows * 8192)
+    h_tmp = (tmp(sims["V16k"]) - tmp(sims["V8k"])) / (rows * 8192)
+    head_w = (16384 * D) * (4 + (2 if dtype == "bf16" else 0)) if sims.get("chunked") else 0
+    ch = (dyn(sims["V16k"]) - layers - rows * 16384 * (h_act + h_tmp) - head_w) / (N * D)
+    cb = (dyn(sims["L2"]) - layers) / (N * D)
+    return tuple(round(x, 2) for x in (a, b, w, h_act, h_tmp, ch, cb))
+
+
+def calibrate():
+    table = {}
+    for arch, dtype, ckpt, chunked in regimes():
+        sims = {name: simulate(arch, dtype, ckpt, chunked, shape) for name, shape in SHAPES.items()}
+        sims["chunked"] = chunked
+        table[(arch, dtype, ckpt, chunked)] = fit(sims, dtype)
+        print(f"    {(arch, dtype, ckpt, chunked)!r}: {table[(arch, dtype, ckpt, chunked)]},", flush=True)
+
+
+def check(grids):
+    from ablate.plan import estimate
+    from ablate.plan.grid import load_grid
+    from ablate.plan.memory import simulate as simulate_cells
+
+    worst = 0.0
+    for path in grids:
+        grid = load_grid(path)
+        sims = simulate_cells(grid.cells, grid.resources.gpus, log=lambda m: print(m, file=sys.stderr))
+        for cell in grid.cells:
+            sim, est = sims.get(cell.run_id, {}), estimate.memory_breakdown(cell.config, max(1, grid.resources.gpus))
+            if "total" not in sim:
+                continue
+            err = est["total"] / sim["total"] - 1
+            worst = max(worst, abs(err))
+            label = " ".join(f"{k}={v}" for k, v in cell.varied.items())
+            print(f"{grid.name:10} {label:90} simulated {sim['total'] / 2**30:8.3f} GiB  estimate "
+                  f"{est['total'] / 2**30:8.3f} GiB  {100 * err:+6.1f}%")
+    print(f"largest error {100 * worst:.1f}%")
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--check", nargs="+", metavar="GRID")
+    args = p.parse_args()
+    check(args.check) if args.check else calibrate()

@@ -1,0 +1,108 @@
+"""Tensor accounting of one step (ablate/train/memtrack.py): what torch's private MemTracker
+reports (pinned, so a torch upgrade that changes it fails here first), the trainer's tracked
+step in summary.json, and the simulation under FakeTensorMode, which must equal it exactly."""
+import json
+
+import pytest
+import torch
+
+from ablate.plan.config import make_config, resolve
+from ablate.train import data, memtrack
+from ablate.train.memtrack import CATEGORIES, StepTracker, simulate_step
+from ablate.train.trainer import train
+
+
+def test_torch_memtracker_has_the_categories_and_api_memtrack_maps():
+    from torch.distributed._tools import mem_tracker
+
+    assert {m.value for m in mem_tracker._MemRefType} == set(memtrack.CATEGORY_OF), \
+        f"torch {torch.__version__} changed MemTracker's categories: update memtrack.CATEGORY_OF"
+    assert mem_tracker._TOTAL_KEY == memtrack.TOTAL
+    assert issubclass(memtrack.check_torch(), mem_tracker.MemTracker)
+    assert memtrack.check_torch() is not mem_tracker.MemTracker, "the global-peak fast path is gone (slower, still right)"
+
+
+def _linear_step(tracker_cls):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 8, bias=False)
+    opt = torch.optim.AdamW(lin.parameters(), lr=1e-3, foreach=False)
+
+    def step():
+        lin(torch.randn(4, 16)).square().sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    step()  # AdamW's state exists before the tracked step, as in a running job
+    return tracker_cls(lin, opt, step)
+
+
+def test_a_known_step_is_counted_byte_for_byte():
+    """Linear 16 -> 8 (fp32), input (4, 16), AdamW: the peak is inside the optimizer step."""
+    def ours(lin, opt, step):
+        with StepTracker(lin, opt) as t:
+            step()
+        return t.peak()
+    peak = _linear_step(ours)
+    w = 8 * 16 * 4
+    assert peak == {"params": w, "buffers": 0, "grads": w,
+                    "optimizer": 2 * w + 4 + 2 * w,  # two moments, the step count, two temporaries of the update
+                    "activations": 0,  # the input and the forward's outputs are freed by then
+                    "temps": 0, "other": 0, "total": 6 * w + 4}
+
+
+def test_the_global_peak_tracker_equals_torch_memtracker():
+    """memtrack skips MemTracker's per-module snapshots: the global peak must not change."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    def stock(lin, opt, step):
+        t = MemTracker()
+        t.track_external(lin, opt)
+        with t:
+            step()
+        (snap,) = t.get_tracker_snapshot("peak").values()
+        return {memtrack.CATEGORY_OF.get(getattr(k, "value", k), "total"): v for k, v in snap.items()}
+
+    def ours(lin, opt, step):
+        with StepTracker(lin, opt) as t:
+            step()
+        return t.peak()
+    assert _linear_step(ours) == _linear_step(stock)
+
+
+CONFIGS = {
+    "gpt": {"arch": "gpt"},
+    "ngpt-ablations": {"arch": "ngpt", "n_kv_head": 1, "tie_embeddings": True, "share_attn": 1, "window": 8,
+                       "grad_accum": 3},
+    "gpt-knobs": {"arch": "gpt", "act_ckpt": "selective", "loss_chunk": 50},
+    "ngpt-blocks": {"arch": "ngpt", "act_ckpt": "blocks"},
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_tracked_peak_of_a_real_cpu_step_equals_the_simulated_one(make_run, name):
+    """The trainer tracks its last warm-up step into summary.json; simulate_step replays the same
+    step with fake tensors: every category equal, byte for byte."""
+    run_dir = make_run(name, max_iters=7, **CONFIGS[name])
+    assert train(run_dir) == "done"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    tracked = {c: summary[f"tracked_{c}"] for c in (*CATEGORIES, "total")}
+    assert summary["tracked_step"] == 5 and tracked["total"] == sum(tracked[c] for c in CATEGORIES)
+    assert tracked["params"] > 0 and tracked["optimizer"] >= 2 * tracked["params"] and tracked["activations"] > 0
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    cfg = resolve(make_config(config), data.vocab_size(config["dataset"], config["tokenizer"]))
+    assert simulate_step(cfg, "cpu") == tracked
+
+
+def test_a_run_too_short_to_warm_up_tracks_its_last_step(make_run):
+    run_dir = make_run("short", max_iters=2)
+    assert train(run_dir) == "done"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["tracked_step"] == 2 and summary["tracked_total"] > 0
+
+
+@pytest.mark.skipif(torch.backends.cuda.is_built(), reason="this torch can simulate CUDA")
+def test_simulating_cuda_on_a_cpu_only_torch_says_why_it_cannot():
+    from ablate.errors import AblateError
+
+    cfg = resolve(make_config({"vocab_size": 64}))
+    with pytest.raises(AblateError, match="CUDA build"):
+        simulate_step(cfg, "cuda")
