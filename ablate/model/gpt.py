@@ -57,12 +57,12 @@ class RMSNorm(nn.Module):
 
 # ---------------------------------------------------------------- RoPE
 
-def rope_cos_sin(T: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, each (T, hd/2) fp32: position t turns pair i by
-    t * base^(-2i/hd). Recomputed per forward: O(T hd), negligible next to attention, and no
-    buffer to go stale when T exceeds the configured context."""
-    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+def rope_cos_sin(T: int, head_dim: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles, each (T, hd/2) in `dtype` (fp32, or fp64 for an fp64
+    model): position t turns pair i by t * base^(-2i/hd). Recomputed per forward: O(T hd),
+    negligible next to attention, and no buffer to go stale when T exceeds the configured context."""
+    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
+    angles = torch.arange(T, device=device, dtype=dtype)[:, None] * inv_freq[None, :]
     return angles.cos(), angles.sin()
 
 
@@ -221,7 +221,7 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
-        rope = rope_cos_sin(T, self.config.head_dim, idx.device)
+        rope = rope_cos_sin(T, self.config.head_dim, idx.device, _f32(self.wte.weight).dtype)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
         for block in self.blocks:
             h = block(h, rope)
