@@ -9,7 +9,7 @@ and each difference lives in exactly one place:
     q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
     MLP input       -                        | u, v scaled by s_uv sqrt(d)      MLP.forward
     residual        h + out                  | Norm(h' + |alpha| (Norm(out) - h')), h' = Norm(h)   Block.residual
-    logits          lm_head(h)               | s_z * lm_head(h)                 GPT.forward
+    logits          lm_head(h)               | s_z * lm_head(h)                 GPT.head_weight
     weights         free                     | unit rows/columns, normalize_()  GPT.normalize_
     weight decay    matrices                 | none                             GPT.optimizer_groups
 
@@ -17,6 +17,11 @@ Ablations: GQA is W_k, W_v with n_kv_head heads (every backend runs it natively)
 lm_head.weight the same Parameter as wte.weight; sharing makes the blocks of a group hold the
 same Attention module (only W_q, W_k, W_v, W_o; alpha and s_qk stay per layer); the window
 is passed to the attention backend (see backends.py for the exact predicate).
+
+Speed (nGPT at GPT's cost, GPT at the peers'): nGPT's Norm and RoPE have their backward
+written out (ops.py); q, k and v come from one matmul; s_uv and s_z scale weight rows, not the
+(B, T, 8d) and (B, T, V) activations. tests/model/test_ops.py holds the plain formulas and
+checks that none of this changes loss or gradients.
 """
 from __future__ import annotations
 
@@ -28,18 +33,7 @@ import torch.nn.functional as F
 
 from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
-
-ROPE_BASE = 10000.0
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """x in at least fp32 (bf16 -> fp32; fp32 and fp64 unchanged)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """nGPT's Norm: x / ||x||_2 over the last dim, computed in fp32, cast back to x's dtype."""
-    return F.normalize(_f32(x), dim=-1).type_as(x)
+from ablate.model.ops import apply_rope, f32, rope_cos_sin, unit
 
 
 class RMSNorm(nn.Module):
@@ -51,29 +45,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        xf = _f32(x)
+        xf = f32(x)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-# ---------------------------------------------------------------- RoPE
-
-def rope_cos_sin(T: int, head_dim: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, each (T, hd/2) in `dtype` (fp32, or fp64 for an fp64
-    model): position t turns pair i by t * base^(-2i/hd). Recomputed per forward: O(T hd),
-    negligible next to attention, and no buffer to go stale when T exceeds the configured context."""
-    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=dtype) / head_dim)
-    angles = torch.arange(T, device=device, dtype=dtype)[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (i, i + hd/2) of every head of x (B, T, H, hd) by its angle.
-
-    A real rotation, so it keeps ||x|| and <R_m q, R_n k> depends only on m - n. NVIDIA's
-    reference drops the cos term (NVIDIA/ngpt issue #10), which breaks both."""
-    x1, x2 = _f32(x).chunk(2, dim=-1)  # (B, T, H, hd/2) each
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2): the same angle for every head
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 # ---------------------------------------------------------------- nGPT scale vectors
@@ -122,16 +95,18 @@ class Attention(nn.Module):
     def qkv(self, x, rope, s_qk=None):
         """q (B, T, H, hd), k and v (B, T, H_kv, hd), ready for the kernel."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # before nGPT's normalization
+        H, H_kv = self.n_head, self.n_kv_head
+        w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])  # one matmul for q, k and v
+        qk, v = F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
+        qk = apply_rope(qk, *rope)  # before nGPT's normalization
         if s_qk is not None:
             # nGPT scores are (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k):
             # the same function and gradients, and k stays free of per-query-head factors, so
             # GQA kernels still see only n_kv_head distinct keys.
-            q = unit(q) * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
-            k = unit(k)
+            qk = unit(qk)
+            q, k = qk.split([H, H_kv], dim=2)
+            return q * (s_qk() ** 2).type_as(q), k, v  # s_qk: (H, hd), broadcast over (B, T)
+        q, k = qk.split([H, H_kv], dim=2)
         return q, k, v
 
     def forward(self, x, rope, s_qk=None):
@@ -154,10 +129,13 @@ class MLP(nn.Module):
         self.sqrt_d = d ** 0.5
 
     def forward(self, x):
-        uv = self.c_fc(x)  # (B, T, 8d)
+        w = self.c_fc.weight  # (8d, d): rows [:4d] make u, rows [4d:] make v
         if self.s_uv is not None:
-            uv = uv * (self.s_uv() * self.sqrt_d).type_as(uv)
-        u, v = uv.chunk(2, dim=-1)  # (B, T, 4d) each
+            # s_uv * sqrt(d) scales the rows of c_fc, before the matmul: the same u and v as scaling
+            # the (B, T, 8d) output, for an (8d, d) multiply (and its gradient) instead.
+            w = w * (self.s_uv() * self.sqrt_d).type_as(w)[:, None]
+        half = w.size(0) // 2
+        u, v = F.linear(x, w[:half]), F.linear(x, w[half:])  # (B, T, 4d) each; no (B, T, 8d) split to undo in backward
         return self.c_proj(u * F.silu(v))
 
 
@@ -192,7 +170,7 @@ class Block(nn.Module):
         # the forward pass is the same, the gradient is not. Without it the embedding rows (h at
         # block 0 is wte[idx]) get a radial gradient the reference never sees, and Adam diverges.
         h = unit(h)
-        return unit(h + alpha().abs() * (unit(_f32(out)) - h))
+        return unit(torch.lerp(h, unit(f32(out)), alpha().abs()))  # h + |alpha| (Norm(out) - h)
 
 
 # ---------------------------------------------------------------- model
@@ -221,18 +199,22 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
-        rope = rope_cos_sin(T, self.config.head_dim, idx.device, _f32(self.wte.weight).dtype)
+        rope = rope_cos_sin(T, self.config.head_dim, idx.device, f32(self.wte.weight).dtype)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
         for block in self.blocks:
             h = block(h, rope)
-        logits = self.lm_head(self.norm_f(h))  # (B, T, V)
-        if self.s_z is not None:
-            # nGPT: the logits are cosines in [-1, 1]; s_z is a learned per-token temperature
-            logits = logits * self.s_z()
+        logits = F.linear(self.norm_f(h), self.head_weight())  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(_f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+            loss = F.cross_entropy(f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
+
+    def head_weight(self) -> torch.Tensor:
+        """The (V, d) matrix the logits are computed with. nGPT: the logits are cosines in [-1, 1]
+        and s_z is a learned per-token temperature, folded into the rows of lm_head: the same
+        logits as s_z * lm_head(h), for a (V, d) multiply instead of one over the (B, T, V) logits."""
+        w = self.lm_head.weight
+        return w if self.s_z is None else w * self.s_z().type_as(w)[:, None]
 
     # ---- nGPT's hypersphere
 
@@ -253,7 +235,7 @@ class GPT(nn.Module):
         if not self.ngpt:
             return
         for w, axis in self._matrices():
-            w.copy_(F.normalize(_f32(w), dim=axis))
+            w.copy_(F.normalize(f32(w), dim=axis))
 
     # ---- what the trainer and the report ask of a model
 
