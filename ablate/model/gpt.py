@@ -1,8 +1,8 @@
 """GPT and nGPT in one model, with the four ablations: GQA, weight tying, ALBERT attention
 sharing and sliding-window attention (MODEL_SPEC sections 1-4).
 
-Reads like nanoGPT, from the smallest part to the largest: norms, RoPE, nGPT scale vectors,
-attention, MLP, block, model. Both archs run the same lines except where the math differs,
+Reads like nanoGPT, from the smallest part to the largest: RMSNorm, nGPT scale vectors,
+attention, MLP, block, model (nGPT's Norm and RoPE are in ops.py). Both archs run the same lines except where the math differs,
 and each difference lives in exactly one place:
 
     pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
@@ -98,15 +98,15 @@ class Attention(nn.Module):
         H, H_kv = self.n_head, self.n_kv_head
         w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])  # one matmul for q, k and v
         qk, v = F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
-        qk = apply_rope(qk, *rope)  # before nGPT's normalization
+        qk = apply_rope(qk, *rope)  # q and k in one call; before nGPT's normalization
+        if s_qk is not None:
+            qk = unit(qk)  # every head of q and k
+        q, k = qk.split([H, H_kv], dim=2)
         if s_qk is not None:
             # nGPT scores are (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k):
             # the same function and gradients, and k stays free of per-query-head factors, so
             # GQA kernels still see only n_kv_head distinct keys.
-            qk = unit(qk)
-            q, k = qk.split([H, H_kv], dim=2)
-            return q * (s_qk() ** 2).type_as(q), k, v  # s_qk: (H, hd), broadcast over (B, T)
-        q, k = qk.split([H, H_kv], dim=2)
+            q = q * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
         return q, k, v
 
     def forward(self, x, rope, s_qk=None):
