@@ -156,20 +156,23 @@ class Block(nn.Module):
             self.norm_A, self.norm_M = RMSNorm(d), RMSNorm(d)
             self.alpha_A = self.alpha_M = self.s_qk = None
 
-    def forward(self, h, rope):
-        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A)
+    def forward(self, h, rope, first: bool = False):
+        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A, renorm=first)
         h = self.residual(h, self.mlp(self.norm_M(h)), self.alpha_M)
         return h
 
     @staticmethod
-    def residual(h, out, alpha):
+    def residual(h, out, alpha, renorm: bool = False):
         if alpha is None:  # GPT: the plain residual stream
             return h + out
         # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere.
-        # h is already unit, but the reference normalizes it again (NVIDIA: A_norm = justnorm(h)):
-        # the forward pass is the same, the gradient is not. Without it the embedding rows (h at
-        # block 0 is wte[idx]) get a radial gradient the reference never sees, and Adam diverges.
-        h = unit(h)
+        # The reference normalizes h again first (NVIDIA: A_norm = justnorm(h)). Where h came out
+        # of a Norm, that is the identity in value and in gradient (a Norm's backward already
+        # removes the radial part), so only the first update does it (`renorm`): there h is
+        # wte[idx], and without it the embedding rows get a radial gradient the reference never
+        # sees, and Adam diverges.
+        if renorm:
+            h = unit(h)
         return unit(torch.lerp(h, unit(f32(out)), alpha().abs()))  # h + |alpha| (Norm(out) - h)
 
 
@@ -201,8 +204,8 @@ class GPT(nn.Module):
         B, T = idx.shape
         rope = rope_cos_sin(T, self.config.head_dim, idx.device, f32(self.wte.weight).dtype)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
-        for block in self.blocks:
-            h = block(h, rope)
+        for i, block in enumerate(self.blocks):
+            h = block(h, rope, first=i == 0)
         logits = F.linear(self.norm_f(h), self.head_weight())  # (B, T, V)
         loss = None
         if targets is not None:

@@ -11,6 +11,7 @@ check that every speedup leaves loss and gradients unchanged. Test-only.
     s_uv * sqrt(d) folded into the rows of c_fc            scales the (B, T, 8d) output
     u, v from two matmuls on c_fc's row halves             one matmul, chunk
     residual: lerp(h, Norm(out), |alpha|)                   h + |alpha| (Norm(out) - h)
+    Norm(h) inside the update only in the first block      in every update
     s_z folded into the rows of lm_head                    scales the (B, T, V) logits
 """
 from __future__ import annotations
@@ -56,10 +57,10 @@ def mlp_forward(self, x):
     return self.c_proj(u * F.silu(v))
 
 
-def residual(h, out, alpha):
+def residual(h, out, alpha, renorm=True):
     if alpha is None:
         return h + out
-    h = unit(h)
+    h = unit(h)  # in every update, as the reference does (the model: only where h is not yet a Norm's output)
     return unit(h + alpha().abs() * (unit(f32(out)) - h))
 
 
