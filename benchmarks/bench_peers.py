@@ -50,7 +50,7 @@ def build(name: str, shape: dict):
     from ablate.model import build_model
     from ablate.plan.config import RunConfig, resolve
 
-    cfg = resolve(RunConfig(arch=name, **{k: v for k, v in shape.items()}))
+    cfg = resolve(RunConfig(arch=name, **shape))
     model = build_model(cfg, device_type="cpu")
     return model, lambda m, x, y: m(x, y)[1], model.normalize_
 
