@@ -2,8 +2,8 @@
 sharing and sliding-window attention (MODEL_SPEC sections 1-4).
 
 Reads like nanoGPT, from the smallest part to the largest: RMSNorm, nGPT scale vectors,
-attention, MLP, block, model (nGPT's Norm and RoPE are in ops.py). Both archs run the same lines except where the math differs,
-and each difference lives in exactly one place:
+attention, MLP, block, model (nGPT's Norm and RoPE are in ops.py). Both archs run the same
+lines except where the math differs, and each difference lives in exactly one place:
 
     pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
     q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
@@ -20,8 +20,10 @@ is passed to the attention backend (see backends.py for the exact predicate).
 
 Speed (nGPT at GPT's cost, GPT at the peers'): nGPT's Norm and RoPE have their backward
 written out (ops.py); q, k and v come from one matmul; s_uv and s_z scale weight rows, not the
-(B, T, 8d) and (B, T, V) activations. tests/model/test_ops.py holds the plain formulas and
-checks that none of this changes loss or gradients.
+(B, T, 8d) and (B, T, V) activations; the residual's Norm(h) runs only where it is not the
+identity. tests/model/test_ops.py holds the plain formulas and checks that none of this
+changes loss or gradients; tests/model/test_peers.py checks both archs against code we did
+not write (transformers' Mistral, NVIDIA's nGPT).
 """
 from __future__ import annotations
 
@@ -135,7 +137,7 @@ class MLP(nn.Module):
             # the (B, T, 8d) output, for an (8d, d) multiply (and its gradient) instead.
             w = w * (self.s_uv() * self.sqrt_d).type_as(w)[:, None]
         half = w.size(0) // 2
-        u, v = F.linear(x, w[:half]), F.linear(x, w[half:])  # (B, T, 4d) each; no (B, T, 8d) split to undo in backward
+        u, v = F.linear(x, w[:half]), F.linear(x, w[half:])  # (B, T, 4d) each, and no 8d cat in backward
         return self.c_proj(u * F.silu(v))
 
 
