@@ -1,15 +1,15 @@
 """GPT and nGPT in one model, with the four ablations: GQA, weight tying, ALBERT attention
 sharing and sliding-window attention (MODEL_SPEC sections 1-4).
 
-Reads like nanoGPT, from the smallest part to the largest: norms, RoPE, nGPT scale vectors,
-attention, MLP, block, model. Both archs run the same lines except where the math differs,
-and each difference lives in exactly one place:
+Reads like nanoGPT, from the smallest part to the largest: RMSNorm, nGPT scale vectors,
+attention, MLP, block, model (nGPT's Norm and RoPE are in ops.py). Both archs run the same
+lines except where the math differs, and each difference lives in exactly one place:
 
     pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
     q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
     MLP input       -                        | u, v scaled by s_uv sqrt(d)      MLP.forward
     residual        h + out                  | Norm(h' + |alpha| (Norm(out) - h')), h' = Norm(h)   Block.residual
-    logits          lm_head(h)               | s_z * lm_head(h)                 GPT.forward
+    logits          lm_head(h)               | s_z * lm_head(h)                 GPT.head_weight
     weights         free                     | unit rows/columns, normalize_()  GPT.normalize_
     weight decay    matrices                 | none                             GPT.optimizer_groups
 
@@ -17,6 +17,13 @@ Ablations: GQA is W_k, W_v with n_kv_head heads (every backend runs it natively)
 lm_head.weight the same Parameter as wte.weight; sharing makes the blocks of a group hold the
 same Attention module (only W_q, W_k, W_v, W_o; alpha and s_qk stay per layer); the window
 is passed to the attention backend (see backends.py for the exact predicate).
+
+Speed (nGPT at GPT's cost, GPT at the peers'): nGPT's Norm and RoPE have their backward
+written out (ops.py); q, k and v come from one matmul; s_uv and s_z scale weight rows, not the
+(B, T, 8d) and (B, T, V) activations; the residual's Norm(h) runs only where it is not the
+identity. tests/model/test_ops.py holds the plain formulas and checks that none of this
+changes loss or gradients; tests/model/test_peers.py checks both archs against code we did
+not write (transformers' Mistral, NVIDIA's nGPT).
 """
 from __future__ import annotations
 
@@ -29,19 +36,8 @@ import torch.nn.functional as F
 from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
 from ablate.model.loss import chunked_cross_entropy
+from ablate.model.ops import apply_rope, f32, rope_cos_sin, unit
 from ablate.model.recompute import run_blocks
-
-ROPE_BASE = 10000.0
-
-
-def _f32(x: torch.Tensor) -> torch.Tensor:
-    """x in at least fp32 (bf16 -> fp32; fp32 and fp64 unchanged)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    """nGPT's Norm: x / ||x||_2 over the last dim, computed in fp32, cast back to x's dtype."""
-    return F.normalize(_f32(x), dim=-1).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -53,29 +49,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x):
-        xf = _f32(x)
+        xf = f32(x)
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-# ---------------------------------------------------------------- RoPE
-
-def rope_cos_sin(T: int, head_dim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of the rotation angles, each (T, hd/2) fp32: position t turns pair i by
-    t * base^(-2i/hd). Recomputed per forward: O(T hd), negligible next to attention, and no
-    buffer to go stale when T exceeds the configured context."""
-    inv_freq = ROPE_BASE ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
-    angles = torch.arange(T, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each pair (i, i + hd/2) of every head of x (B, T, H, hd) by its angle.
-
-    A real rotation, so it keeps ||x|| and <R_m q, R_n k> depends only on m - n. NVIDIA's
-    reference drops the cos term (NVIDIA/ngpt issue #10), which breaks both."""
-    x1, x2 = _f32(x).chunk(2, dim=-1)  # (B, T, H, hd/2) each
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (T, 1, hd/2): the same angle for every head
-    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
 # ---------------------------------------------------------------- nGPT scale vectors
@@ -124,16 +99,18 @@ class Attention(nn.Module):
     def qkv(self, x, rope, s_qk=None):
         """q (B, T, H, hd), k and v (B, T, H_kv, hd), ready for the kernel."""
         B, T, _ = x.shape
-        q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
-        k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
-        v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)  # before nGPT's normalization
+        H, H_kv = self.n_head, self.n_kv_head
+        w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])  # one matmul for q, k and v
+        qk, v = F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
+        qk = apply_rope(qk, *rope)  # q and k in one call; before nGPT's normalization
+        if s_qk is not None:
+            qk = unit(qk)  # every head of q and k
+        q, k = qk.split([H, H_kv], dim=2)
         if s_qk is not None:
             # nGPT scores are (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k):
             # the same function and gradients, and k stays free of per-query-head factors, so
             # GQA kernels still see only n_kv_head distinct keys.
-            q = unit(q) * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
-            k = unit(k)
+            q = q * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
         return q, k, v
 
     def forward(self, x, rope, s_qk=None):
@@ -156,10 +133,13 @@ class MLP(nn.Module):
         self.sqrt_d = d ** 0.5
 
     def forward(self, x):
-        uv = self.c_fc(x)  # (B, T, 8d)
+        w = self.c_fc.weight  # (8d, d): rows [:4d] make u, rows [4d:] make v
         if self.s_uv is not None:
-            uv = uv * (self.s_uv() * self.sqrt_d).type_as(uv)
-        u, v = uv.chunk(2, dim=-1)  # (B, T, 4d) each
+            # s_uv * sqrt(d) scales the rows of c_fc, before the matmul: the same u and v as scaling
+            # the (B, T, 8d) output, for an (8d, d) multiply (and its gradient) instead.
+            w = w * (self.s_uv() * self.sqrt_d).type_as(w)[:, None]
+        half = w.size(0) // 2
+        u, v = F.linear(x, w[:half]), F.linear(x, w[half:])  # (B, T, 4d) each, and no 8d cat in backward
         return self.c_proj(u * F.silu(v))
 
 
@@ -180,21 +160,24 @@ class Block(nn.Module):
             self.norm_A, self.norm_M = RMSNorm(d), RMSNorm(d)
             self.alpha_A = self.alpha_M = self.s_qk = None
 
-    def forward(self, h, rope):
-        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A)
+    def forward(self, h, rope, first: bool = False):
+        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A, renorm=first)
         h = self.residual(h, self.mlp(self.norm_M(h)), self.alpha_M)
         return h
 
     @staticmethod
-    def residual(h, out, alpha):
+    def residual(h, out, alpha, renorm: bool = False):
         if alpha is None:  # GPT: the plain residual stream
             return h + out
         # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere.
-        # h is already unit, but the reference normalizes it again (NVIDIA: A_norm = justnorm(h)):
-        # the forward pass is the same, the gradient is not. Without it the embedding rows (h at
-        # block 0 is wte[idx]) get a radial gradient the reference never sees, and Adam diverges.
-        h = unit(h)
-        return unit(h + alpha().abs() * (unit(_f32(out)) - h))
+        # The reference normalizes h again first (NVIDIA: A_norm = justnorm(h)). Where h came out
+        # of a Norm, that is the identity in value and in gradient (a Norm's backward already
+        # removes the radial part), so only the first update does it (`renorm`): there h is
+        # wte[idx], and without it the embedding rows get a radial gradient the reference never
+        # sees, and Adam diverges.
+        if renorm:
+            h = unit(h)
+        return unit(torch.lerp(h, unit(f32(out)), alpha().abs()))  # h + |alpha| (Norm(out) - h)
 
 
 # ---------------------------------------------------------------- model
@@ -223,20 +206,23 @@ class GPT(nn.Module):
 
     def forward(self, idx, targets=None):
         B, T = idx.shape
-        rope = rope_cos_sin(T, self.config.head_dim, idx.device)
+        rope = rope_cos_sin(T, self.config.head_dim, idx.device, f32(self.wte.weight).dtype)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
         h = run_blocks(self.blocks, h, rope, self.config.act_ckpt)  # act_ckpt: recompute in backward
         if targets is not None and self.config.loss_chunk:  # the (B, T, V) logits never exist
-            s_z = self.s_z() if self.s_z is not None else None
-            return None, chunked_cross_entropy(self.norm_f(h), self.lm_head.weight, targets, s_z, self.config.loss_chunk)
-        logits = self.lm_head(self.norm_f(h))  # (B, T, V)
-        if self.s_z is not None:
-            # nGPT: the logits are cosines in [-1, 1]; s_z is a learned per-token temperature
-            logits = logits * self.s_z()
+            return None, chunked_cross_entropy(self.norm_f(h), self.head_weight(), targets, None, self.config.loss_chunk)
+        logits = F.linear(self.norm_f(h), self.head_weight())  # (B, T, V)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(_f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+            loss = F.cross_entropy(f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
         return logits, loss
+
+    def head_weight(self) -> torch.Tensor:
+        """The (V, d) matrix the logits are computed with. nGPT: the logits are cosines in [-1, 1]
+        and s_z is a learned per-token temperature, folded into the rows of lm_head: the same
+        logits as s_z * lm_head(h), for a (V, d) multiply instead of one over the (B, T, V) logits."""
+        w = self.lm_head.weight
+        return w if self.s_z is None else w * self.s_z().type_as(w)[:, None]
 
     # ---- nGPT's hypersphere
 
@@ -257,7 +243,7 @@ class GPT(nn.Module):
         if not self.ngpt:
             return
         for w, axis in self._matrices():
-            w.copy_(F.normalize(_f32(w), dim=axis))
+            w.copy_(F.normalize(f32(w), dim=axis))
 
     # ---- what the trainer and the report ask of a model
 

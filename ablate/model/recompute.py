@@ -52,11 +52,12 @@ def run_blocks(blocks, h: torch.Tensor, rope, mode: str = "none") -> torch.Tenso
     if mode not in MODES:
         raise ValueError(f"act_ckpt {mode!r}: expected one of {', '.join(MODES)}")
     plain = mode == "none" or not torch.is_grad_enabled()
-    for block in blocks:
+    for i, block in enumerate(blocks):
+        first = i == 0  # nGPT: the first block normalizes its input (wte rows), see Block.forward
         if plain:
-            h = block(h, rope)
+            h = block(h, rope, first=first)
         elif mode == "blocks":
-            h = checkpoint(block, h, rope, use_reentrant=False)
+            h = checkpoint(block, h, rope, first=first, use_reentrant=False)
         else:
-            h = checkpoint(block, h, rope, use_reentrant=False, context_fn=_selective)
+            h = checkpoint(block, h, rope, first=first, use_reentrant=False, context_fn=_selective)
     return h

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ablate.model.gpt import apply_rope, rope_cos_sin
+from ablate.model.ops import apply_rope, rope_cos_sin
 from model_helpers import single_thread  # noqa: F401  (autouse fixture)
 from model_helpers import ARCHS, perturb, reference_attention, rope_reference, tiny_model
 
