@@ -108,8 +108,8 @@ def speedup(df: pd.DataFrame) -> alt.Chart:
     """Bars per variant (and budget) in each group, one per mode side by side, vs the group's
     baseline. A row whose number is only a bound ('< 1x': never reached the baseline's loss) is
     a downward triangle at the bound; a row within eval noise is a pale bar labelled 'noise';
-    extrapolated budget-mode estimates are pale and starred; rows without any number ('oom',
-    'not reached yet') are labelled at 0."""
+    extrapolated budget-mode estimates are pale and starred; a grey band spans the budget-mode
+    speedups within eval noise; rows without any number ('oom', 'not reached yet') are labelled at 0."""
     title = "Speedup vs baseline (same final val loss)"
     if not len(df):
         return placeholder(title, "no speedup: no group has a finished baseline and a variant")
@@ -127,23 +127,27 @@ def speedup(df: pd.DataFrame) -> alt.Chart:
     d["one"] = 1.0
     base = alt.Chart(d).encode(x=_xvar("x"), xOffset=alt.XOffset("mode:N"))
     tip = ["variant:N", "group:N", "mode:N", "budget:Q", "display:N", "note:N"]
+    pale = alt.Opacity("pale:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.35]), legend=None)
     bars = base.transform_filter(alt.datum.kind == "bar").mark_bar().encode(
         y=alt.Y("value:Q", title="speedup (x)", stack=None), color=alt.Color("mode:N", title="mode"),
-        opacity=alt.Opacity("pale:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.35]), legend=None),
-        tooltip=tip)
+        opacity=pale, tooltip=tip)
     bounds = base.transform_filter(alt.datum.kind == "bound").mark_point(
-        shape="triangle-down", filled=True, size=120).encode(y="value:Q", color="mode:N", tooltip=tip)
+        shape="triangle-down", filled=True, size=120).encode(y="value:Q", color="mode:N", opacity=pale, tooltip=tip)
     err = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
+    # budget mode: the speedups that the variant's loss +- 2 eval standard errors would give
+    noise = base.mark_rule(color="#888", strokeWidth=5, opacity=0.5).encode(y="noise_lo:Q", y2="noise_hi:Q")
     text = base.mark_text(angle=270, align="left", baseline="middle", dx=6, fontSize=10).encode(
         y="value:Q", text="short:N")
     one = alt.Chart(d).mark_rule(color="black", strokeDash=[4, 3]).encode(y="mean(one):Q")
     n_bars = d.x.nunique() * d["mode"].nunique()
-    layer = alt.layer(bars, bounds, err, one, text).properties(width=max(W, 22 * n_bars), height=H)
+    layer = alt.layer(bars, bounds, noise, err, one, text).properties(width=max(W, 22 * n_bars), height=H)
     notes = ["curve mode: steps to reach the baseline's final loss; budget mode: budget the baseline would need"]
     if below.any():
         notes.append("▼ never reached the baseline's loss: the speedup is below this bound")
     if d.within_noise.any():
         notes.append("pale 'noise': the loss gap is within 2 eval standard errors, not a result")
+    if d.noise_lo.notna().any():
+        notes.append("grey band: the budget-mode speedup at the variant's loss ± 2 eval standard errors")
     if d.extrapolated.any():
         notes.append("* pale: beyond the baseline's budgets, extrapolated on log(budget); the table gives the bound")
     return _facet_layer(layer, d, "group").properties(title=_subtitle(title, notes))
