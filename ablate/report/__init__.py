@@ -79,7 +79,26 @@ def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame) -> list[str]:
+def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """The result in plain words: per group and variant, its speedups by budget (budget mode,
+    the paper's, when the grid has it), and what the seeds can and cannot say."""
+    lines = []
+    for (group, variant), rows in sp.groupby(["group", "variant"], sort=False):
+        mode = "budget" if (rows["mode"] == "budget").any() else "curve"
+        rows = rows[rows["mode"] == mode].sort_values("budget")
+        base = cells[(cells.group == group) & cells.is_baseline].variant
+        lines.append(f"Result{'' if group == 'all' else f' ({group})'}: {variant} vs "
+                     f"{base.iloc[0] if len(base) else 'the baseline'}, {mode}-mode speedup: "
+                     + "; ".join(f"{d} at {b:,} steps" for d, b in zip(rows.display, rows.budget)) + ".")
+    done = runs[runs.state == "done"]
+    if lines and len(done) and done.groupby("cell_id").seed.nunique().max() == 1:
+        lines.append("One seed per cell: ± and noise ranges are the eval's standard errors only; how much "
+                     "another seed would move a result is not measured by this grid.")
+    return lines
+
+
+def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
+           sp: pd.DataFrame) -> list[str]:
     n = status["n_runs"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
     lines = [f"{n} runs in the store ({counts})." if n else
@@ -92,7 +111,7 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFram
         lines.append(f"{running} runs not finished: their curves are shown so far; losses, speedups and sizes "
                      "count finished seeds only.")
     if comp is not None:
-        lines += _method(runs, comp, cells) + comp.notes
+        lines += _answer(sp, cells, runs) + _method(runs, comp, cells) + comp.notes
     return lines
 
 
@@ -135,7 +154,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
-    intro = _intro(grid_name, runs, comp, status, cells)
+    intro = _intro(grid_name, runs, comp, status, cells, sp)
     problems = pd.DataFrame(status["problems"])
     sections = [
         ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),

@@ -278,7 +278,8 @@ def lr_sweep(df: pd.DataFrame) -> alt.Chart:
                        tooltip=["variant:N", "max_iters:O", "lr:Q", "what:N"]),
                    lx.mark_text(dy=-10, color="red", fontSize=10).encode(text="what:N")]
     layer = alt.layer(*layers).properties(width=W + 60, height=H + 40)
-    notes = ["mean ± standard error over seeds; ringed: the best lr of a line"]
+    seeds = "mean ± standard error over seeds" if d.se_val_loss.notna().any() else "one seed per cell"
+    notes = [f"{seeds}; ringed: the best lr of a line"]
     if (d.lr_edge != "").any():
         notes.append("red ring, 'edge': the best lr is the lowest or highest swept, so the optimum is not bracketed")
     if len(lost):

@@ -166,8 +166,7 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
             "speedup": mean, "speedup_se": se, "speedup_tokens": _mean_se(sp_tok)[0] if not n_never else math.nan,
             "speedup_wall": _mean_se(sp_wall)[0] if not n_never else math.nan, "n_seeds": n_total,
             "n_reached": len(sp), "extrapolated": False, "bound": bound, "loss_gap": gap, "gap_se": sigma,
-            "within_noise": within, "noise_lo": math.nan,
-            "noise_hi": math.nan, "display": display, "note": note},
+            "within_noise": within, "noise_lo": math.nan, "noise_hi": math.nan, "display": display, "note": note},
             [_edge(v, v.variant), _edge(ref["cell"], ref["cell"].variant)]))
     return out
 

@@ -260,6 +260,8 @@ def test_intro_is_words_and_no_heading_is_left_empty(env):
     assert "{" not in intro and "[" not in intro
     assert "Baseline: arch=gpt. Compared within each context" in intro
     assert "Val loss: 320 fixed windows" in intro  # eval_iters 20 x batch 16
+    assert "Result (context=256): ngpt vs gpt, curve-mode speedup: 3.00x at 1,000 steps." in intro
+    assert "One seed per cell" in intro
     assert "did not finish cleanly" not in md and "did not finish cleanly" not in html
 
 
