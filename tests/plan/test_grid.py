@@ -84,11 +84,23 @@ def test_where_filter(tmp_path):
         select(g.cells, ["acrh=gpt"])
 
 
-@pytest.mark.parametrize("name, expected", [("quickstart", 2), ("ngpt_vs_gpt", 42), ("ablations", 12)])
+@pytest.mark.parametrize("name, expected", [("quickstart", 12), ("quickstart_sweep", 72), ("ngpt_vs_gpt", 42),
+                                            ("ablations", 12)])
 def test_shipped_grids(name, expected):
     g = load_grid(ROOT / "grids" / f"{name}.yaml")
     assert len(g.cells) == expected
     assert g.name == name
+
+
+def test_quickstart_is_measured_by_its_sweep():
+    """The demo's cells are cells of the sweep its numbers come from (seed 0: same configs, same
+    run ids, so the same final losses), it sweeps three lrs per arch, and its budgets and lrs
+    stay inside one comparison group (budget mode, best lr per arch)."""
+    demo, sweep = (load_grid(ROOT / "grids" / f"{n}.yaml") for n in ("quickstart", "quickstart_sweep"))
+    assert {c.run_id for c in demo.cells} <= {c.run_id for c in sweep.cells if c.config.seed == 0}
+    assert demo.compare["group_by"] == [] and lr_sweep_warning(demo) is None
+    for arch in ("gpt", "ngpt"):
+        assert len({c.config.lr for c in demo.cells if c.config.arch == arch}) == 3
 
 
 def test_shipped_reference_grid_is_the_nvidia_recipe():
