@@ -32,8 +32,8 @@ def cmd_plan(args) -> int:
     from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows
 
     grid = _grid(args)
-    if lr_sweep_warning(grid):
-        print(f"warning: {lr_sweep_warning(grid)}", file=sys.stderr)
+    if warning := lr_sweep_warning(grid):
+        print(f"warning: {warning}", file=sys.stderr)
     rows = plan_rows(grid, _cells(grid, args))
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]

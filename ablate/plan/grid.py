@@ -288,8 +288,8 @@ def _compare(ctx, raw, varied) -> dict:
     baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline")
     _check_keys(ctx, baseline, "compare.baseline")
     group_by = raw.get("group_by")
-    if group_by is None:  # default: compare within each value of the other axes, but not across seeds,
-        group_by = [k for k in varied if k not in baseline and k not in ("seed", *SWEPT)]  # lrs or budgets
+    if group_by is None:  # default: a group per value of the other axes; seeds, lrs, budgets inside it
+        group_by = [k for k in varied if k not in baseline and k not in ("seed", *SWEPT)]
     if not isinstance(group_by, list):
         raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by")
     _check_keys(ctx, {k: None for k in group_by}, "compare.group_by")

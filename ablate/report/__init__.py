@@ -54,16 +54,12 @@ def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return cur.sort_values(["gorder", "vorder", "max_iters", "cell_id", "step"], ignore_index=True), note
 
 
-def _keys(keys) -> str:
-    return ", ".join(keys)
-
-
 def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
     """How the comparison was made, in words: baseline, groups, variants, lr sweep, budgets, eval."""
     base = " ".join(f"{k}={'none' if v is None else v}" for k, v in comp.baseline.items())
-    lines = [f"Baseline: {base}. " + (f"Compared within each {_keys(comp.group_by)}" if comp.group_by else
+    lines = [f"Baseline: {base}. " + (f"Compared within each {', '.join(comp.group_by)}" if comp.group_by else
                                      "All cells form one comparison group")
-             + (f"; variants differ in {_keys(comp.variant_keys)}." if comp.variant_keys else ".")]
+             + (f"; variants differ in {', '.join(comp.variant_keys)}." if comp.variant_keys else ".")]
     if len(cells) and (cells.n_lrs > 1).any():
         lines.append("lr sweep: each variant stands at its best lr (lowest mean final val loss) at each budget, "
                      "as in the nGPT paper; the lr sweep chart shows every lr.")
