@@ -36,9 +36,11 @@ def _cells(grid, args):
 
 
 def cmd_plan(args) -> int:
-    from ablate.plan.plan import explain, format_table, plan_rows
+    from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows
 
     grid = _grid(args)
+    if warning := lr_sweep_warning(grid):
+        print(f"warning: {warning}", file=sys.stderr)
     memory = getattr(args, "memory", False)
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr))
     if args.explain:

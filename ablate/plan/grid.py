@@ -36,6 +36,9 @@ TOP_KEYS = ("name", "description", "data", "base", "arch_defaults", "grid", "zip
             "seeds", "compare", "resources")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CELLS = 100_000  # checked from the axis sizes before expanding (a 10,000-cell plan takes ~1 s)
+# swept inside a variant, never comparison groups: the lr sweep (min_lr goes with it; a variant
+# stands at its best lr) and the budget axis (budgets in one group give budget-mode speedup)
+SWEPT = ("lr", "min_lr", "max_iters")
 
 
 @dataclass(frozen=True)
@@ -307,8 +310,8 @@ def _compare(ctx, raw, varied, doc) -> dict:
     baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline", raw)
     _check_keys(ctx, baseline, "compare.baseline")
     group_by = raw.get("group_by")
-    if group_by is None:  # default: compare within each value of the non-architecture axes
-        group_by = [k for k in varied if k not in baseline and k not in ("seed", "lr")]
+    if group_by is None:  # default: a group per value of the other axes; seeds, lrs, budgets inside it
+        group_by = [k for k in varied if k not in baseline and k not in ("seed", *SWEPT)]
     if not isinstance(group_by, list):
         raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by", raw, True)
     _check_keys(ctx, {k: None for k in group_by}, "compare.group_by")

@@ -180,6 +180,25 @@ def _memory_notes(unit: str, sims: list[dict], capacity) -> list[str]:
     return notes
 
 
+def lr_sweep_warning(grid: Grid) -> str | None:
+    """One line when the grid sweeps lr but a variant (at a budget) sweeps fewer than three lrs:
+    its best lr is then an end of its sweep, and the report cannot call it an optimum."""
+    if "lr" not in grid.varied_keys:
+        return None
+    sweeps: dict = {}
+    for cell in grid.cells:
+        key = tuple((k, v) for k, v in cell.varied.items() if k not in ("lr", "min_lr", "seed"))
+        sweeps.setdefault(key, set()).add(cell.config.lr)
+    short = [(key, lrs) for key, lrs in sweeps.items() if len(lrs) < 3]
+    if not short:
+        return None
+    key, lrs = short[0]
+    where = " ".join(f"{k}={v}" for k, v in key) or "every cell"
+    return (f"{grid.path}: {len(short)} of {len(sweeps)} lr sweeps have fewer than three lrs (e.g. {where}: "
+            f"{', '.join(f'{lr:g}' for lr in sorted(lrs))}); a best lr at an end of its sweep is not known to be "
+            "an optimum, so best-vs-best speedups need at least three lrs per variant")
+
+
 def explain(row: dict) -> str:
     """One cell's memory by category (simulated when the plan ran with --memory, and the
     analytical estimate), its sizes and its resolved config."""

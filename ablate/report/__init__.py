@@ -44,14 +44,59 @@ def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         note = f"first {MAX_CHART_ROWS // 2} of {len(reps)} curves drawn"
         reps = reps.head(MAX_CHART_ROWS // 2)
     if not len(reps):
-        return pd.DataFrame(columns=["cell_id", "step", "tokens", "val_loss", "group", "variant", "max_iters", "lr"]), note
+        return pd.DataFrame(columns=["cell_id", "step", "tokens", "val_loss", "group", "variant", "series",
+                                     "max_iters", "lr"]), note
     per_curve = max(2, min(300, MAX_CHART_ROWS // len(reps)))
     cur = store.curves(grid, reps.cell_id.tolist(), max_points=per_curve)
-    cur = cur.merge(reps[["cell_id", "group", "variant", "max_iters", "lr", "gorder", "vorder"]], on="cell_id")
+    # the legend names each curve's lr whenever lrs differ (per-arch lrs, or a sweep's best lrs)
+    named = (cells.n_lrs > 1).any() or reps.lr.nunique() > 1
+    reps = reps.assign(series=[f"{v}, lr {lr:g}" if named else v for v, lr in zip(reps.variant, reps.lr)])
+    cur = cur.merge(reps[["cell_id", "group", "variant", "series", "max_iters", "lr", "gorder", "vorder"]],
+                    on="cell_id")
     return cur.sort_values(["gorder", "vorder", "max_iters", "cell_id", "step"], ignore_index=True), note
 
 
-def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
+def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
+    """How the comparison was made, in words: baseline, groups, variants, lr sweep, budgets, eval."""
+    base = " ".join(f"{k}={'none' if v is None else v}" for k, v in comp.baseline.items())
+    lines = [f"Baseline: {base}. " + (f"Compared within each {', '.join(comp.group_by)}" if comp.group_by else
+                                     "All cells form one comparison group")
+             + (f"; variants differ in {', '.join(comp.variant_keys)}." if comp.variant_keys else ".")]
+    if len(cells) and (cells.n_lrs > 1).any():
+        lines.append("lr sweep: each variant stands at its best lr (lowest mean final val loss) at each budget, "
+                     "as in the nGPT paper; the lr sweep chart shows every lr.")
+    if len(cells) and (cells.groupby("group").max_iters.nunique() > 1).any():
+        lines.append("Several budgets (max_iters, each with its own full lr schedule) in a group: budget-mode "
+                     "speedup = the budget the baseline needs to match a variant's final loss / the variant's.")
+    windows = (runs.eval_iters * runs.batch_size).dropna()
+    if len(windows):
+        n = f"{int(windows.min()):,}" + (f"-{int(windows.max()):,}" if windows.nunique() > 1 else "")
+        lines.append(f"Val loss: {n} fixed windows of the val split per eval, the same for every cell of a "
+                     "context whatever its seed; a gap under 2 eval standard errors is reported as "
+                     "within eval noise, not as a result.")
+    return lines
+
+
+def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """The result in plain words: per group and variant, its speedups by budget (budget mode,
+    the paper's, when the grid has it), and what the seeds can and cannot say."""
+    lines = []
+    for (group, variant), rows in sp.groupby(["group", "variant"], sort=False):
+        mode = "budget" if (rows["mode"] == "budget").any() else "curve"
+        rows = rows[rows["mode"] == mode].sort_values("budget")
+        base = cells[(cells.group == group) & cells.is_baseline].variant
+        lines.append(f"Result{'' if group == 'all' else f' ({group})'}: {variant} vs "
+                     f"{base.iloc[0] if len(base) else 'the baseline'}, {mode}-mode speedup: "
+                     + "; ".join(f"{d} at {b:,} steps" for d, b in zip(rows.display, rows.budget)) + ".")
+    done = runs[runs.state == "done"]
+    if lines and len(done) and done.groupby("cell_id").seed.nunique().max() == 1:
+        lines.append("One seed per cell: ± and noise ranges are the eval's standard errors only; how much "
+                     "another seed would move a result is not measured by this grid.")
+    return lines
+
+
+def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
+           sp: pd.DataFrame) -> list[str]:
     n = status["n_runs"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
     lines = [f"{n} runs in the store ({counts})." if n else
@@ -64,9 +109,7 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
         lines.append(f"{running} runs not finished: their curves are shown so far; losses, speedups and sizes "
                      "count finished seeds only.")
     if comp is not None:
-        lines.append(f"Baseline: {comp.baseline}; comparison groups by {comp.group_by or '(one group)'}; "
-                     f"variants by {comp.variant_keys or '(none)'}; several lrs in a variant: its best lr stands for it.")
-        lines += comp.notes
+        lines += _answer(sp, cells, runs) + _method(runs, comp, cells) + comp.notes
     return lines
 
 
@@ -100,8 +143,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         runs = cmp.annotate(runs, comp)
     else:
         runs = runs.assign(group=[], mgroup=[], variant=[], is_baseline=[], budget_tokens=[], gorder=[], morder=[], vorder=[])
-    stats = store.query("select cell_id, n_runs, n_done, states, mean_val_loss, se_val_loss from cells "
-                        "where grid = ?", [grid_name])
+    stats = store.query(f"select cell_id, {', '.join(cmp.CELL_STATS)} from cells where grid = ?", [grid_name])
     cells = cmp.cells(runs, stats)
     sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
     mem_runs = runs if mem_runs is None else mem_runs
@@ -111,8 +153,9 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     status = tables.status(runs, plan_estimates)
     curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
 
-    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x),
-            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note, log_x),
+    swept = bool(len(cells)) and bool((cells.n_lrs > 1).any())
+    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x, swept),
+            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note, log_x, swept),
             "speedup": charts.speedup(sp), "memory": charts.memory(mem), "size": charts.size(sz),
             "throughput": charts.throughput(th)}
     if len(lr):
@@ -127,7 +170,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
-    intro = _intro(grid_name, runs, comp, status)
+    intro = _intro(grid_name, runs, comp, status, cells, sp)
     broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
     if len(broken):
         intro.append(f"{len(broken)} run dirs are broken and were not read: "
@@ -139,7 +182,8 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),
         ("Validation loss curves", "loss_curves", None),
         ("Validation loss vs tokens", "loss_vs_tokens", None),
-        ("Final validation loss per cell (mean ± standard error over seeds)", "lr_sweep",
+        ("Final validation loss per cell (mean ± standard error over seeds; eval s.e.: the eval sample's own)",
+         "lr_sweep",
          render.loss_table(cells) if len(cells) else None),
         ("Peak memory", "memory", render.memory_table(mem) if len(mem) else None),
         ("Memory knobs: memory saved and step time paid", None, render.knobs_table(kn) if len(kn) else None),
@@ -147,14 +191,13 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         ("Throughput", "throughput", render.throughput_table(th) if len(th) else None),
         ("Runs that did not finish cleanly", None, problems if len(problems) else None),
     ]
+    sections = [(h, c, t) for h, c, t in sections if t is not None or c in figs]  # nothing to show: no heading
     md = [f"# ablate report: {grid_name}\n", *[f"{l}\n" for l in intro]]
     for heading, chart, table in sections:
-        if table is None and chart is None:
-            continue
         md.append(f"\n## {heading}\n")
         if chart in figs:
             md.append(f"![{chart}]({chart}.png)\n")
-        if table is not None or chart is None:
+        if table is not None:
             md.append("\n" + render.markdown(table))
     (out / "summary.md").write_text("".join(md))
     html_sections = [(h, c, render.html_table(t) if t is not None else "") for h, c, t in sections]

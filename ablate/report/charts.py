@@ -59,8 +59,11 @@ def _zoom(curves: pd.DataFrame, x: str) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
-def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bool = False) -> alt.Chart:
-    """Val loss vs steps (or tokens), one line per cell (mean over seeds), a panel per group."""
+def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bool = False,
+                swept: bool = False) -> alt.Chart:
+    """Val loss vs steps (or tokens), one line per cell (mean over seeds), a panel per group;
+    `swept`: the grid sweeps lr and each curve is its variant's best lr. The legend names the
+    series (the variant, with its lr when lrs differ: curves['series'], else the variant)."""
     title = f"Validation loss vs {'tokens' if x == 'tokens' else 'steps'}"
     if not len(curves):
         return placeholder(title, "no evals yet: nothing has been evaluated in this grid")
@@ -68,21 +71,22 @@ def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bo
     if log_x:
         curves = curves[curves[x] > 0]  # step 0 has no logarithm
     budgets = curves.max_iters.nunique() > 1
-    lrs = curves.lr.nunique() > 1
+    if "series" not in curves:
+        curves = curves.assign(series=curves.variant)
     zoom = _zoom(curves, x)
     y_scale = alt.Scale(zero=False, domain=list(zoom), clamp=True) if zoom else alt.Scale(zero=False)
     enc = {"x": alt.X(f"{x}:Q", title=("tokens" if x == "tokens" else "step") + (" (log)" if log_x else ""),
                       scale=alt.Scale(type="log", nice=False) if log_x else alt.Scale(),
                       axis=alt.Axis(format="~s" if x == "tokens" else ",d")),
            "y": alt.Y("val_loss:Q", title="val loss", scale=y_scale),
-           "color": alt.Color("variant:N", title="variant"),
+           "color": alt.Color("series:N", title="variant", sort=list(dict.fromkeys(curves.series))),
            "detail": "cell_id:N",
            "tooltip": ["variant:N", "group:N", "lr:Q", "max_iters:Q", f"{x}:Q", alt.Tooltip("val_loss:Q", format=".4f"),
                        "n_seeds:Q"]}
     if budgets:
         enc["strokeDash"] = alt.StrokeDash("max_iters:O", title="budget (steps)")
     chart = alt.Chart(curves).mark_line(strokeWidth=1.6, clip=True).encode(**enc).properties(width=W, height=H)
-    lines = ["mean over seeds; each variant at its best lr" if lrs else "mean over seeds",
+    lines = ["mean over seeds; each variant at its best lr of the sweep" if swept else "mean over seeds",
              "y axis zoomed to the last 90% of training" if zoom else "", note]
     out = _facet(chart, curves, "group")
     out = out if out is chart else out.resolve_scale(x="independent")  # groups may train for other lengths
@@ -90,7 +94,9 @@ def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bo
 
 
 def _short(r) -> str:
-    """A bar's label: the number, '< 1x', or the extrapolated estimate marked with '*'."""
+    """A bar's label: the number, '< 1x', 'noise', or the extrapolated estimate marked with '*'."""
+    if r.within_noise:
+        return "noise"
     if r.bound == "<" and not r.extrapolated:
         return "< 1x"
     if pd.isna(r.speedup):
@@ -100,31 +106,48 @@ def _short(r) -> str:
 
 def speedup(df: pd.DataFrame) -> alt.Chart:
     """Bars per variant (and budget) in each group, one per mode side by side, vs the group's
-    baseline; rows without a number are labelled at 0 ('< 1x', 'oom', ...); extrapolated
-    budget-mode estimates are pale and starred."""
+    baseline. A row whose number is only a bound ('< 1x': never reached the baseline's loss) is
+    a downward triangle at the bound; a row within eval noise is a pale bar labelled 'noise';
+    extrapolated budget-mode estimates are pale and starred; a grey band spans the budget-mode
+    speedups within eval noise; rows without any number ('oom', 'not reached yet') are labelled at 0."""
     title = "Speedup vs baseline (same final val loss)"
     if not len(df):
         return placeholder(title, "no speedup: no group has a finished baseline and a variant")
     d = df.copy()
     d["x"] = d.variant + (d.budget.map(lambda b: f" @{b}") if d.budget.nunique() > 1 else "")
-    d["value"] = d.speedup.where(d.speedup.notna(), 0.0)
+    d["within_noise"] = d.within_noise.fillna(False).astype(bool)
+    d["extrapolated"] = d.extrapolated.astype(bool)
+    below = (d.bound == "<") & d.speedup.isna()  # curve mode's '< 1x': a bound, no number
+    d["value"] = d.speedup.where(d.speedup.notna(), below.map({True: 1.0, False: 0.0}))
     d["lo"] = (d.speedup - d.speedup_se).where(d.speedup_se.notna())
     d["hi"] = (d.speedup + d.speedup_se).where(d.speedup_se.notna())
     d["short"] = [_short(r) for r in d.itertuples()]
-    d["extrapolated"] = d.extrapolated.astype(bool)
+    d["pale"] = d.extrapolated | d.within_noise
+    d["kind"] = ["bound" if b else "bar" for b in below]
     d["one"] = 1.0
     base = alt.Chart(d).encode(x=_xvar("x"), xOffset=alt.XOffset("mode:N"))
-    bars = base.mark_bar().encode(
+    tip = ["variant:N", "group:N", "mode:N", "budget:Q", "display:N", "note:N"]
+    pale = alt.Opacity("pale:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.35]), legend=None)
+    bars = base.transform_filter(alt.datum.kind == "bar").mark_bar().encode(
         y=alt.Y("value:Q", title="speedup (x)", stack=None), color=alt.Color("mode:N", title="mode"),
-        opacity=alt.Opacity("extrapolated:N", scale=alt.Scale(domain=[False, True], range=[1.0, 0.4]), legend=None),
-        tooltip=["variant:N", "group:N", "mode:N", "budget:Q", "display:N", "note:N"])
+        opacity=pale, tooltip=tip)
+    bounds = base.transform_filter(alt.datum.kind == "bound").mark_point(
+        shape="triangle-down", filled=True, size=120).encode(y="value:Q", color="mode:N", opacity=pale, tooltip=tip)
     err = base.mark_rule().encode(y="lo:Q", y2="hi:Q")
-    text = base.mark_text(angle=270, align="left", baseline="middle", dx=3, fontSize=10).encode(
+    # budget mode: the speedups that the variant's loss +- 2 eval standard errors would give
+    noise = base.mark_rule(color="#888", strokeWidth=5, opacity=0.5).encode(y="noise_lo:Q", y2="noise_hi:Q")
+    text = base.mark_text(angle=270, align="left", baseline="middle", dx=6, fontSize=10).encode(
         y="value:Q", text="short:N")
     one = alt.Chart(d).mark_rule(color="black", strokeDash=[4, 3]).encode(y="mean(one):Q")
     n_bars = d.x.nunique() * d["mode"].nunique()
-    layer = alt.layer(bars, err, one, text).properties(width=max(W, 22 * n_bars), height=H)
+    layer = alt.layer(bars, bounds, noise, err, one, text).properties(width=max(W, 22 * n_bars), height=H)
     notes = ["curve mode: steps to reach the baseline's final loss; budget mode: budget the baseline would need"]
+    if below.any():
+        notes.append("▼ never reached the baseline's loss: the speedup is below this bound")
+    if d.within_noise.any():
+        notes.append("pale 'noise': the loss gap is within 2 eval standard errors, not a result")
+    if d.noise_lo.notna().any():
+        notes.append("grey band: the budget-mode speedup at the variant's loss ± 2 eval standard errors")
     if d.extrapolated.any():
         notes.append("* pale: beyond the baseline's budgets, extrapolated on log(budget); the table gives the bound")
     return _facet_layer(layer, d, "group").properties(title=_subtitle(title, notes))
@@ -246,23 +269,56 @@ def throughput(df: pd.DataFrame) -> alt.Chart:
 
 
 def lr_sweep(df: pd.DataFrame) -> alt.Chart:
-    """Final val loss vs initial lr, one line per variant x budget (the nGPT README figure)."""
+    """Final val loss vs initial lr (log axis), one line per variant x budget (the nGPT README
+    figure). The best lr of each line is ringed, in red with "edge" when it is the lowest or
+    highest lr swept (an optimum not bracketed); an lr whose runs all diverged (or failed)
+    has no loss to draw: it is a red x at the top of its panel, so it never just vanishes."""
     title = "Final validation loss vs learning rate"
     d = df.dropna(subset=["mean_val_loss"]).copy()
-    if not len(d):
+    lost = df[df.mean_val_loss.isna() & (df.n_done == 0) & (df.states.str.len() > 0)].copy()
+    lost = lost[~lost.states.str.contains("running|queued|pending|new")]
+    if not len(d) and not len(lost):
         return placeholder(title, "no finished cells in the lr sweep yet")
     d["lo"] = (d.mean_val_loss - d.se_val_loss).where(d.se_val_loss.notna())
     d["hi"] = (d.mean_val_loss + d.se_val_loss).where(d.se_val_loss.notna())
-    base = alt.Chart(d).encode(x=alt.X("lr:Q", scale=alt.Scale(type="log", nice=False, padding=20),
-                                       axis=alt.Axis(format="~g", labelOverlap="greedy"), title="initial learning rate"),
-                               color=alt.Color("variant:N", title="variant"))
-    enc = {"strokeDash": alt.StrokeDash("max_iters:O", title="budget (steps)")} if d.max_iters.nunique() > 1 else {}
+    d["mark"] = ["best lr, " + e + " swept: not bracketed" if e else "best lr" if b else ""
+                 for b, e in zip(d.best_lr, d.lr_edge)]
+    top = d.groupby("mgroup").mean_val_loss.max() if len(d) else pd.Series(dtype=float)
+    span = (d.mean_val_loss.max() - d.mean_val_loss.min()) if len(d) else 0.0
+    lost["y"] = [top.get(m, 0.0) + 0.05 * (span or 1.0) for m in lost.mgroup]
+    lost["what"] = lost.states.str.replace(",", " / ")
+    lrs = sorted(set(d.lr) | set(lost.lr))  # ticks at the lrs swept: a doubling sweep is evenly spaced
+    x = alt.X("lr:Q", scale=alt.Scale(type="log", nice=False, padding=20), title="initial learning rate (log scale)",
+              axis=alt.Axis(format="~g", labelOverlap="greedy", **({"values": lrs} if len(lrs) <= 12 else {})))
+    color = alt.Color("variant:N", title="variant")
+    budgets = pd.concat([d.max_iters, lost.max_iters]).nunique() > 1
+    enc = {"strokeDash": alt.StrokeDash("max_iters:O", title="budget (steps)")} if budgets else {}
     y = alt.Y("mean_val_loss:Q", title="final val loss", scale=alt.Scale(zero=False))
-    line = base.mark_line().encode(y=y, detail="max_iters:O", **enc)
-    points = base.mark_point(filled=True, size=30).encode(
-        y=y, tooltip=["variant:N", "max_iters:O", "lr:Q", alt.Tooltip("mean_val_loss:Q", format=".4f"),
-                      alt.Tooltip("se_val_loss:Q", format=".4f"), "n_done:Q"])
-    err = base.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="max_iters:O")
-    layer = alt.layer(line, points, err).properties(width=W + 60, height=H + 40)
-    return _facet_layer(layer, d, "mgroup").properties(
-        title=_subtitle(title, ["mean ± standard error over seeds"]))
+    # one data set, a layer per kind of row (a faceted layer chart needs one data set)
+    both = pd.concat([d.assign(kind="loss"), lost.assign(kind="lost", mark="")], ignore_index=True)
+    both["lr_edge"] = both.lr_edge.fillna("")
+    base = alt.Chart(both).encode(x=x)
+    loss = base.transform_filter(alt.datum.kind == "loss").encode(color=color)
+    tip = ["variant:N", "max_iters:O", "lr:Q", alt.Tooltip("mean_val_loss:Q", format=".4f"),
+           alt.Tooltip("se_val_loss:Q", format=".4f"), alt.Tooltip("eval_se_val_loss:Q", format=".4f"), "n_done:Q",
+           "mark:N"]
+    layers = [loss.mark_line().encode(y=y, detail="max_iters:O", **enc),
+              loss.mark_point(filled=True, size=30).encode(y=y, tooltip=tip),
+              loss.mark_rule().encode(y="lo:Q", y2="hi:Q", detail="max_iters:O"),
+              loss.transform_filter(alt.datum.mark != "").mark_point(size=160, strokeWidth=2, filled=False).encode(
+                  y=y, color=alt.condition(alt.datum.lr_edge != "", alt.value("red"), color), tooltip=tip),
+              loss.transform_filter(alt.datum.lr_edge != "").mark_text(dy=-14, fontSize=10).encode(
+                  y=y, text=alt.value("edge"), color=alt.value("red"))]
+    if len(lost):
+        lx = base.transform_filter(alt.datum.kind == "lost").encode(y=alt.Y("y:Q"))
+        layers += [lx.mark_point(shape="cross", color="red", size=90, filled=True, angle=45).encode(
+                       tooltip=["variant:N", "max_iters:O", "lr:Q", "what:N"]),
+                   lx.mark_text(dy=-10, color="red", fontSize=10).encode(text="what:N")]
+    layer = alt.layer(*layers).properties(width=W + 60, height=H + 40)
+    seeds = "mean ± standard error over seeds" if d.se_val_loss.notna().any() else "one seed per cell"
+    notes = [f"{seeds}; ringed: the best lr of a line"]
+    if (d.lr_edge != "").any():
+        notes.append("red ring, 'edge': the best lr is the lowest or highest swept, so the optimum is not bracketed")
+    if len(lost):
+        notes.append("red x: every run at that lr diverged or failed (no final loss)")
+    return _facet_layer(layer, both, "mgroup").properties(title=_subtitle(title, notes))

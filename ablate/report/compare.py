@@ -4,8 +4,9 @@
 
 - varied keys: config keys (hashed, not the seed) that take several values in the grid.
 - group: the values of `group_by`. Default (as the grid file's default): every varied key
-  except the baseline's keys, lr and seed. Keeping max_iters out of group_by puts several
-  budgets in one group, which is what budget-mode speedup needs.
+  except the baseline's keys, the seed, the lr sweep (lr, min_lr) and the budget (max_iters),
+  nor keys resolved from those (GPT's warmup, lr_decay_iters): several budgets in one group
+  is what budget-mode speedup needs, several lrs in one variant is what best-vs-best needs.
 - variant: the values of the remaining varied keys, except lr and max_iters (lr is swept
   inside a variant, with min_lr; max_iters is the budget). Keys that are functions of the
   others (a resolved warmup per arch and budget, batch size zipped with context) are not
@@ -24,9 +25,9 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ablate.plan.grid import SWEPT  # inside a variant: the lr sweep (+ min_lr) and the budget
 from ablate.store.schema import CELL_KEYS, CONFIG_COLUMNS
 
-SWEPT = ("lr", "min_lr", "max_iters")  # inside a variant: the lr sweep (min_lr goes with it) and the budget
 # a null in a baseline means the resolved default, which is another key's value
 RESOLVED_NULL = {"n_kv_head": "n_head", "share_attn": "n_layer", "lr_decay_iters": "max_iters"}
 
@@ -101,7 +102,9 @@ def resolve(runs: pd.DataFrame, compare: dict | None) -> Comparison:
     varied = [k for k in CELL_KEYS if k in runs and runs[k].map(repr).nunique() > 1]
     group_by = compare.get("group_by")
     if group_by is None:  # the grid file's default, on the axes (not on keys resolved from them)
-        group_by = [k for k in _independent(runs, varied, baseline, []) if k not in baseline and k not in SWEPT[:2]]
+        swept = [k for k in SWEPT if k in varied]
+        group_by = [k for k in _independent(runs, [k for k in varied if k not in swept], baseline, swept)
+                    if k not in baseline]
     group_by = [k for k in group_by if k in CONFIG_COLUMNS]
     variant_keys = _independent(runs, [k for k in varied if k not in group_by and k not in SWEPT], baseline,
                                 [*group_by, "max_iters"])
@@ -191,15 +194,17 @@ def annotate(runs: pd.DataFrame, comp: Comparison) -> pd.DataFrame:
 
 CELL_LABELS = ["cell_id", "group", "mgroup", "variant", "is_baseline", "max_iters", "lr", "budget_tokens", "gorder",
                "morder", "vorder"]
-CELL_STATS = ["n_runs", "n_done", "states", "mean_val_loss", "se_val_loss"]
+CELL_STATS = ["n_runs", "n_done", "states", "mean_val_loss", "se_val_loss", "eval_se_val_loss"]
 
 
 def cells(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: its labels (from the runs) and the store's `cells` view (mean and
-    standard error of the final val loss over finished seeds, counts, states), in display
-    order, with best_lr and rep (the cell that stands for its variant) marked."""
+    standard error of the final val loss over finished seeds, the eval's own standard error,
+    counts, states), in display order, with best_lr, rep (the cell that stands for its
+    variant), n_lrs (lrs swept beside it) and lr_edge ("lowest" / "highest" when the best lr
+    is an end of a sweep of two or more lrs: then it is not known to be an optimum) marked."""
     if not len(runs):
-        return pd.DataFrame(columns=[*CELL_LABELS, *CELL_STATS, "best_lr", "rep"])
+        return pd.DataFrame(columns=[*CELL_LABELS, *CELL_STATS, "best_lr", "rep", "n_lrs", "lr_edge"])
     stats = stats.assign(states=[",".join(sorted(s)) for s in stats.states])
     out = runs[CELL_LABELS].drop_duplicates("cell_id").merge(stats[["cell_id", *CELL_STATS]], on="cell_id")
     out = out.sort_values(["gorder", "vorder", "max_iters", "lr"], ignore_index=True)
@@ -210,6 +215,14 @@ def cells(runs: pd.DataFrame, stats: pd.DataFrame) -> pd.DataFrame:
     out.loc[best, "best_lr"] = True
     # the cell drawn and compared for a (group, variant, budget): its best lr, or while no lr
     # has finished, every cell (each shows its own progress)
-    has_best = out.groupby(["group", "variant", "max_iters"], dropna=False)["best_lr"].transform("any")
-    out["rep"] = out.best_lr | ~has_best
+    sweep = out.groupby(["group", "variant", "max_iters"], dropna=False)
+    out["rep"] = out.best_lr | ~sweep["best_lr"].transform("any")
+    # every lr of the sweep counts as an end, diverged or failed ones too: a larger lr that
+    # diverged brackets the optimum from above as well as a worse loss does
+    out["n_lrs"] = sweep["lr"].transform("nunique")
+    lo, hi = sweep["lr"].transform("min"), sweep["lr"].transform("max")
+    out["lr_edge"] = ""
+    edge = out.best_lr & (out.n_lrs > 1)
+    out.loc[edge & (out.lr == lo), "lr_edge"] = "lowest"
+    out.loc[edge & (out.lr == hi), "lr_edge"] = "highest"
     return out

@@ -160,8 +160,10 @@ def loss_table(cells: pd.DataFrame) -> pd.DataFrame:
         "group": c.group, "variant": c.variant, "budget": c.max_iters, "lr": [num(x, "g") for x in c.lr],
         "final val loss": [num(m, ".4f") + (f" ± {num(s, '.4f')}" if pd.notna(s) else "")
                            for m, s in zip(c.mean_val_loss, c.se_val_loss)],
+        "eval s.e.": [num(x, ".4f") for x in c.eval_se_val_loss],
         "seeds done": [f"{a}/{b}" for a, b in zip(c.n_done, c.n_runs)],
-        "states": c.states, "best lr": ["*" if b else "" for b in c.best_lr]})
+        "states": c.states,
+        "best lr": [("*" + (f" ({e} swept)" if e else "")) if b else "" for b, e in zip(c.best_lr, c.lr_edge)]})
 
 
 def markdown(df: pd.DataFrame) -> str:

@@ -17,6 +17,18 @@ budget mode (the baseline trained at several budgets, each with its own schedule
 
 Seeds: a speedup is computed per variant seed (against the mean baseline); the table gives
 the mean and standard error over seeds. Every row names its mode.
+
+Eval noise: every eval records the standard error of its val loss (the spread of its batches).
+The gap that a speedup rests on (curve mode: the variant's final loss - L*; budget mode: the
+variant's final loss - the baseline's at the same budget) is compared with the two cells' eval
+standard errors combined, sigma = sqrt(se_v^2 + se_b^2). Within NOISE_SIGMAS sigma the row
+says "within eval noise" instead of a number: the data cannot tell the two apart. (All cells
+are scored on the same windows, so the noise of a difference is smaller than this sigma: the
+flag errs on the side of claiming less.) Budget mode also gives the speedups that loss +- 2
+sigma would read off the baseline's line (noise_lo .. noise_hi).
+
+Best lr: a variant stands at its best lr, which is only an optimum when it is inside the lr
+sweep; a best lr at the lowest or highest lr swept is named in the row (lr_note).
 """
 from __future__ import annotations
 
@@ -26,9 +38,11 @@ import numpy as np
 import pandas as pd
 
 BAD = ("failed", "diverged", "oom", "cancelled")
+NOISE_SIGMAS = 2.0  # a gap under this many combined eval standard errors is not a result
 COLUMNS = ["group", "variant", "mode", "budget", "baseline_budget", "lr", "baseline_lr", "target_loss",
            "variant_loss", "speedup", "speedup_se", "speedup_tokens", "speedup_wall", "n_seeds", "n_reached",
-           "extrapolated", "bound", "display", "note"]
+           "extrapolated", "bound", "loss_gap", "gap_se", "within_noise", "noise_lo", "noise_hi", "lr_note",
+           "display", "note"]
 
 
 def _mean_se(values) -> tuple[float, float]:
@@ -51,6 +65,39 @@ def _fmt(x: float, se: float = math.nan) -> str:
     return f"{x:.2f}x" + (f" ± {se:.2f}" if math.isfinite(se) else "")
 
 
+def _num(x) -> float:
+    return float(x) if x is not None and pd.notna(x) else math.nan
+
+
+def _noise(gap: float, *ses) -> tuple[float, bool]:
+    """(sigma of a gap between cells, whether the gap is within NOISE_SIGMAS of it): sigma is
+    nan, and nothing is within noise, when a cell has no recorded eval standard error."""
+    sigma = math.sqrt(sum(_num(se) ** 2 for se in ses))
+    return sigma, bool(math.isfinite(sigma) and math.isfinite(gap) and abs(gap) < NOISE_SIGMAS * sigma)
+
+
+def _edge(cell, name: str) -> str:
+    """'ngpt's best lr 0.012 is the highest swept' when a cell's best lr is an end of its sweep."""
+    return f"{name}'s best lr {cell.lr:g} is the {cell.lr_edge} swept" if cell.lr_edge else ""
+
+
+def _finish(row: dict, edges: list[str]) -> dict:
+    """Say what the data cannot support next to the number: a gap within eval noise replaces
+    the number, a best lr at an end of its sweep is named in the display and the note."""
+    edges = [e for e in edges if e]
+    row["lr_note"] = "; ".join(edges)
+    if row["within_noise"]:
+        row["note"] = "; ".join(filter(None, [
+            f"final losses {row['loss_gap']:+.4f} apart, eval noise ±{NOISE_SIGMAS * row['gap_se']:.4f} "
+            f"({NOISE_SIGMAS:g} s.e.): not a result (as measured: {row['display']})", row["note"]]))
+        row["display"] = "within eval noise"
+    if edges:
+        row["display"] += " (best lr at sweep edge)"
+        row["note"] = "; ".join(filter(None, [row["note"], ", ".join(edges) + ": not an optimum, so not "
+                                              "best-vs-best (sweep beyond it)"]))
+    return row
+
+
 def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
     """One row per variant (best lr) per (group, budget) whose baseline has finished seeds."""
     reps = cells[cells.rep]
@@ -62,7 +109,8 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
         base = base.iloc[0]
         base_runs = runs[(runs.cell_id == base.cell_id) & (runs.state == "done")]
         ref = {"target": base.mean_val_loss, "steps": base_runs.final_step.mean(),
-               "tokens": base_runs.final_tokens.mean(), "elapsed": base_runs.final_elapsed.mean(), "lr": base.lr}
+               "tokens": base_runs.final_tokens.mean(), "elapsed": base_runs.final_elapsed.mean(), "lr": base.lr,
+               "cell": base}
         for _, v in sub[~sub.is_baseline].iterrows():
             vr = runs[(runs.cell_id == v.cell_id)]
             jobs.append((group, budget, v, ref, vr))
@@ -110,13 +158,16 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
             display, note = "not reached yet", "still running"
         else:
             display = note = ",".join(sorted(set(vr.state))) or "no runs"
-        out.append({"group": group, "variant": v.variant, "mode": "curve", "budget": budget,
-                    "baseline_budget": budget, "lr": v.lr, "baseline_lr": ref["lr"], "target_loss": ref["target"],
-                    "variant_loss": v.mean_val_loss, "speedup": mean, "speedup_se": se,
-                    "speedup_tokens": _mean_se(sp_tok)[0] if not n_never else math.nan,
-                    "speedup_wall": _mean_se(sp_wall)[0] if not n_never else math.nan,
-                    "n_seeds": n_total, "n_reached": len(sp), "extrapolated": False, "bound": bound,
-                    "display": display, "note": note})
+        gap = _num(v.mean_val_loss) - _num(ref["target"])
+        sigma, within = _noise(gap, v.eval_se_val_loss, ref["cell"].eval_se_val_loss)
+        out.append(_finish({
+            "group": group, "variant": v.variant, "mode": "curve", "budget": budget, "baseline_budget": budget,
+            "lr": v.lr, "baseline_lr": ref["lr"], "target_loss": ref["target"], "variant_loss": v.mean_val_loss,
+            "speedup": mean, "speedup_se": se, "speedup_tokens": _mean_se(sp_tok)[0] if not n_never else math.nan,
+            "speedup_wall": _mean_se(sp_wall)[0] if not n_never else math.nan, "n_seeds": n_total,
+            "n_reached": len(sp), "extrapolated": False, "bound": bound, "loss_gap": gap, "gap_se": sigma,
+            "within_noise": within, "noise_lo": math.nan, "noise_hi": math.nan, "display": display, "note": note},
+            [_edge(v, v.variant), _edge(ref["cell"], ref["cell"].variant)]))
     return out
 
 
@@ -139,6 +190,14 @@ def budget_needed(budgets, losses, loss: float) -> tuple[float, str | None]:
     return (math.exp(b[-1] + (loss - L[-1]) / slope) if slope < 0 else math.nan), "above"
 
 
+def loss_at(budgets, losses, budget: float) -> float:
+    """The baseline's loss at `budget` on its piecewise-linear loss(log budget) line, the end
+    segments extended beyond the measured budgets."""
+    b, L, x = np.log(np.asarray(budgets, dtype=float)), np.asarray(losses, dtype=float), math.log(budget)
+    i = int(np.clip(np.searchsorted(b, x) - 1, 0, len(b) - 2))
+    return float(L[i] + (x - b[i]) * (L[i + 1] - L[i]) / (b[i + 1] - b[i]))
+
+
 def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
     """One row per variant cell (best lr at each budget) in groups where the baseline finished
     two or more budgets."""
@@ -149,6 +208,8 @@ def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
         if base.max_iters.nunique() < 2:
             continue
         bud, los, bud_tok = base.max_iters.tolist(), base.mean_val_loss.tolist(), base.budget_tokens.tolist()
+        base_se = base.eval_se_val_loss.mean()  # nan when no baseline eval recorded one
+        base_edges = list(dict.fromkeys(_edge(c, c.variant) for c in base.itertuples()))
         for _, v in sub[~sub.is_baseline].sort_values(["variant", "max_iters"]).iterrows():
             seeds = runs[(runs.cell_id == v.cell_id) & (runs.state == "done")].final_val_loss.dropna()
             per_seed = [budget_needed(bud, los, x) for x in seeds]
@@ -171,13 +232,24 @@ def budget_mode(runs: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
                 display = f"{bound} {edge:.2f}x" + (f" (≈{mean:.2f}x extrapolated)" if math.isfinite(mean) else "")
             else:
                 display = _fmt(mean, se) + (" (partly extrapolated)" if extrap else "")
-            out.append({"group": group, "variant": v.variant, "mode": "budget", "budget": v.max_iters,
-                        "baseline_budget": ",".join(map(str, bud)), "lr": v.lr, "baseline_lr": math.nan,
-                        "target_loss": math.nan, "variant_loss": v.mean_val_loss, "speedup": mean,
-                        "speedup_se": se, "speedup_tokens": _mean_se(sp_tok)[0], "speedup_wall": math.nan,
-                        "n_seeds": int(v.n_runs), "n_reached": len(sp), "extrapolated": extrap, "bound": bound,
-                        "display": display,
-                        "note": ("outside the baseline's budgets: extrapolated on log(budget)" if extrap else "")})
+            # the gap at equal budget, and the speedups that the loss +- the eval noise would give
+            gap = _num(v.mean_val_loss) - loss_at(bud, los, v.max_iters)
+            sigma, within = _noise(gap, v.eval_se_val_loss, base_se)
+            lo = hi = math.nan
+            if sp and math.isfinite(sigma):
+                lo, hi = (budget_needed(bud, los, v.mean_val_loss + sign * NOISE_SIGMAS * sigma)[0] / v.max_iters
+                          for sign in (1, -1))
+            note = "outside the baseline's budgets: extrapolated on log(budget)" if extrap else ""
+            if math.isfinite(lo) and math.isfinite(hi) and not within:
+                note = "; ".join(filter(None, [f"eval noise: {lo:.2f}x .. {hi:.2f}x", note]))
+            out.append(_finish({
+                "group": group, "variant": v.variant, "mode": "budget", "budget": v.max_iters,
+                "baseline_budget": ",".join(map(str, bud)), "lr": v.lr, "baseline_lr": math.nan,
+                "target_loss": math.nan, "variant_loss": v.mean_val_loss, "speedup": mean, "speedup_se": se,
+                "speedup_tokens": _mean_se(sp_tok)[0], "speedup_wall": math.nan, "n_seeds": int(v.n_runs),
+                "n_reached": len(sp), "extrapolated": extrap, "bound": bound, "loss_gap": gap, "gap_se": sigma,
+                "within_noise": within and bool(sp), "noise_lo": lo, "noise_hi": hi, "display": display,
+                "note": note}, [_edge(v, v.variant), *base_edges]))
     return out
 
 

@@ -211,8 +211,8 @@ def lr_sweep(cells: pd.DataFrame) -> pd.DataFrame:
     if not len(cells):
         return pd.DataFrame()
     n_lr = cells.groupby(["mgroup", "variant", "max_iters"])["lr"].transform("nunique")
-    cols = ["mgroup", "variant", "max_iters", "lr", "mean_val_loss", "se_val_loss", "n_done", "n_runs", "states",
-            "best_lr"]
+    cols = ["mgroup", "variant", "max_iters", "lr", "mean_val_loss", "se_val_loss", "eval_se_val_loss", "n_done",
+            "n_runs", "states", "best_lr", "lr_edge"]
     out = cells[n_lr > 1].sort_values(["morder", "vorder", "max_iters", "lr"])
     return out[cols].reset_index(drop=True)
 

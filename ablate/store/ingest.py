@@ -171,7 +171,8 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
     tps = [x for x in (coerce(r.get("tokens_per_s"), "DOUBLE") for r in train[1:]) if x]  # [0] holds the warm-up
     peaks = [x for x in (coerce(r.get("mem_peak"), "BIGINT") for r in train) if x is not None]
     row.update(n_evals=len(evals), n_train=len(train), last_step=last["step"], last_tokens=last["tokens"],
-               last_elapsed=last["elapsed"], last_val_loss=last["val_loss"], last_train_loss=last["train_loss"],
+               last_elapsed=last["elapsed"], last_val_loss=last["val_loss"],
+               last_val_loss_se=last["val_loss_se"], last_train_loss=last["train_loss"],
                median_tokens_per_s=statistics.median(tps) if tps else None, max_mem_peak=max(peaks) if peaks else None,
                skipped_lines=skipped_evals + skipped_train)
     row.update(has_summary=summary is not None, config_json=json.dumps(doc.get("config"), sort_keys=True),

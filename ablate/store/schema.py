@@ -16,7 +16,7 @@ from typing import Literal
 
 from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
 
-SCHEMA_VERSION = "6"
+SCHEMA_VERSION = "7"  # 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -76,15 +76,15 @@ DOC_COLUMNS = {"version": ("version", "VARCHAR"), "git_sha": ("git_sha", "VARCHA
 
 # jsonl key -> column, in file order; the same names in the files and the tables
 EVAL_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "elapsed": "DOUBLE", "val_loss": "DOUBLE",
-                "train_loss": "DOUBLE"}
+                "val_loss_se": "DOUBLE", "train_loss": "DOUBLE"}
 TRAIN_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "loss": "DOUBLE", "lr": "DOUBLE", "step_time": "DOUBLE",
                  "tokens_per_s": "DOUBLE", "mem_alloc": "BIGINT", "mem_peak": "BIGINT", "mem_reserved": "BIGINT",
                  "mem_peak_reserved": "BIGINT"}
 
 # computed at ingest from the jsonl files: what a running job has reached so far
 PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",
-                    "last_elapsed": "DOUBLE", "last_val_loss": "DOUBLE", "last_train_loss": "DOUBLE",
-                    "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT",
+                    "last_elapsed": "DOUBLE", "last_val_loss": "DOUBLE", "last_val_loss_se": "DOUBLE",
+                    "last_train_loss": "DOUBLE", "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT",
                     "skipped_lines": "BIGINT"}  # jsonl lines skipped: torn, not UTF-8, not JSON objects
 
 
@@ -150,6 +150,8 @@ VIEWS = {
     "final": f"""CREATE VIEW final AS
 SELECT grid, run_id, cell_id, state, seed, {_CELL},
        coalesce(final_val_loss, last_val_loss) AS final_val_loss,
+       -- the last eval's standard error: the final eval's, since a finished run evals at its last step
+       last_val_loss_se AS final_val_loss_se,
        coalesce(final_train_loss, last_train_loss) AS final_train_loss,
        coalesce(final_eval_step, last_step) AS final_step,
        last_tokens AS final_tokens, last_elapsed AS final_elapsed,
@@ -165,6 +167,9 @@ SELECT grid, cell_id, {_CELL},
        avg(final_val_loss) FILTER (WHERE finished) AS mean_val_loss,
        stddev_samp(final_val_loss) FILTER (WHERE finished)
            / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
+       -- the eval sample's own noise: seeds are scored on the same windows, so their eval errors
+       -- do not average out over seeds; the mean of their standard errors
+       avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
        avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
 FROM final
 GROUP BY grid, cell_id, {_CELL};""",

@@ -26,10 +26,12 @@ def config_for(overrides: dict):
 def write_run(root, grid: str, overrides: dict, loss: Callable[[int], float] | None = None, *,
               state: str = "done", steps: int | None = None, step_time: float = 0.01, peak_alloc: int | None = None,
               peak_reserved: int | None = None, tokens_per_s: float | None = None, summary: dict | None = None,
-              torn: bool = False, metrics: bool = True, error: str | None = None, run_id: str | None = None) -> Path:
+              torn: bool = False, metrics: bool = True, error: str | None = None, run_id: str | None = None,
+              eval_se: float | None = None) -> Path:
     """One run dir. `loss(step)` gives the val loss at each eval (every eval_interval steps, the
-    last step always), train loss = val loss - 0.01. `steps` cuts the run short (a running or
-    failed job); a summary is written only for a finished state unless `summary` is given."""
+    last step always), train loss = val loss - 0.01, `eval_se` each eval's standard error (none
+    when None, as an evals.jsonl from before it was recorded). `steps` cuts the run short (a
+    running or failed job); a summary is written only for a finished state unless `summary` is given."""
     cfg = config_for(overrides)
     rid = run_id or cfg.run_id()
     d = Path(root) / grid / rid
@@ -40,8 +42,9 @@ def write_run(root, grid: str, overrides: dict, loss: Callable[[int], float] | N
     last = cfg.max_iters if steps is None else steps
     eval_steps = sorted(set(range(0, last + 1, cfg.eval_interval)) | {last})
     tps = cfg.tokens_per_step / step_time
+    se = {} if eval_se is None else {"val_loss_se": eval_se}
     lines = [json.dumps({"step": s, "tokens": s * cfg.tokens_per_step, "elapsed": s * step_time,
-                         "val_loss": loss(s), "train_loss": loss(s) - 0.01}) for s in eval_steps]
+                         "val_loss": loss(s), **se, "train_loss": loss(s) - 0.01}) for s in eval_steps]
     (d / rundir.EVALS).write_text("\n".join(lines) + "\n" + ('{"step": 99999, "val_l' if torn else ""))
     if metrics:
         m = [json.dumps({"step": s, "tokens": s * cfg.tokens_per_step, "loss": loss(s), "lr": cfg.lr,

@@ -6,7 +6,10 @@ a PRNG seeded with (seed, stream, step, micro). Nothing is carried between batch
   - the data position in a checkpoint is just the step: a resumed run sees the same batches;
   - under DDP rank r takes micro indices [r*k, (r+1)*k) of the same global batch, so any world
     size computes the same step as a single process with the same grad_accum.
-Eval batches come from their own streams and are the same at every eval.
+Eval windows are one fixed set per (data, split, context): window j's offset depends on j
+alone, never on the training seed or the batch size, so every cell of a grid with the same
+data and context is scored on the same tokens at every eval (cells evaluating more windows
+see a superset), and seeds differ only by what they learned, not by what they were scored on.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import torch
 from ablate.errors import AblateError
 
 TRAIN, VAL, TRAIN_EVAL = 0, 1, 2  # PRNG streams
+EVAL_CHUNK = 1024  # eval window offsets are drawn in chunks of this many: window j lives in chunk j // 1024
 
 
 class Batches:
@@ -31,11 +35,8 @@ class Batches:
             self.splits[split] = arr
         self._window = np.arange(context + 1)
 
-    def _get(self, split: str, stream: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data = self.splits[split]
-        rng = np.random.default_rng([self.seed, stream, a, b])
-        offsets = rng.integers(0, len(data) - self.T, size=self.B)
-        buf = torch.from_numpy(data[offsets[:, None] + self._window].astype(np.int64))  # (B, T+1)
+    def _windows(self, split: str, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        buf = torch.from_numpy(self.splits[split][offsets[:, None] + self._window].astype(np.int64))  # (B, T+1)
         x, y = buf[:, :-1], buf[:, 1:]
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),
@@ -44,8 +45,21 @@ class Batches:
 
     def train(self, step: int, micro: int):
         """Micro-batch `micro` (global index) of optimizer step `step`."""
-        return self._get("train", TRAIN, step, micro)
+        rng = np.random.default_rng([self.seed, TRAIN, step, micro])
+        return self._windows("train", rng.integers(0, len(self.splits["train"]) - self.T, size=self.B))
 
     def eval(self, split: str, i: int):
-        """The i-th fixed eval batch of split ('val', or 'train' for the train loss at evals)."""
-        return self._get(split, VAL if split == "val" else TRAIN_EVAL, i, 0)
+        """The i-th eval batch of split ('val', or 'train' for the train loss at evals): windows
+        i*B .. (i+1)*B-1 of the split's fixed eval windows (no seed involved)."""
+        return self._windows(split, eval_offsets(len(self.splits[split]), self.T, VAL if split == "val" else TRAIN_EVAL,
+                                                 i * self.B, self.B))
+
+
+def eval_offsets(n_tokens: int, context: int, stream: int, first: int, count: int) -> np.ndarray:
+    """Offsets of eval windows first .. first+count-1 of a split of n_tokens tokens: a pure
+    function of (split size, context, stream, window index), drawn chunk by chunk."""
+    chunks = range(first // EVAL_CHUNK, (first + count - 1) // EVAL_CHUNK + 1)
+    pool = np.concatenate([np.random.default_rng([stream, context, c]).integers(0, n_tokens - context, size=EVAL_CHUNK)
+                           for c in chunks])
+    start = first - chunks[0] * EVAL_CHUNK
+    return pool[start:start + count]

@@ -29,6 +29,7 @@ import contextlib
 import functools
 import math
 import random
+import statistics
 import sys
 import time
 import traceback
@@ -201,22 +202,25 @@ class Trainer:
     def evaluate(self) -> dict:
         t0 = self._sync_time()
         self.fwd.eval()
-        out = {}
+        out, n = {}, self.cfg.eval_iters
         for split in ("val", "train"):
-            total = torch.zeros((), device=self.d.device)
-            for i in range(self.d.rank, self.cfg.eval_iters, self.d.world_size):  # fixed batches, split over ranks
+            losses = torch.zeros(n, device=self.d.device)  # one entry per batch; each rank fills its own
+            for i in range(self.d.rank, n, self.d.world_size):  # fixed batches, split over ranks
                 x, y = self.batches.eval(split, i)
                 with self.autocast():
                     _, loss = self.fwd(x, y)
-                total += loss.float()
-            out[split] = distributed.all_reduce(total, self.d).item() / self.cfg.eval_iters
+                losses[i] = loss.float()
+            out[split] = distributed.all_reduce(losses, self.d).tolist()
         self.fwd.train()
         self._excluded += self._sync_time() - t0
+        val, train = statistics.fmean(out["val"]), statistics.fmean(out["train"])
+        # standard error of the val estimate: the spread of its batches (random windows) over sqrt(n)
+        se = statistics.stdev(out["val"]) / math.sqrt(n) if n > 1 and math.isfinite(val) else None
         rec = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "elapsed": self._train_s(),
-               "val_loss": _finite(out["val"]), "train_loss": _finite(out["train"])}
+               "val_loss": _finite(val), "val_loss_se": se, "train_loss": _finite(train)}
         if self.d.is_main:
             rundir.append_jsonl(self.run_dir / rundir.EVALS, rec)
-            self.log(f"eval step {self.step}: val {out['val']:.4f} train {out['train']:.4f}")
+            self.log(f"eval step {self.step}: val {val:.4f} ± {math.nan if se is None else se:.4f} train {train:.4f}")
         return rec
 
     def log_metrics(self, loss: float) -> None:

@@ -5,6 +5,7 @@ import pytest
 
 from ablate.errors import AblateError
 from ablate.plan.grid import load_grid, select
+from ablate.plan.plan import lr_sweep_warning
 
 ROOT = Path(__file__).resolve().parents[2]
 GOOD = """
@@ -53,6 +54,12 @@ arch_defaults:
     assert g.compare == {"baseline": {"arch": "gpt"}, "group_by": ["context", "batch_size", "n_layer"]}
 
 
+def test_default_comparison_groups_leave_out_the_lr_sweep_and_the_budgets(tmp_path):
+    g = load_grid(write(tmp_path, GOOD + "  lr: [1e-3, 2e-3, 4e-3]\n  max_iters: [100, 200]\n"
+                        "  context: [16, 32]\nseeds: [0, 1]\n"))
+    assert g.compare == {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
+
+
 def test_explicit_axis_beats_arch_default(tmp_path):
     g = load_grid(write(tmp_path, GOOD.replace("  arch: [gpt, ngpt]", "  arch: [ngpt]\n  lr: [1e-3]")
                         + "arch_defaults: {ngpt: {lr: 5e-3}}\n"))
@@ -77,11 +84,23 @@ def test_where_filter(tmp_path):
         select(g.cells, ["acrh=gpt"])
 
 
-@pytest.mark.parametrize("name, expected", [("quickstart", 2), ("ngpt_vs_gpt", 28), ("ablations", 12)])
+@pytest.mark.parametrize("name, expected", [("quickstart", 12), ("quickstart_sweep", 72), ("ngpt_vs_gpt", 42),
+                                            ("ablations", 12)])
 def test_shipped_grids(name, expected):
     g = load_grid(ROOT / "grids" / f"{name}.yaml")
     assert len(g.cells) == expected
     assert g.name == name
+
+
+def test_quickstart_is_measured_by_its_sweep():
+    """The demo's cells are cells of the sweep its numbers come from (seed 0: same configs, same
+    run ids, so the same final losses), it sweeps three lrs per arch, and its budgets and lrs
+    stay inside one comparison group (budget mode, best lr per arch)."""
+    demo, sweep = (load_grid(ROOT / "grids" / f"{n}.yaml") for n in ("quickstart", "quickstart_sweep"))
+    assert {c.run_id for c in demo.cells} <= {c.run_id for c in sweep.cells if c.config.seed == 0}
+    assert demo.compare["group_by"] == [] and lr_sweep_warning(demo) is None
+    for arch in ("gpt", "ngpt"):
+        assert len({c.config.lr for c in demo.cells if c.config.arch == arch}) == 3
 
 
 def test_shipped_reference_grid_is_the_nvidia_recipe():
@@ -91,6 +110,10 @@ def test_shipped_reference_grid_is_the_nvidia_recipe():
     for c in g.cells:
         assert c.config.batch_size * c.config.grad_accum == 512
         assert (c.config.weight_decay, c.config.warmup_iters) == ((0.1, 2000) if c.config.arch == "gpt" else (0.0, 0))
+    # each arch at its best lr, as the paper compares: lrs and budgets inside a context's group,
+    # and an lr sweep that can bracket an optimum (three lrs around the reference's 3e-3)
+    assert g.compare["group_by"] == ["context"]
+    assert sorted({c.config.lr for c in g.cells}) == [1.5e-3, 3e-3, 6e-3] and lr_sweep_warning(g) is None
 
 
 # ---- malformed grids: each gets its own one-line error naming the file (and line where known)

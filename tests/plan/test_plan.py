@@ -5,7 +5,7 @@ from pathlib import Path
 
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
-from ablate.plan.plan import format_table, plan_rows
+from ablate.plan.plan import format_table, lr_sweep_warning, plan_rows
 
 GRID = """
 name: {name}
@@ -56,3 +56,21 @@ def test_gpu_grids_count_gpu_hours_and_ignore_unfinished_runs(tmp_path):
     rows = plan_rows(g)
     assert [r["est_hours"] for r in rows] == [900 * 4 * 16 / 3600.0 / 3600 * 8] * 2
     assert "cost ~4 GPU-min (from measured tokens/s on NVIDIA H200)" in format_table(g, rows)  # 0.071 GPU-hours
+
+
+def test_plan_warns_when_a_variant_sweeps_fewer_than_three_lrs(tmp_path):
+    def sweep(lrs_gpt, lrs_ngpt):
+        path = tmp_path / "s.yaml"
+        path.write_text(textwrap.dedent(f"""
+            name: s
+            data: {{dataset: shakespeare, tokenizer: char}}
+            grid: {{arch: [gpt, ngpt], lr: {sorted(set(lrs_gpt) | set(lrs_ngpt))}, max_iters: [100, 200]}}
+            exclude: {[{"arch": "gpt", "lr": x} for x in set(lrs_ngpt) - set(lrs_gpt)]
+                      + [{"arch": "ngpt", "lr": x} for x in set(lrs_gpt) - set(lrs_ngpt)]}
+            seeds: [0, 1]
+        """))
+        return lr_sweep_warning(load_grid(path))
+    assert sweep([1e-3, 2e-3, 4e-3], [2e-3, 4e-3, 8e-3]) is None
+    msg = sweep([1e-3, 2e-3, 4e-3], [4e-3, 8e-3])
+    assert "2 of 4 lr sweeps have fewer than three lrs (e.g. arch=ngpt max_iters=100: 0.004, 0.008)" in msg
+    assert lr_sweep_warning(grid(tmp_path)) is None  # no lr axis: nothing swept, nothing to warn about

@@ -23,7 +23,7 @@ def test_resolved_keys_are_not_axes():
                     for a, c, m in itertools.product(["gpt", "ngpt"], [128, 256], [1000, 2000])])
     assert {"warmup_iters", "weight_decay", "lr_decay_iters"} <= set(cmp.resolve(runs, {}).varied)
     comp = cmp.resolve(runs, {"baseline": {"arch": "gpt"}})  # no group_by: the default
-    assert comp.group_by == ["context", "max_iters"] and comp.variant_keys == ["arch"]
+    assert comp.group_by == ["context"] and comp.variant_keys == ["arch"]  # budgets share a group
     comp = cmp.resolve(runs, {"baseline": {"arch": "gpt"}, "group_by": ["context"]})
     assert comp.variant_keys == ["arch"]  # budgets inside the group: budget mode
 
@@ -63,3 +63,15 @@ def test_labels_name_only_what_changes():
     out = cmp.annotate(runs, comp)
     assert out.variant.tolist() == ["gpt", "ngpt", "ngpt n_kv_head=2"]
     assert out.group.tolist() == ["all"] * 3
+
+
+def test_default_groups_keep_budgets_and_lrs_inside_a_variant():
+    """max_iters is the budget axis as lr is the sweep axis: without group_by, GPT and nGPT at
+    several budgets and lrs are one group (budget mode, best lr per arch), not one group per
+    budget (curve mode only) or per lr (same-lr comparisons)."""
+    runs = runs_of([{"arch": a, "max_iters": m, "lr": lr, "min_lr": lr / 10}
+                    for a in ("gpt", "ngpt") for m in (100, 200, 400) for lr in (1e-3, 2e-3)])
+    comp = cmp.resolve(runs, {"baseline": {"arch": "gpt"}})
+    assert comp.group_by == [] and comp.variant_keys == ["arch"]
+    out = cmp.annotate(runs, comp)
+    assert set(out.group) == {"all"} and set(out.variant) == {"gpt", "ngpt"}

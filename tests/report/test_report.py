@@ -310,3 +310,78 @@ def test_knob_grid_shows_memory_saved_and_step_time_paid(env):
     assert both.step_cost_pct == pytest.approx(100 * (1100 / 880 - 1))
     md = out["paths"]["summary.md"].read_text()
     assert "## Memory knobs" in md and "| act_ckpt=blocks | baseline | 40.00 | 100.00 | +60.0% | tracked |" in md
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_intro_is_words_and_no_heading_is_left_empty(env):
+    """The intro names the baseline and groups in words (no Python dict or list), and a section
+    with nothing to show (no failed runs) has no heading in summary.md or index.html."""
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, eval_se=0.01)
+    write_run(runs, "g", {"arch": "ngpt"}, lambda s: 3 - 0.003 * s, eval_se=0.01)
+    out = report()
+    md, html = out["paths"]["summary.md"].read_text(), out["paths"]["index.html"].read_text()
+    intro = md.split("\n## ")[0]
+    assert "{" not in intro and "[" not in intro
+    assert "Baseline: arch=gpt. Compared within each context" in intro
+    assert "Val loss: 320 fixed windows" in intro  # eval_iters 20 x batch 16
+    assert "Result (context=256): ngpt vs gpt, curve-mode speedup: 3.00x at 1,000 steps." in intro
+    assert "One seed per cell" in intro
+    assert "did not finish cleanly" not in md and "did not finish cleanly" not in html
+
+
+def curve_series(out) -> tuple[set, str]:
+    spec = specs_of(out["paths"]["index.html"].read_text())["chart-loss_curves"]
+    rows = next(iter(spec["datasets"].values()))
+    return {r["series"] for r in rows}, json.dumps(spec["title"])
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_curve_legend_names_the_lr_and_the_subtitle_says_best_lr_only_for_a_sweep(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt", "lr": 2e-3}, lambda s: 3 - 0.001 * s)
+    write_run(runs, "g", {"arch": "ngpt", "lr": 5e-3}, lambda s: 3 - 0.002 * s)
+    series, title = curve_series(report())  # per-arch lrs, no sweep
+    assert series == {"gpt, lr 0.002", "ngpt, lr 0.005"} and "best lr" not in title
+    write_run(runs, "g", {"arch": "gpt", "lr": 4e-3}, lambda s: 3 - 0.0009 * s)
+    write_run(runs, "g", {"arch": "ngpt", "lr": 2e-3}, lambda s: 3 - 0.0015 * s)
+    series, title = curve_series(report())  # a sweep: each variant at its best lr, named
+    assert series == {"gpt, lr 0.002", "ngpt, lr 0.005"} and "each variant at its best lr" in title
+    runs_one = runs.parent / "one"
+    for arch in ("gpt", "ngpt"):  # one lr for everything: nothing to name
+        write_run(runs_one, "h", {"arch": arch, "lr": 2e-3})
+    store.ingest(runs_one)
+    from ablate.report import make_report
+    series, title = curve_series(make_report(store, "h", COMPARE, runs.parent / "rh"))
+    assert series == {"gpt", "ngpt"} and "best lr" not in title
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_speedup_chart_draws_a_variant_that_never_reaches(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, lambda s: 3 - 0.001 * s)
+    write_run(runs, "g", {"arch": "ngpt"}, lambda s: 3 - 0.0005 * s)  # never reaches L*
+    spec = specs_of(report()["paths"]["index.html"].read_text())["chart-speedup"]
+    rows = next(iter(spec["datasets"].values()))
+    assert [(r["kind"], r["value"], r["short"]) for r in rows] == [("bound", 1.0, "< 1x")]
+    marks = [layer["mark"] if isinstance(layer["mark"], str) else layer["mark"]["type"] for layer in spec["layer"]]
+    assert "point" in marks and "never reached" in json.dumps(spec["title"])
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_lr_sweep_chart_has_a_log_lr_axis_and_marks_diverged_lrs(env):
+    runs, store, report = env
+    for lr, slope in ((1e-3, 0.0008), (2e-3, 0.001)):
+        write_run(runs, "g", {"arch": "gpt", "lr": lr}, lambda s, k=slope: 3 - k * s)
+    write_run(runs, "g", {"arch": "gpt", "lr": 4e-3}, lambda s: 3 + s, state="diverged", steps=100)
+    out = report()
+    spec = specs_of(out["paths"]["index.html"].read_text())["chart-lr_sweep"]
+    rows = next(iter(spec["datasets"].values()))
+    lost = [r for r in rows if r["kind"] == "lost"]
+    assert [(r["lr"], r["what"]) for r in lost] == [(4e-3, "diverged")]
+    assert all(r["y"] > 2.0 for r in lost)  # drawn above the losses, inside the panel
+    text = json.dumps(spec)
+    assert '"type": "log"' in text and "diverged" in json.dumps(spec["title"])
+    assert '"values": [0.001, 0.002, 0.004]' in text  # ticks at the swept lrs, the diverged one too
+    best = [r for r in rows if r["kind"] == "loss" and r["mark"]]
+    assert [(r["lr"], r["lr_edge"]) for r in best] == [(2e-3, "")]  # bracketed by the diverged lr

@@ -230,3 +230,90 @@ def test_budget_seeds_on_both_sides_of_the_range_are_not_shown_as_a_bound(env):
     r = row(report(BUDGET_COMPARE)["speedup"], "ngpt", mode="budget")
     assert r.extrapolated and r.bound == "" and r.display.endswith("(partly extrapolated)")
     assert r.n_reached == 2 and r.speedup > 1.5  # the mean of both seeds, one of them extrapolated
+
+
+# ---- eval noise and the edges of an lr sweep
+def test_a_final_gap_within_eval_noise_is_not_a_result(env):
+    """nGPT ends 0.004 below L*: a 1.0x-ish crossing at the very end. With eval standard errors
+    of 0.01 that gap is noise and the row says so; measured on 20x less noisy evals it is a number."""
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, linear(3.0, 0.001), eval_se=0.01)       # L* = 2.0
+    write_run(runs, "g", {"arch": "ngpt"}, linear(3.0, 0.001004), eval_se=0.01)   # 1.996 at step 1000
+    r = row(report()["speedup"], "ngpt")
+    assert r.within_noise and r.display == "within eval noise"
+    assert r.loss_gap == pytest.approx(-0.004) and r.gap_se == pytest.approx(math.sqrt(2) * 0.01)
+    assert "not a result" in r.note and "1.00x" in r.note  # the measured number stays in the note
+    runs2 = runs.parent / "runs2"
+    write_run(runs2, "g", {"arch": "gpt"}, linear(3.0, 0.001), eval_se=0.0005)
+    write_run(runs2, "g", {"arch": "ngpt"}, linear(3.0, 0.001004), eval_se=0.0005)
+    store.ingest(runs2, rebuild=True)
+    from ablate.report import make_report
+    r = row(make_report(store, "g", GPT, runs.parent / "r2")["speedup"], "ngpt")
+    assert not r.within_noise and r.display == "1.00x"
+
+
+def test_never_reaching_within_eval_noise_is_not_below_1x(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, linear(3.0, 0.001), eval_se=0.01)
+    write_run(runs, "g", {"arch": "ngpt"}, linear(3.0, 0.00099), eval_se=0.01)   # 2.01: never reaches 2.0
+    r = row(report()["speedup"], "ngpt")
+    assert r.display == "within eval noise" and "< 1x" in r.note
+
+
+def test_runs_without_eval_standard_errors_are_not_flagged(env):
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, linear(3.0, 0.001))
+    write_run(runs, "g", {"arch": "ngpt"}, linear(3.0, 0.001004))
+    r = row(report()["speedup"], "ngpt")
+    assert not r.within_noise and math.isnan(r.gap_se) and r.display == "1.00x"
+
+
+def test_budget_mode_gap_at_equal_budget_and_its_noise_range(env):
+    runs, store, report = env
+    law = lambda b: 5.0 - 0.25 * math.log(b)
+    for b in BUDGETS:
+        write_run(runs, "g", {"arch": "gpt", "max_iters": b, "eval_interval": 500}, ending_at(law(b), b), eval_se=0.01)
+    # 2x: far beyond noise; 1.02x: 0.005 below the baseline at the same budget, within noise
+    write_run(runs, "g", {"arch": "ngpt", "max_iters": 1000, "eval_interval": 500}, ending_at(law(2000), 1000),
+              eval_se=0.01)
+    write_run(runs, "g", {"arch": "ngpt", "max_iters": 2000, "eval_interval": 500}, ending_at(law(2040), 2000),
+              eval_se=0.01)
+    sp = report(BUDGET_COMPARE)["speedup"]
+    clear, tie = row(sp, "ngpt", "budget", budget=1000), row(sp, "ngpt", "budget", budget=2000)
+    assert clear.display == "2.00x" and clear.loss_gap == pytest.approx(-0.25 * math.log(2))
+    sigma = math.sqrt(2) * 0.01
+    assert clear.noise_lo == pytest.approx(2 * math.exp(-2 * sigma / 0.25))
+    assert clear.noise_hi == pytest.approx(2 * math.exp(2 * sigma / 0.25))
+    assert "eval noise: 1.79x .. 2.24x" in clear.note
+    assert tie.within_noise and tie.display == "within eval noise"
+
+
+def test_a_best_lr_at_the_edge_of_its_sweep_is_named_next_to_the_speedup(env):
+    """nGPT's best lr is the largest it swept (its optimum may lie beyond); GPT's is bracketed by
+    a worse lr below and a diverged lr above, which counts as an end of the sweep."""
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt", "lr": 1e-3}, linear(3.0, 0.0008))
+    write_run(runs, "g", {"arch": "gpt", "lr": 2e-3}, linear(3.0, 0.001))
+    write_run(runs, "g", {"arch": "gpt", "lr": 4e-3}, lambda s: 3 + s, state="diverged", steps=100)
+    for lr, slope in ((2e-3, 0.0015), (4e-3, 0.0018), (8e-3, 0.002)):
+        write_run(runs, "g", {"arch": "ngpt", "lr": lr}, linear(3.0, slope))
+    out = report()
+    r = row(out["speedup"], "ngpt")
+    assert r.lr == 8e-3 and r.baseline_lr == 2e-3 and r.speedup == pytest.approx(2.0)
+    assert r.display == "2.00x (best lr at sweep edge)"
+    assert r.lr_note == "ngpt's best lr 0.008 is the highest swept" and "not an optimum" in r.note
+    cells = out["cells"].set_index(["variant", "lr"])
+    assert cells.loc[("gpt", 2e-3), "lr_edge"] == "" and cells.loc[("ngpt", 8e-3), "lr_edge"] == "highest"
+    # the lr chart draws the diverged lr instead of dropping it, and marks the edge
+    lr = out["lr_sweep"]
+    assert len(lr) == 6 and lr.set_index(["variant", "lr"]).loc[("gpt", 4e-3), "states"] == "diverged"
+
+
+def test_a_best_lr_inside_the_sweep_has_no_edge_note(env):
+    runs, store, report = env
+    for lr, slope in ((1e-3, 0.0008), (2e-3, 0.001), (4e-3, 0.0009)):
+        write_run(runs, "g", {"arch": "gpt", "lr": lr}, linear(3.0, slope))
+    for lr, slope in ((2e-3, 0.0015), (4e-3, 0.002), (8e-3, 0.0018)):
+        write_run(runs, "g", {"arch": "ngpt", "lr": lr}, linear(3.0, slope))
+    r = row(report()["speedup"], "ngpt")
+    assert r.display == "2.00x" and r.lr_note == "" and "edge" not in r.note

@@ -115,6 +115,7 @@ CREATE TABLE runs (
     last_tokens BIGINT,
     last_elapsed DOUBLE,
     last_val_loss DOUBLE,
+    last_val_loss_se DOUBLE,
     last_train_loss DOUBLE,
     median_tokens_per_s DOUBLE,
     max_mem_peak BIGINT,
@@ -134,6 +135,7 @@ CREATE TABLE evals (
     tokens BIGINT,
     elapsed DOUBLE,
     val_loss DOUBLE,
+    val_loss_se DOUBLE,
     train_loss DOUBLE
 );
 
@@ -155,6 +157,8 @@ CREATE TABLE train (
 CREATE VIEW final AS
 SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, diverge_loss, eval_iters,
        coalesce(final_val_loss, last_val_loss) AS final_val_loss,
+       -- the last eval's standard error: the final eval's, since a finished run evals at its last step
+       last_val_loss_se AS final_val_loss_se,
        coalesce(final_train_loss, last_train_loss) AS final_train_loss,
        coalesce(final_eval_step, last_step) AS final_step,
        last_tokens AS final_tokens, last_elapsed AS final_elapsed,
@@ -170,6 +174,9 @@ SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, 
        avg(final_val_loss) FILTER (WHERE finished) AS mean_val_loss,
        stddev_samp(final_val_loss) FILTER (WHERE finished)
            / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
+       -- the eval sample's own noise: seeds are scored on the same windows, so their eval errors
+       -- do not average out over seeds; the mean of their standard errors
+       avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
        avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
 FROM final
 GROUP BY grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, diverge_loss, eval_iters;

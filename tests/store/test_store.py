@@ -158,7 +158,7 @@ def test_rebuild_recreates_everything(runs, store):
     write_run(runs, "a", {"seed": 0})
     write_run(runs, "b", {"seed": 1})
     first = store.ingest(runs)
-    store.con.execute("insert into evals values ('a', 'ghost', 1, 1, 1.0, 1.0, 1.0)")  # a corrupted cache
+    store.con.execute("insert into evals values ('a', 'ghost', 1, 1, 1.0, 1.0, 0.01, 1.0)")  # a corrupted cache
     rebuilt = store.ingest(runs, grid="a", rebuild=True)
     assert rebuilt["read"] == 2 and rebuilt["scanned"] == 2  # every grid: the cache is never half rebuilt
     assert store.query("select count(*) n from evals").n[0] == first["evals"]

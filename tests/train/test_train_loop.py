@@ -38,6 +38,43 @@ def test_batches_are_a_pure_function_of_seed_step_micro(corpus):
     assert torch.equal(a.eval("val", 2)[0], b.eval("val", 2)[0]) and not torch.equal(a.eval("val", 2)[0], a.eval("train", 2)[0])
 
 
+def test_eval_windows_are_one_fixed_set_whatever_the_seed_or_batch_size(corpus):
+    """Every cell of a grid with the same data and context is scored on the same val windows:
+    the training seed does not pick them, and a larger eval batch holds the same windows in order."""
+    path = data.prepare(f"text:{corpus}", "char")
+    cpu = torch.device("cpu")
+    a, b = Batches(path, 16, 4, seed=3, device=cpu), Batches(path, 16, 4, seed=4, device=cpu)
+    wide = Batches(path, 16, 8, seed=5, device=cpu)
+    for split in ("val", "train"):
+        assert torch.equal(a.eval(split, 2)[0], b.eval(split, 2)[0])
+        assert torch.equal(wide.eval(split, 1)[0], torch.cat([a.eval(split, 2)[0], a.eval(split, 3)[0]]))
+    assert not torch.equal(a.train(0, 0)[0], b.train(0, 0)[0])  # training batches still follow the seed
+    longer = Batches(path, 24, 4, seed=3, device=cpu).eval("val", 0)[0]
+    assert longer.shape == (4, 24)
+
+
+def test_eval_records_the_standard_error_of_its_batches(make_run):
+    """val_loss is the mean of eval_iters batch losses and val_loss_se their standard error:
+    recomputed here from the saved final weights on the same batches."""
+    from ablate.model import build_model
+
+    run_dir = make_run(max_iters=12, eval_interval=12, eval_iters=6, ckpt_interval=0)
+    assert train(run_dir) == "done"
+    cfg, _ = load_config(run_dir)
+    cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+    model = build_model(cfg, "cpu")
+    model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
+    model.eval()
+    batches = Batches(data.data_dir(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
+                      device=torch.device("cpu"))  # another seed: the same eval windows
+    with torch.no_grad():
+        losses = torch.tensor([model(*batches.eval("val", i))[1].item() for i in range(6)], dtype=torch.float64)
+    last = read_lines(run_dir / rundir.EVALS)[-1]
+    assert last["val_loss"] == pytest.approx(losses.mean().item(), abs=1e-6)
+    assert last["val_loss_se"] == pytest.approx((losses.std() / math.sqrt(6)).item(), rel=1e-4)
+    assert 0 < last["val_loss_se"] < 0.5
+
+
 @pytest.mark.parametrize("arch", ["gpt", "ngpt"])
 def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     run_dir = make_run(arch=arch)
@@ -51,6 +88,7 @@ def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     assert evals[0]["val_loss"] == pytest.approx(math.log(cfg.vocab_size), abs=0.6)  # ~ln(V) at init
     assert evals[-1]["val_loss"] < evals[0]["val_loss"] - 0.8
     assert all(b["elapsed"] > a["elapsed"] for a, b in zip(evals, evals[1:]))
+    assert all(0 < e["val_loss_se"] < 0.5 for e in evals)  # eval_iters 4 batches: their standard error
 
     metrics = read_lines(run_dir / rundir.METRICS)
     assert [m["step"] for m in metrics] == list(range(5, 41, 5))
