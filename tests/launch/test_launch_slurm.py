@@ -94,8 +94,9 @@ def test_a_failing_job_is_shown_failed_with_its_error(grid_file):
     # flash attention (bf16) on a GPU-less node: the plan accepts it (device auto), the trainer refuses
     path = grid_file(name="fail", grid="{attn_backend: [flash]}", device="auto", extra=", dtype: bf16")
     r = cli("submit", path, "--executor", "slurm", "--wait", timeout=180)
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.returncode == 3, r.stdout + r.stderr  # a cell it waited for ended failed
     assert "grid fail: 1 failed" in r.stdout  # --wait returned once the job had ended
+    assert "1 cell(s) ended failed" in r.stderr
     job = status_of(load_grid(path).cells[0])["job_id"]
     assert sacct_state(job) in ("FAILED", "?")
     r = cli("status", path)
