@@ -21,10 +21,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# two single-threaded cells at a time: on 2 cores that beats one cell on 2 threads (tiny matmuls
-# scale badly across threads); a Slurm executor ignores --jobs and schedules them itself
+# on this machine's CPU whatever else is installed (a Slurm login node included), two
+# single-threaded cells at a time: on 2 cores that beats one cell on 2 threads (tiny matmuls
+# scale badly across threads)
 demo: $(STAMP)
-	$(BIN)/ablate run grids/quickstart.yaml --jobs 2
+	$(BIN)/ablate run grids/quickstart.yaml --executor local --jobs 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -ra tests

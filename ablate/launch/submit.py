@@ -50,7 +50,21 @@ def git_sha() -> str:
 
 
 def default_executor() -> str:
-    return "slurm" if shutil.which("sbatch") else "local"
+    """slurm where a Slurm controller answers, local where Slurm is not installed. Slurm installed
+    but its controller silent is an error, not a quiet fallback: on a login node that would start
+    training there instead of on the cluster."""
+    if not shutil.which("sbatch"):
+        return "local"
+    try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
+        answer = " ".join((ping.stdout + ping.stderr).split()) or f"exit {ping.returncode}"
+    except (OSError, subprocess.SubprocessError) as e:
+        answer = f"{type(e).__name__}: {e}"
+    else:
+        if "UP" in ping.stdout:
+            return "slurm"
+    raise AblateError(f"sbatch is on PATH but no Slurm controller answers (scontrol ping: {answer[:200]}): "
+                      "start Slurm, or pass --executor local to run the cells on this machine")
 
 
 def write_config(grid: Grid, cell: Cell, sha: str) -> None:

@@ -137,3 +137,26 @@ def test_gpus_on_a_cluster_without_gpus_is_a_clear_error(grid_file, fake_slurm):
     grid = load_grid(grid_file(resources="{gpus: 1}"))
     with pytest.raises(AblateError, match="resources.gpus is 1 but no node of this cluster has GPUs.*SLURM_FAKE_GPUS"):
         submit(grid, grid.cells, executor="slurm")
+
+
+@pytest.mark.parametrize("ping, expected", [
+    ("Slurmctld(primary) at vm is UP", "slurm"),
+    ("Slurmctld(primary) at vm is DOWN", "no Slurm controller answers (scontrol ping: Slurmctld(primary) at vm is DOWN)"),
+])
+def test_default_executor_is_slurm_only_where_its_controller_answers(fake_slurm, ping, expected):
+    from ablate.launch.submit import default_executor
+
+    (fake_slurm / "scontrol").write_text(f"#!/bin/sh\necho '{ping}'\n")
+    if expected == "slurm":
+        assert default_executor() == "slurm"
+    else:  # installed but silent: an error naming the way out, never a quiet local run on a login node
+        with pytest.raises(AblateError, match="--executor local") as e:
+            default_executor()
+        assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_default_executor_is_local_without_slurm(monkeypatch, tmp_path):
+    from ablate.launch.submit import default_executor
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
+    assert default_executor() == "local"
