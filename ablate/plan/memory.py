@@ -24,11 +24,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ablate.plan import plugin_keys
 from ablate.plan.grid import runs_root
 from ablate.plan.rundir import read_json, write_json_atomic
 
 CATEGORIES = ("params", "buffers", "grads", "optimizer", "activations", "temps", "other")  # memtrack's
-# the fields that decide what one step allocates (lr, budget, seed, cadence do not)
+# the fields that decide what one step allocates (lr, budget, seed, cadence do not), and the
+# plugins a cell uses with their keys (plugin_keys.identity: the plugin's content id included)
 SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
               "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
 # the code whose change changes what a step allocates
@@ -91,6 +93,11 @@ def _torch_version() -> str:
         return "none"
 
 
+def shape_of(config: dict) -> dict:
+    """What decides a step's tensors: SHAPE_KEYS and the plugins the cell uses (keys, content)."""
+    return {**{k: config.get(k) for k in SHAPE_KEYS}, **(plugin_keys.identity(config) if config.get("plugins") else {})}
+
+
 class Cache:
     """runs/.cache/memory-sim.json: {key: breakdown}. Best effort: unreadable = empty, unwritable = not kept."""
 
@@ -102,7 +109,7 @@ class Cache:
 
     def key(self, config: dict, gpus: int, device: str) -> str:
         micro = max(1, config["grad_accum"] // max(1, gpus))
-        shape = {**{k: config.get(k) for k in SHAPE_KEYS}, "micro": min(micro, 2),  # memtrack: 2 = any more
+        shape = {**shape_of(config), "micro": min(micro, 2),  # memtrack: 2 = any more
                  "clip": config["grad_clip"] > 0, "device": device, **self.stamp}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
