@@ -35,7 +35,7 @@ from ablate.plan import plugin_keys
 
 POINTS = ("norm", "qk", "mlp", "residual", "model")  # the extension points: ablate/model/points.py
 RUN_DIR_COPIES = "plugins"  # runs/<grid>/<run_id>/plugins/<content_id>.py: the code the job runs
-_LOADED: dict = {}  # content_id -> Plugin: each version of a plugin is executed once per process
+_LOADED: dict = {}  # (source, content_id) -> Plugin: each version of a plugin is executed once per process
 
 
 @dataclass(frozen=True)
@@ -96,6 +96,7 @@ class Plugin:
     keys: dict
     points: dict
     check: object = None
+    path: Path | None = None  # the file that was executed (a run dir's copy, for a job)
 
     def declaration(self) -> dict:
         return {"name": self.name, "source": self.source, "content_id": self.content_id,
@@ -139,6 +140,8 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
     spec: a grid's entry, or the source a cell recorded; expect: the content id the cell
     recorded (a plugin that no longer has it is refused); copy: the run dir's copy of a file
     plugin, executed instead of the source when it is there (a module is always imported)."""
+    if expect is not None and (spec, expect) in _LOADED:  # that version is loaded (a job: from its run dir)
+        return _LOADED[spec, expect]
     source, path = locate(spec)
     is_file = source == str(path)
     if is_file and copy is not None and copy.is_file():
@@ -148,8 +151,8 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
     if expect is not None and cid != expect:
         raise AblateError(f"plugin {source} changed since this cell was planned (its content id is {cid}, the "
                           f"cell's is {expect}): the cell is a new one now; plan and submit the grid again")
-    if cid in _LOADED:
-        return _LOADED[cid]
+    if (source, cid) in _LOADED:
+        return _LOADED[source, cid]
     name = Path(source).stem if is_file else source.rsplit(".", 1)[-1]
     try:
         if is_file:
@@ -163,7 +166,7 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
         raise AblateError(f"{_where(path, e)}: plugin {source} failed to import: {type(e).__name__}"
                           + (f": {first}" if first else "")) from None
     plugin = _checked(module, name, source, cid, path)
-    _LOADED[cid] = plugin
+    _LOADED[source, cid] = plugin
     return plugin
 
 
@@ -199,7 +202,8 @@ def _checked(module, name: str, source: str, cid: str, path: Path) -> Plugin:
             bad(f"POINTS['{p}'] must be a class or function cfg -> nn.Module, got {type(part).__name__}")
     if check is not None and not callable(check):
         bad("check must be a function check(cfg) that raises ValueError for a cell it cannot build")
-    return Plugin(name=name, source=source, content_id=cid, keys=dict(keys), points=dict(points), check=check)
+    return Plugin(name=name, source=source, content_id=cid, keys=dict(keys), points=dict(points), check=check,
+                  path=Path(path).resolve())
 
 
 def reserved_names() -> frozenset:
@@ -244,6 +248,19 @@ def parts(cfg) -> dict:
     for d in plugin_keys.used(cfg):
         out.update(load(d["source"], expect=d["content_id"]).points)
     return out
+
+
+def blame(cfg, e: BaseException, doing: str) -> AblateError | None:
+    """One line naming the plugin file:line where `e` was raised while `doing` (building the
+    model, a simulated step), when it was raised in the code of a plugin cfg uses; else None."""
+    files = {p.path: p for d in plugin_keys.used(cfg) if (p := _LOADED.get((d["source"], d["content_id"])))}
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        p = files.get(Path(frame.filename).resolve())
+        if p is not None:
+            first = str(e).splitlines()[0] if str(e).strip() else ""
+            return AblateError(f"{frame.filename}:{frame.lineno}: plugin {p.name}: {doing} failed: {type(e).__name__}"
+                               + (f": {first[:300]}" if first else ""))
+    return None
 
 
 def copy_sources(cfg, run_dir: Path) -> None:

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ablate import plugin
 from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
 from ablate.model.loss import chunked_cross_entropy
@@ -233,8 +234,14 @@ def build_model(cfg, device_type: str | None = None) -> GPT:
         if cfg.dtype != "bf16":
             raise AblateError("param_dtype bf16 needs dtype bf16 (autocast): fp32 activations cannot meet bf16 weights")
     parts = parts_for(cfg)
-    model = parts.get("model", GPT)(cfg, resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window,
-                                                          cfg.context), parts)
+    backend = resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context)
+    try:
+        model = parts.get("model", GPT)(cfg, backend, parts)
+    except Exception as e:  # in a plugin's part: one line naming its file and line
+        blamed = plugin.blame(cfg, e, "building the model") if cfg.plugins else None
+        if blamed is None:
+            raise
+        raise blamed from None
     if cfg.param_dtype == "bf16":
         store_block_matrices(model, torch.bfloat16)
     return model

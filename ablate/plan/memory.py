@@ -135,9 +135,18 @@ def _simulate(args) -> dict:
     from ablate.plan.config import make_config
     from ablate.train.memtrack import simulate_step
 
+    cfg = make_config(config)
     try:
-        return simulate_step(make_config(config), device, world_size)
-    except (AblateError, NotImplementedError, RuntimeError) as e:  # a cell this device cannot run
+        return simulate_step(cfg, device, world_size)
+    except Exception as e:
+        from ablate import plugin
+
+        blamed = plugin.blame(cfg, e, "a simulated training step") if cfg.plugins else None
+        if blamed is not None:  # the plugin's code is wrong: plugin_sizes refuses the grid
+            return {"error": str(blamed), "plugin_error": True}
+        if not isinstance(e, (AblateError, NotImplementedError, RuntimeError)):
+            raise
+        # a cell this device cannot run
         return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
 
 

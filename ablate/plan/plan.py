@@ -6,19 +6,22 @@ import json
 import os
 from pathlib import Path
 
+from ablate.errors import AblateError
 from ablate.plan import estimate, memory, plugin_keys
 from ablate.plan.memory import HEADROOM, fits
 from ablate.plan.grid import Grid, runs_root
 from ablate.plan.rundir import SUMMARY, checked_state, read_json
 
 GIB = 1024 ** 3
-# the fields that decide throughput: equal shape + equal device => comparable tokens/s
+# the fields that decide throughput: equal shape + equal device => comparable tokens/s (and the
+# plugins a cell uses, with their keys)
 SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
               "vocab_size", "batch_size", "dtype", "param_dtype", "compile", "attn_backend")
 
 
 def _shape(cfg: dict) -> tuple:
-    return tuple(cfg.get(k) for k in SHAPE_KEYS)
+    used = json.dumps(plugin_keys.identity(cfg), sort_keys=True, default=str) if cfg.get("plugins") else None
+    return (*(cfg.get(k) for k in SHAPE_KEYS), *([used] if used else []))
 
 
 def measured_throughput(root: Path | None = None) -> dict:
@@ -66,6 +69,9 @@ def plugin_sizes(cells, gpus: int, log=None, cached_only: bool = False) -> dict:
     from ablate.model.gpt import model_sizes
 
     sims = memory.simulate(used, gpus, log=log, cached_only=cached_only)
+    broken = next((s["error"] for s in sims.values() if s.get("plugin_error")), None)
+    if broken:
+        raise AblateError(broken)
     by_shape: dict = {}
     out = {}
     for cell in used:

@@ -97,10 +97,19 @@ def declarations(value) -> tuple:
     return tuple(out)
 
 
+def _decls(config) -> list:
+    """The declarations a config (a RunConfig or its dict) holds; whatever is not one is skipped
+    (a hand-edited config.json: make_config refuses it, a reader of run dirs must not crash)."""
+    decls = config.get("plugins") if isinstance(config, dict) else getattr(config, "plugins", ())
+    if not isinstance(decls, (list, tuple)):
+        return []
+    return [d for d in decls if isinstance(d, dict) and isinstance(d.get("keys"), dict)
+            and all(isinstance(s, dict) and "default" in s for s in d["keys"].values())]
+
+
 def declared_keys(config) -> dict:
     """{plugin key: its spec} declared by a config (a RunConfig or its dict)."""
-    decls = config.get("plugins") if isinstance(config, dict) else getattr(config, "plugins", ())
-    return {k: spec for d in decls or () for k, spec in d["keys"].items()}
+    return {k: spec for d in _decls(config) for k, spec in d["keys"].items()}
 
 
 def _value(config, key):
@@ -109,8 +118,7 @@ def _value(config, key):
 
 def used(config) -> list[dict]:
     """The declarations of the plugins a cell uses: those with a key not at its default."""
-    decls = config.get("plugins") if isinstance(config, dict) else getattr(config, "plugins", ())
-    return [d for d in decls or () if any(_value(config, k) != s["default"] for k, s in d["keys"].items())]
+    return [d for d in _decls(config) if any(_value(config, k) != s["default"] for k, s in d["keys"].items())]
 
 
 def identity(config) -> dict:
@@ -120,12 +128,12 @@ def identity(config) -> dict:
     for d in used(config):
         out.update({k: _value(config, k) for k, s in d["keys"].items() if _value(config, k) != s["default"]})
     if out:
-        out["plugins"] = sorted(d["content_id"] for d in used(config))
+        out["plugins"] = sorted(str(d.get("content_id")) for d in used(config))
     return out
 
 
 def used_text(config) -> str | None:
     """The plugins a cell uses as one short text, 'qk_norm@3f0c9a1b2c4d5e6f' (comma separated);
     None when it uses none: the store's `plugins` column and the report's labels."""
-    names = [f"{d['name']}@{d['content_id']}" for d in used(config)]
+    names = [f"{d.get('name')}@{d.get('content_id')}" for d in used(config)]
     return ",".join(sorted(names)) or None
