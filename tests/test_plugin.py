@@ -237,14 +237,20 @@ def _synthetic_grid(env, runs):
 def test_store_has_a_typed_column_per_plugin_key(env, tmp_path):
     from ablate.store import Store
 
+    from ablate.store.synthetic import write_run
+
     runs = tmp_path / "runs"
+    write_run(runs, "before", {"arch": "ngpt", "max_iters": 500})  # in the store before the plugin column
+    with Store(runs / "ablate.duckdb") as store:
+        assert store.ingest(runs)["read"] == 1
     _synthetic_grid(env, runs)
     with Store(runs / "ablate.duckdb") as store:
         assert store.ingest(runs)["read"] == 4
         types = dict(store.query("select column_name, data_type from information_schema.columns "
                                  "where table_name = 'runs'").values)
         assert types["qk_norm"] == "BOOLEAN" and types["plugins"] == "VARCHAR"
-        rows = store.query("select grid, arch, qk_norm, plugins from runs order by grid, arch, qk_norm")
+        rows = store.query("select grid, arch, qk_norm, plugins from runs where grid != 'before' "
+                           "order by grid, arch, qk_norm")
         assert rows.qk_norm.tolist()[:3] == [False, True, False] and rows.qk_norm.isna().tolist()[3]
         assert rows.plugins.isna().tolist() == [True, False, True, True]
         assert re.fullmatch(r"qk_norm@[0-9a-f]{16}", rows.plugins[1])
