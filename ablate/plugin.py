@@ -128,7 +128,7 @@ def locate(spec: str) -> tuple[str, Path]:
         return str(path.resolve()), path.resolve()
     try:
         found = importlib.util.find_spec(spec)
-    except (ImportError, ValueError) as e:
+    except Exception as e:  # a parent package that does not import, a malformed name
         raise AblateError(f"plugin {spec}: cannot find the module ({type(e).__name__}: {e})") from None
     if found is None or not found.origin or not found.origin.endswith(".py"):
         raise AblateError(f"plugin {spec}: no such module (or not a .py source file)")
@@ -154,14 +154,18 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
     if (source, cid) in _LOADED:
         return _LOADED[source, cid]
     name = Path(source).stem if is_file else source.rsplit(".", 1)[-1]
+    module_name = f"ablate_plugin_{name}_{cid}"
     try:
-        if is_file:
-            module_spec = importlib.util.spec_from_file_location(f"ablate_plugin_{name}_{cid}", path)
-            module = importlib.util.module_from_spec(module_spec)
+        if is_file:  # registered under a name of its own, as importlib's recipe does (dataclasses, pickle need it)
+            module_spec = importlib.util.spec_from_file_location(module_name, path)
+            module = sys.modules[module_name] = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
+        elif source in sys.modules:  # imported before, in another version: this one
+            module = importlib.reload(sys.modules[source])
         else:  # imported as itself, so that its own imports (relative ones too) work
             module = importlib.import_module(source)
     except Exception as e:
+        sys.modules.pop(module_name, None)
         first = str(e).splitlines()[0] if str(e).strip() else ""
         raise AblateError(f"{_where(path, e)}: plugin {source} failed to import: {type(e).__name__}"
                           + (f": {first}" if first else "")) from None
@@ -236,9 +240,12 @@ def check_cell(plugins: list[Plugin], cfg) -> None:
         if p.check is not None:
             try:
                 p.check(cfg)
-            except (ValueError, TypeError, AttributeError) as e:
+            except ValueError as e:  # the plugin refuses this cell: an error at the key's value
                 key = next((k for k, key in p.keys.items() if getattr(cfg, k) != key.default), next(iter(p.keys)))
                 raise AblateError(f"key '{key}': plugin {p.name}: {e}") from None
+            except Exception as e:  # a bug in the check itself
+                raise (blame(cfg, e, "check(cfg)") or AblateError(f"plugin {p.name}: check(cfg) failed: "
+                                                                   f"{type(e).__name__}: {e}")) from None
 
 
 def parts(cfg) -> dict:

@@ -40,7 +40,7 @@ from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
 from ablate.model.loss import chunked_cross_entropy
 from ablate.model.ops import f32, rope_cos_sin
-from ablate.model.points import ARCHS, MLP, RMSNorm, Scale, parts_for  # noqa: F401  (MLP, RMSNorm: gpt's names)
+from ablate.model.points import ARCHS, Scale, parts_for
 from ablate.model.recompute import run_blocks
 
 

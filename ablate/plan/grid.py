@@ -131,10 +131,10 @@ def _check_keys(ctx, mapping, where, known=FIELDS):
 def _plugins(ctx, doc) -> list:
     """The plugins the grid names, loaded and checked (ablate.plugin); none: nothing imported."""
     specs = doc.get("plugins")
-    if specs is None:
+    if not specs:
         return []
-    if not isinstance(specs, list) or not specs:
-        raise ctx.error("'plugins' must be a non-empty list of plugin files or module names", "plugins", doc, True)
+    if not isinstance(specs, list):
+        raise ctx.error("'plugins' must be a list of plugin files or module names", "plugins", doc, True)
     loaded = []
     for i, spec in enumerate(specs):
         try:

@@ -135,13 +135,14 @@ def _simulate(args) -> dict:
     from ablate.plan.config import make_config
     from ablate.train.memtrack import simulate_step
 
-    cfg = make_config(config)
+    cfg = None
     try:
+        cfg = make_config(config)
         return simulate_step(cfg, device, world_size)
     except Exception as e:
         from ablate import plugin
 
-        blamed = plugin.blame(cfg, e, "a simulated training step") if cfg.plugins else None
+        blamed = plugin.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
         if blamed is not None:  # the plugin's code is wrong: plugin_sizes refuses the grid
             return {"error": str(blamed), "plugin_error": True}
         if not isinstance(e, (AblateError, NotImplementedError, RuntimeError)):

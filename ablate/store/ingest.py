@@ -213,8 +213,8 @@ class Batch:
             self.add(*read_run(rd))
 
     def add(self, row: dict, evals: list[dict], train: list[dict], extra: dict | None = None) -> None:
-        for col, t in (extra or {}).items():
-            self.extra.setdefault(col, t)
+        for col, t in (extra or {}).items():  # two declarations of a key with different types: text
+            self.extra[col] = t if self.extra.get(col, t) == t else "VARCHAR"
         self.runs.append(row)
         for table, records in (("evals", evals), ("train", train)):
             grids, run_ids, recs = self.records[table]

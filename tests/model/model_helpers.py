@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.model import build_model
-from ablate.model.gpt import Scale
+from ablate.model.points import Scale
 from ablate.plan.config import RunConfig, resolve
 
 ARCHS = ("gpt", "ngpt")

@@ -8,7 +8,8 @@ import torch
 from ablate.errors import AblateError
 from ablate.model import backends, build_model
 from ablate.model import gpt as gpt_module
-from ablate.model.gpt import Scale, store_block_matrices
+from ablate.model.gpt import store_block_matrices
+from ablate.model.points import Scale
 from ablate.plan.config import RunConfig, resolve
 from ablate.plan.estimate import param_counts
 from model_helpers import single_thread  # noqa: F401  (autouse fixture)
