@@ -164,7 +164,7 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
             module = importlib.reload(sys.modules[source])
         else:  # imported as itself, so that its own imports (relative ones too) work
             module = importlib.import_module(source)
-    except Exception as e:
+    except (Exception, SystemExit) as e:  # SystemExit: a plugin that calls sys.exit() must not end the plan
         sys.modules.pop(module_name, None)
         first = str(e).splitlines()[0] if str(e).strip() else ""
         raise AblateError(f"{_where(path, e)}: plugin {source} failed to import: {type(e).__name__}"

@@ -175,7 +175,7 @@ def test_editing_the_plugin_renames_only_the_cells_that_use_it(env, tmp_path):
     assert all(rundir.identity_problem(c.run_dir) is None for c in grid.cells)
 
 
-def test_identity_check_refuses_an_edited_plugin_value(env):
+def test_identity_check_refuses_an_edited_declaration(env):
     from ablate.launch.submit import write_config
 
     grid = load_grid(env.grid())
@@ -186,6 +186,9 @@ def test_identity_check_refuses_an_edited_plugin_value(env):
     doc["config"]["plugins"][0]["content_id"] = "0" * 16  # another version of the plugin
     path.write_text(json.dumps(doc))
     assert "hashes to" in rundir.identity_problem(cell.run_dir)
+    doc["config"]["plugins"][0]["keys"]["lr"] = {"type": "float", "default": 1.0}  # a built-in key
+    path.write_text(json.dumps(doc))
+    assert "declares the built-in key 'lr'" in rundir.identity_problem(cell.run_dir)
 
 
 # ---------------------------------------------------------------- the job
@@ -291,6 +294,7 @@ PROBLEMS = {
     "import": ("import torch\n\nx = nn.Linear(2, 2)\n",
                r"plug\.py:3: plugin \S+plug\.py failed to import: NameError: name 'nn' is not defined"),
     "no keys": ("POINTS = {}\n", r"plug\.py: plugin plug: defines no KEYS"),
+    "exits": ("import sys\nsys.exit(3)\n", r"plug\.py:2: plugin \S+plug\.py failed to import: SystemExit: 3"),
     "bad default": ("from ablate.plugin import Key\nKEYS = {'x': Key(bool, 'no', 'help')}\nPOINTS = {'qk': len}\n",
                     r"plug\.py:2: plugin plug: key 'x': default 'no' has type str, expected bool"),
     "two-line help": ("from ablate.plugin import Key\nKEYS = {'x': Key(bool, False, 'a\\nb')}\nPOINTS = {'qk': len}\n",
@@ -395,3 +399,24 @@ def test_a_grid_with_plugins_runs_end_to_end(env):
         assert variant in summary
     rows = json.loads(ablate_cli("plan", grid, "--json").stdout)
     assert [r["state"] for r in rows] == ["done"] * 3
+
+
+def test_a_plugin_can_be_an_importable_module(env, monkeypatch):
+    """`plugins: [module.name]`: imported as itself (its own imports work), hashed by its source."""
+    from ablate.plugin import content_id
+
+    pkg = env.tmp / "mylab"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "helpers.py").write_text("from ablate.model.points import RotaryQK as Base\n")
+    (pkg / "knob.py").write_text(QK_NORM.read_text().replace("from ablate.model.points import RotaryQK",
+                                                             "from .helpers import Base as RotaryQK"))
+    monkeypatch.syspath_prepend(str(env.tmp))
+    grid = load_grid(env.grid(plugins=["mylab.knob"]))
+    decl = grid.cells[0].config.plugins[0]
+    assert decl["source"] == "mylab.knob" and decl["name"] == "knob"
+    assert decl["content_id"] == content_id((pkg / "knob.py").read_bytes())
+    as_file = ids(load_grid(env.grid(name="file.yaml")))  # other bytes: only the cell that uses it differs
+    mine = ids(grid)
+    assert mine[("gpt", True)] != as_file[("gpt", True)]
+    assert {k: v for k, v in mine.items() if k[1] is False} == {k: v for k, v in as_file.items() if k[1] is False}

@@ -221,6 +221,9 @@ def make_config(values: dict) -> RunConfig:
     if values.get("plugins"):
         clean["plugins"] = plugin_keys.declarations(values["plugins"])
         declared = plugin_keys.declared_keys(clean)
+        clash = [k for k in declared if k in FIELDS]
+        if clash:
+            raise AblateError(f"key 'plugins': declares the built-in key '{clash[0]}' as a plugin key")
     for key, value in values.items():
         if key == "plugins":
             continue
