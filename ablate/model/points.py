@@ -28,7 +28,7 @@ What gpt.GPT does to every part: nn.Linear and nn.Embedding weights are initiali
 (modules named c_proj: 0.02 / sqrt(2L), as output projections) after the parts are built; other
 parameters keep the part's own init. nGPT keeps every such matrix unit-norm along n_embd (rows;
 the columns of c_proj modules) after each step. GPT decays parameters with dim >= 2. Parameter
-names are the part's own under its slot: blocks.<l>.norm_A / norm_M / qk / mlp / res_A / res_M.
+names are the part's own under its slot: blocks.<l>.norm_A / norm_M / qk / mlp / res_A / res_M, norm_f.
 """
 from __future__ import annotations
 
