@@ -68,6 +68,10 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict) -> list[str]:
         lines.append(f"Baseline: {comp.baseline}; comparison groups by {comp.group_by or '(one group)'}; "
                      f"variants by {comp.variant_keys or '(none)'}; several lrs in a variant: its best lr stands for it.")
         lines += comp.notes
+    used = sorted(set(runs.plugins.dropna())) if "plugins" in runs and len(runs) else []
+    if used:
+        lines.append(f"Plugins used: {', '.join(used)}. No formula knows a plugin: the memory estimate of a cell "
+                     "that uses one is the plan's simulated step, its size before it runs unknown.")
     return lines
 
 
