@@ -94,6 +94,7 @@ def cmd_report(args) -> int:
     from ablate.plan import estimate
     from ablate.plan.grid import reports_root, runs_root
     from ablate.plan.memory import simulate
+    from ablate.plan.plan import plugin_sizes
     from ablate.report import make_report
     from ablate.store import Store
 
@@ -104,7 +105,10 @@ def cmd_report(args) -> int:
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
-    estimates = {c.run_id: estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
+    # the formula's memory estimate; a cell that uses a plugin: its cached simulated step (plan_rows sizes it so)
+    sized = plugin_sizes(grid.cells, grid.resources.gpus, cached_only=True)
+    estimates = {c.run_id: sized[c.run_id][1] if c.run_id in sized else
+                 estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
     simulated = simulate(grid.cells, grid.resources.gpus, cached_only=True)  # what `plan --memory` cached
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,

@@ -23,7 +23,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from ablate import __version__
+from ablate import __version__, plugin
 from ablate.errors import AblateError
 from ablate.launch import resources as res
 from ablate.launch import scheduler
@@ -69,6 +69,8 @@ def default_executor() -> str:
 
 def write_config(grid: Grid, cell: Cell, sha: str) -> None:
     cell.run_dir.mkdir(parents=True, exist_ok=True)
+    if cell.config.plugins:  # the code of the plugins the cell uses, beside its config (plugins/<content id>.py)
+        plugin.copy_sources(cell.config, cell.run_dir)
     rundir.write_json_atomic(cell.run_dir / rundir.CONFIG, {
         "config": cell.config.to_dict(), "grid": grid.name, "run_id": cell.run_id,
         "varied": cell.varied, "version": __version__, "git_sha": sha,

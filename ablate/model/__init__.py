@@ -1,4 +1,5 @@
-"""GPT and nGPT with the four ablations (gpt.py) and the attention kernels (backends.py).
+"""GPT and nGPT with the four ablations (gpt.py), assembled from the parts at the extension
+points (points.py: where a plugin plugs in), and the attention kernels (backends.py).
 
     model = build_model(cfg)                 # a resolved RunConfig -> GPT (CPU, fp32)
     logits, loss = model(idx, targets)

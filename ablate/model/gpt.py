@@ -1,14 +1,16 @@
 """GPT and nGPT in one model, with the four ablations: GQA, weight tying, ALBERT attention
 sharing and sliding-window attention (MODEL_SPEC sections 1-4).
 
-Reads like nanoGPT, from the smallest part to the largest: RMSNorm, nGPT scale vectors,
-attention, MLP, block, model (nGPT's Norm and RoPE are in ops.py). Both archs run the same
-lines except where the math differs, and each difference lives in exactly one place:
+Reads like nanoGPT, from the smallest part to the largest: attention, block, model. The parts
+that differ between the archs (norm, what happens to q and k, MLP, residual update) are the
+extension points in points.py, where GPT's and nGPT's are registered side by side; a plugin
+fills the same slots. Both archs run the same lines here except at the model level, and each
+difference lives in exactly one place:
 
-    pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   Block / GPT.__init__
-    q and k         softmax scale 1/sqrt(hd) | Norm(q) s_qk^2, Norm(k), sqrt(hd)  Attention.qkv
-    MLP input       -                        | u, v scaled by s_uv sqrt(d)      MLP.forward
-    residual        h + out                  | Norm(h' + |alpha| (Norm(out) - h')), h' = Norm(h)   Block.residual
+    pre-norm        RMSNorm before attention, MLP and head (GPT) | none (nGPT)   points "norm"
+    q and k         RoPE, softmax scale 1/sqrt(hd) | + Norm(q) s_qk^2, Norm(k), sqrt(hd)   points "qk"
+    MLP input       -                        | u, v scaled by s_uv sqrt(d)      points "mlp"
+    residual        h + out                  | Norm(h' + |alpha| (Norm(out) - h')), h' = Norm(h)   points "residual"
     logits          lm_head(h)               | s_z * lm_head(h)                 GPT.head_weight
     weights         free                     | unit rows/columns, normalize_()  GPT.normalize_
     weight decay    matrices                 | none                             GPT.optimizer_groups
@@ -33,46 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ablate import plugin
 from ablate.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
 from ablate.model.loss import chunked_cross_entropy
-from ablate.model.ops import apply_rope, f32, rope_cos_sin, unit
+from ablate.model.ops import f32, rope_cos_sin
+from ablate.model.points import ARCHS, Scale, parts_for
 from ablate.model.recompute import run_blocks
-
-
-class RMSNorm(nn.Module):
-    """GPT's pre-norm: eps 1e-6, statistics in fp32 (bf16 squares lose the small entries)."""
-
-    def __init__(self, d: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d))
-
-    def forward(self, x):
-        xf = f32(x)
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
-
-
-# ---------------------------------------------------------------- nGPT scale vectors
-
-class Scale(nn.Module):
-    """An nGPT learnable vector, stored as `scale * ones(shape)` and used as `param * (init / scale)`.
-
-    The effective value at init is `init` whatever `scale` is; `scale` only sets the effective
-    Adam step (Adam moves `param` by ~lr, so the effective value moves by ~lr * init / scale).
-    Always fp32, never normalized, never weight-decayed."""
-
-    def __init__(self, shape, init: float, scale: float):
-        super().__init__()
-        self.init, self.scale = init, scale
-        self.param = nn.Parameter(torch.full(shape if isinstance(shape, tuple) else (shape,), float(scale),
-                                             dtype=torch.float32))
-
-    def forward(self) -> torch.Tensor:
-        return self.param * (self.init / self.scale)
-
-    def extra_repr(self) -> str:
-        return f"shape={tuple(self.param.shape)}, init={self.init}, scale={self.scale:.4g}"
 
 
 # ---------------------------------------------------------------- attention
@@ -81,7 +50,8 @@ class Attention(nn.Module):
     """Causal self-attention with GQA and an optional sliding window.
 
     Holds only W_q, W_k, W_v, W_o (c_proj), so ALBERT sharing is simply several blocks
-    holding this one module; the per-layer s_qk lives in the block and is passed in."""
+    holding this one module; what happens to q and k between the projection and the kernel
+    (RoPE, nGPT's Norm and s_qk) is the layer's own `qk` part, passed in."""
 
     def __init__(self, cfg, backend: str):
         super().__init__()
@@ -92,110 +62,56 @@ class Attention(nn.Module):
         self.c_k = nn.Linear(d, cfg.kv_heads * hd, bias=False)
         self.c_v = nn.Linear(d, cfg.kv_heads * hd, bias=False)
         self.c_proj = nn.Linear(cfg.n_head * hd, d, bias=False)
-        # GPT: 1/sqrt(hd) keeps random dot products O(1). nGPT: q.k is a cosine in [-1, 1]
-        # (times s_qk^2), so it needs the opposite, a temperature of sqrt(hd).
-        self.softmax_scale = hd ** 0.5 if cfg.arch == "ngpt" else hd ** -0.5
 
-    def qkv(self, x, rope, s_qk=None):
-        """q (B, T, H, hd), k and v (B, T, H_kv, hd), ready for the kernel."""
+    def qkv(self, x):
+        """The q and k heads (B, T, H + H_kv, hd), query heads first, and v (B, T, H_kv, hd)."""
         B, T, _ = x.shape
         H, H_kv = self.n_head, self.n_kv_head
         w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])  # one matmul for q, k and v
-        qk, v = F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
-        qk = apply_rope(qk, *rope)  # q and k in one call; before nGPT's normalization
-        if s_qk is not None:
-            qk = unit(qk)  # every head of q and k
-        q, k = qk.split([H, H_kv], dim=2)
-        if s_qk is not None:
-            # nGPT scores are (s_qk * Norm(q)) . (s_qk * Norm(k)) = (s_qk^2 * Norm(q)) . Norm(k):
-            # the same function and gradients, and k stays free of per-query-head factors, so
-            # GQA kernels still see only n_kv_head distinct keys.
-            q = q * (s_qk() ** 2).type_as(q)  # s_qk: (H, hd), broadcast over (B, T)
-        return q, k, v
+        return F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
 
-    def forward(self, x, rope, s_qk=None):
-        q, k, v = self.qkv(x, rope, s_qk)
-        y = attend(q, k, v, scale=self.softmax_scale, window=self.window, backend=self.backend)  # (B, T, H, hd)
+    def forward(self, x, rope, qk):
+        heads, v = self.qkv(x)
+        q, k = qk(heads, rope)  # the layer's qk part: RoPE and whatever its arch does to q and k
+        y = attend(q, k, v, scale=qk.softmax_scale, window=self.window, backend=self.backend)  # (B, T, H, hd)
         return self.c_proj(y.flatten(2))  # (B, T, d)
-
-
-class MLP(nn.Module):
-    """SwiGLU with a 4d hidden size: c_fc d -> 8d (u and v halves), u * silu(v), c_proj 4d -> d."""
-
-    def __init__(self, cfg):
-        super().__init__()
-        d = cfg.n_embd
-        self.c_fc = nn.Linear(d, 8 * d, bias=False)
-        self.c_proj = nn.Linear(4 * d, d, bias=False)
-        # nGPT: rows of c_fc are unit vectors, so u and v are ~1/sqrt(d) cosines; s_uv * sqrt(d)
-        # brings them back to the range where SiLU is not just linear.
-        self.s_uv = Scale(8 * d, 1.0, 1.0) if cfg.arch == "ngpt" else None
-        self.sqrt_d = d ** 0.5
-
-    def forward(self, x):
-        w = self.c_fc.weight  # (8d, d): rows [:4d] make u, rows [4d:] make v
-        if self.s_uv is not None:
-            # s_uv * sqrt(d) scales the rows of c_fc, before the matmul: the same u and v as scaling
-            # the (B, T, 8d) output, for an (8d, d) multiply (and its gradient) instead.
-            w = w * (self.s_uv() * self.sqrt_d).type_as(w)[:, None]
-        half = w.size(0) // 2
-        u, v = F.linear(x, w[:half]), F.linear(x, w[half:])  # (B, T, 4d) each, and no 8d cat in backward
-        return self.c_proj(u * F.silu(v))
 
 
 # ---------------------------------------------------------------- block
 
 class Block(nn.Module):
-    def __init__(self, cfg, attn: Attention):
+    def __init__(self, cfg, attn: Attention, parts: dict):
         super().__init__()
-        d = cfg.n_embd
         self.attn = attn  # possibly the same module as in the other blocks of its sharing group
-        self.mlp = MLP(cfg)
-        if cfg.arch == "ngpt":
-            base = d ** -0.5  # base_scale = 1/sqrt(d), passed explicitly to every vector
-            self.norm_A, self.norm_M = nn.Identity(), nn.Identity()
-            self.alpha_A, self.alpha_M = Scale(d, 0.05, base), Scale(d, 0.05, base)
-            self.s_qk = Scale((cfg.n_head, cfg.head_dim), 1.0, base)
-        else:
-            self.norm_A, self.norm_M = RMSNorm(d), RMSNorm(d)
-            self.alpha_A = self.alpha_M = self.s_qk = None
+        self.qk = parts["qk"](cfg)  # per layer, also under sharing (nGPT's s_qk)
+        self.mlp = parts["mlp"](cfg)
+        self.norm_A, self.norm_M = parts["norm"](cfg), parts["norm"](cfg)
+        self.res_A, self.res_M = parts["residual"](cfg), parts["residual"](cfg)
 
     def forward(self, h, rope, first: bool = False):
-        h = self.residual(h, self.attn(self.norm_A(h), rope, self.s_qk), self.alpha_A, renorm=first)
-        h = self.residual(h, self.mlp(self.norm_M(h)), self.alpha_M)
+        h = self.res_A(h, self.attn(self.norm_A(h), rope, self.qk), first)
+        h = self.res_M(h, self.mlp(self.norm_M(h)))
         return h
-
-    @staticmethod
-    def residual(h, out, alpha, renorm: bool = False):
-        if alpha is None:  # GPT: the plain residual stream
-            return h + out
-        # nGPT: a step of size |alpha| (per dim) from h toward Norm(out), back onto the sphere.
-        # The reference normalizes h again first (NVIDIA: A_norm = justnorm(h)). Where h came out
-        # of a Norm, that is the identity in value and in gradient (a Norm's backward already
-        # removes the radial part), so only the first update does it (`renorm`): there h is
-        # wte[idx], and without it the embedding rows get a radial gradient the reference never
-        # sees, and Adam diverges.
-        if renorm:
-            h = unit(h)
-        return unit(torch.lerp(h, unit(f32(out)), alpha().abs()))  # h + |alpha| (Norm(out) - h)
 
 
 # ---------------------------------------------------------------- model
 
 class GPT(nn.Module):
-    """The whole model for one RunConfig: cfg.arch picks GPT or nGPT."""
+    """The whole model for one RunConfig: cfg.arch picks GPT or nGPT (and their parts, unless
+    `parts` says otherwise: points.parts_for, with a plugin's)."""
 
-    def __init__(self, cfg, attn_backend: str = "sdpa"):
+    def __init__(self, cfg, attn_backend: str = "sdpa", parts: dict | None = None):
         super().__init__()
         check_config(cfg)
         self.config = cfg
         self.ngpt = cfg.arch == "ngpt"
         self.attn_backend = attn_backend
+        parts = ARCHS[cfg.arch] if parts is None else parts
         d, V, L, G = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.attn_groups
         self.wte = nn.Embedding(V, d)
         groups = [Attention(cfg, attn_backend) for _ in range(G)]
-        self.blocks = nn.ModuleList(Block(cfg, groups[layer // (L // G)]) for layer in range(L))
-        self.norm_f = nn.Identity() if self.ngpt else RMSNorm(d)
+        self.blocks = nn.ModuleList(Block(cfg, groups[layer // (L // G)], parts) for layer in range(L))
+        self.norm_f = parts["norm"](cfg)
         self.lm_head = nn.Linear(d, V, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one Parameter: (V, d) either way
@@ -268,7 +184,7 @@ class GPT(nn.Module):
         total = count(self.parameters())
         embedding = count([self.wte.weight, self.lm_head.weight])
         attention = count(p for b in self.blocks for p in b.attn.parameters())
-        mlp = count(p for b in self.blocks for m in (b.mlp.c_fc, b.mlp.c_proj) for p in m.parameters())
+        mlp = count(p for b in self.blocks for p in b.mlp.parameters() if p.dim() >= 2)  # matrices (not s_uv)
         return {"total": total, "embedding": embedding, "non_embedding": total - embedding,
                 "attention": attention, "mlp": mlp, "vectors": total - embedding - attention - mlp}
 
@@ -306,7 +222,7 @@ def store_block_matrices(model: GPT, dtype: torch.dtype) -> GPT:
 
 def build_model(cfg, device_type: str | None = None) -> GPT:
     """The model for a resolved RunConfig, on CPU (the caller moves it), fp32 except the block
-    matrices with param_dtype bf16. `device_type` is where it will run ("cpu" | "cuda"; default
+    matrices with param_dtype bf16; built from its arch's parts and those of the plugins it uses. `device_type` is where it will run ("cpu" | "cuda"; default
     from cfg.device, auto = cuda when available): it picks the attention backend
     (model.attn_backend) and decides whether bf16 storage is allowed."""
     if device_type is None:
@@ -317,7 +233,25 @@ def build_model(cfg, device_type: str | None = None) -> GPT:
                               "use param_dtype fp32 (dtype bf16 still autocasts)")
         if cfg.dtype != "bf16":
             raise AblateError("param_dtype bf16 needs dtype bf16 (autocast): fp32 activations cannot meet bf16 weights")
-    model = GPT(cfg, resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context))
+    parts = parts_for(cfg)
+    backend = resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context)
+    try:
+        model = parts.get("model", GPT)(cfg, backend, parts)
+    except Exception as e:  # in a plugin's part: one line naming its file and line
+        blamed = plugin.blame(cfg, e, "building the model") if cfg.plugins else None
+        if blamed is None:
+            raise
+        raise blamed from None
     if cfg.param_dtype == "bf16":
         store_block_matrices(model, torch.bfloat16)
     return model
+
+
+def model_sizes(cfg) -> dict:
+    """param_counts() and ckpt_bytes (the weights as model.pt stores them) of cfg's model, built
+    on the meta device: no memory, no compute. How a cell that uses a plugin is sized, since no
+    formula knows its parts (plan.estimate covers the built-in model only)."""
+    with torch.device("meta"):
+        model = build_model(cfg, "cuda" if cfg.param_dtype == "bf16" else "cpu")
+    tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
+    return {**model.param_counts(), "ckpt_bytes": sum(t.numel() * t.element_size() for t in tensors)}

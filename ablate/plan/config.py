@@ -8,6 +8,12 @@ which always happens before hashing: an explicit value equal to the default hash
 A field added after runs existed (`meta(..., added=True)`) is left out of the hash while it
 holds its default, so adding it kept every earlier run id (data_id: only text:PATH data sets
 have one; the memory knobs: only cells that use them).
+
+Plugin keys (ablate/plugin.py): a cell of a grid that names plugins also carries each plugin
+key as an attribute of the same name (`cfg.qk_norm`), beside the fields, and the plugins'
+declarations in its `plugins` field, so that its dict (config.json) describes itself. A plugin
+key enters the run id only when it is not at its default, together with the content id of its
+plugin (plugin_keys.py): a cell that leaves a plugin's keys alone keeps its built-in run id.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 from ablate.errors import AblateError, closest
+from ablate.plan import plugin_keys
 
 ARCH_DEFAULTS = {
     # NVIDIA launcher.sh recipe: GPT gets weight decay and warmup; nGPT neither.
@@ -33,7 +40,7 @@ def meta(default, doc: str, hashed: bool = True, added: bool = False):
     return field(default=default, metadata={"doc": doc, "hashed": hashed, "added": added})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # __eq__ below: plugin keys are attributes, not fields
 class RunConfig:
     # ---- architecture
     arch: Literal["gpt", "ngpt"] = meta("gpt", "baseline GPT (RMSNorm, pre-norm) or nGPT (hypersphere)")
@@ -76,6 +83,9 @@ class RunConfig:
     loss_chunk: Optional[int] = meta(
         None, "tokens per chunk of the fused LM head + cross-entropy (the B*T*V logits never exist); "
         "None = plain", added=True)
+    # ---- plugins
+    plugins: tuple = meta((), "declarations of the grid's plugins (derived from the grid's `plugins:` list, "
+                          "never written as a key): name, source, content_id, keys", added=True)
     device: Literal["auto", "cpu", "cuda"] = meta("auto", "auto = cuda when available", hashed=False)
     diverge_loss: float = meta(20.0, "stop as diverged when train loss is NaN/inf or above this")
     # ---- cadence (does not change what is learned: not hashed)
@@ -107,8 +117,13 @@ class RunConfig:
     def tokens_per_step(self) -> int:
         return self.batch_size * self.grad_accum * self.context
 
+    def __eq__(self, other) -> bool:
+        return type(other) is RunConfig and self.__dict__ == other.__dict__
+
+    __hash__ = None  # `plugins` holds dicts
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)  # exactly the fields, in declaration order
+        return dict(self.__dict__)  # the fields in declaration order, then the plugin keys
 
     def hashed_dict(self) -> dict:
         return identity(self.__dict__)
@@ -148,6 +163,8 @@ def _checker(name: str):
         ok = lambda v: type(v) is int
     elif base is float:
         ok = lambda v: type(v) in (int, float)
+    elif base is tuple:
+        ok = lambda v: type(v) is tuple
     else:
         ok = lambda v: type(v) is str
     return optional, ok
@@ -156,7 +173,7 @@ def _checker(name: str):
 _CHECKERS = {name: _checker(name) for name in FIELDS}
 FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
-DERIVED = ("data_id",)  # fields a grid may not set: they are computed from other things
+DERIVED = ("data_id", "plugins")  # fields a grid may not set: they are computed from other things
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
 MEMORY_KNOBS = ("act_ckpt", "loss_chunk")  # change memory and speed, never the math
 # fields hashed only when set (meta added=True) -> their default
@@ -165,9 +182,12 @@ ADDED_DEFAULTS = {n: f.default for n, f in FIELDS.items() if f.metadata.get("add
 
 def identity(config: dict, names=HASHED_NAMES) -> dict:
     """The part of a config dict that names a run (names sorted): every hashed field, but an
-    added field only when it is set to something other than its default (a missing one is unset)."""
-    return {n: config.get(n) for n in names
-            if n not in ADDED_DEFAULTS or config.get(n, ADDED_DEFAULTS[n]) != ADDED_DEFAULTS[n]}
+    added field only when it is set to something other than its default (a missing one is unset),
+    and the plugin keys a cell sets with the content ids of their plugins (plugin_keys.identity)."""
+    out = {n: config.get(n) for n in names if n != "plugins"
+           and (n not in ADDED_DEFAULTS or config.get(n, ADDED_DEFAULTS[n]) != ADDED_DEFAULTS[n])}
+    extra = plugin_keys.identity(config) if config.get("plugins") else None
+    return dict(sorted({**out, **extra}.items())) if extra else out
 
 
 _FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
@@ -195,11 +215,27 @@ _CHECKED: set = set()  # (key, type, value) already type-checked: a grid repeats
 def make_config(values: dict) -> RunConfig:
     """RunConfig from a plain dict: unknown keys name the closest valid one; ints become floats where needed.
     Checks only the given keys (defaults are valid) and skips dataclass __init__: a 10,000-cell
-    plan makes 10,000 of these."""
-    clean = {}
+    plan makes 10,000 of these. Keys declared by `plugins` (a grid's plugins, or config.json's
+    record of them) are checked against their declaration: type, choices, range."""
+    clean, declared = {}, {}
+    if values.get("plugins"):
+        clean["plugins"] = plugin_keys.declarations(values["plugins"])
+        declared = plugin_keys.declared_keys(clean)
+        clash = [k for k in declared if k in FIELDS]
+        if clash:
+            raise AblateError(f"key 'plugins': declares the built-in key '{clash[0]}' as a plugin key")
     for key, value in values.items():
+        if key == "plugins":
+            continue
+        if key in declared:
+            value = plugin_keys.coerce(declared[key], value)
+            problem = plugin_keys.value_problem(declared[key], value)
+            if problem:
+                raise AblateError(f"key '{key}': {problem}")
+            clean[key] = value
+            continue
         if key not in FIELDS:
-            raise AblateError(f"unknown key '{key}'{closest(key, FIELDS)}")
+            raise AblateError(f"unknown key '{key}'{closest(key, [*FIELDS, *declared])}")
         if key in _FLOAT_FIELDS and type(value) is int:
             value = float(value)
         if key in _FLOAT_FIELDS and type(value) is str:
@@ -212,6 +248,8 @@ def make_config(values: dict) -> RunConfig:
             _check_type(FIELDS[key], value)
             _CHECKED.add(seen)
         clean[key] = value
+    missing = [k for k in declared if k not in clean]  # a plugin key left out: its default
+    clean.update({k: declared[k]["default"] for k in missing})
     return _derived(_DEFAULT_CONFIG, **clean)
 
 

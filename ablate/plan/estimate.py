@@ -1,16 +1,29 @@
 """What a cell will cost, before anything runs: exact parameter counts (MODEL_SPEC section 4),
-checkpoint bytes, FLOPs and a peak-memory estimate. Pure arithmetic, no torch."""
+checkpoint bytes, FLOPs and a peak-memory estimate. Pure arithmetic, no torch.
+
+Only for the built-in model: a cell that uses a plugin has no formula here (they raise
+NoFormula), the plan counts its parameters on the model itself (meta device) and simulates its
+memory (gpt.model_sizes, memtrack.simulate_step)."""
 from __future__ import annotations
 
 import functools
 
+from ablate.errors import AblateError
+from ablate.plan import plugin_keys
 from ablate.plan.config import RunConfig
 
 BYTES = {"fp32": 4, "bf16": 2}
 
 
+class NoFormula(AblateError):
+    """A cell that uses a plugin: no formula knows its model."""
+
+
 def param_counts(c: RunConfig) -> dict:
     """Exact counts for a resolved config (bias-free, SwiGLU 4d, no wpe)."""
+    if c.plugins and plugin_keys.used(c):
+        raise NoFormula(f"no parameter formula for a cell that uses a plugin ({plugin_keys.used_text(c)}): "
+                        "it is counted on the model")
     return dict(_param_counts(c.arch, c.n_embd, c.vocab_size, c.n_layer, c.kv_heads * c.head_dim,
                               bool(c.tie_embeddings), c.attn_groups))
 
@@ -42,11 +55,12 @@ def checkpoint_bytes(c: RunConfig) -> int:
     return block * BYTES[c.param_dtype] + other * 4
 
 
-def flops_per_token(c: RunConfig) -> dict:
+def flops_per_token(c: RunConfig, counts: dict | None = None) -> dict:
     """Training FLOPs per token: 6N plus attention. causal: 12·L·d·(mean keys per query), which is
     ~6·L·d·T for full causal attention and counts min(W, T) keys per query under a sliding window;
-    nanoGPT: 12·L·d·T (every query against every key, as nanoGPT's estimate_mfu)."""
-    p = param_counts(c)
+    nanoGPT: 12·L·d·T (every query against every key, as nanoGPT's estimate_mfu). counts: the
+    model's own parameter counts (model.param_counts(), for a cell no formula knows)."""
+    p = counts or param_counts(c)
     # FLOPs follow the matmuls that run, not the weights stored: a shared attention runs in every
     # layer, and the head matmul runs whether or not it is tied to the embedding
     attention_run = p["attention"] // c.attn_groups * c.n_layer
@@ -65,8 +79,8 @@ def total_tokens(c: RunConfig) -> int:
     return c.max_iters * c.tokens_per_step
 
 
-def total_flops(c: RunConfig) -> float:
-    return flops_per_token(c)["causal"] * total_tokens(c)
+def total_flops(c: RunConfig, counts: dict | None = None) -> float:
+    return flops_per_token(c, counts)["causal"] * total_tokens(c)
 
 
 # The memory model's constants, measured with MemTracker under FakeTensorMode (CPU dispatch,

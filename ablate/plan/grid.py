@@ -3,6 +3,7 @@
 A grid is a short diff of defaults:
 
     name: quickstart                 # names runs/<name>/ and reports/<name>/
+    plugins: [plugins/qk_norm.py]    # optional: more config keys (ablate/plugin.py)
     data: {dataset: shakespeare, tokenizer: char}
     base: {n_layer: 4, n_embd: 128}  # defaults for every cell
     arch_defaults: {ngpt: {lr: 5e-3}}  # per-arch defaults, over base, under the axes
@@ -27,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ablate import plugin
 from ablate.errors import AblateError, closest
+from ablate.plan import plugin_keys
 from ablate.plan.config import DERIVED, FIELDS, INT_MAX, _derived, make_config, resolve, validate
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
 from ablate.plan.yamlload import line_of, load_yaml
 
-TOP_KEYS = ("name", "description", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
+TOP_KEYS = ("name", "description", "plugins", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
             "seeds", "compare", "resources")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CELLS = 100_000  # checked from the axis sizes before expanding (a 10,000-cell plan takes ~1 s)
@@ -80,6 +83,7 @@ class Grid:
     compare: dict
     resources: Resources
     warnings: list = field(default_factory=list)
+    plugins: list = field(default_factory=list)  # ablate.plugin.Plugin, in the grid's order
 
     @property
     def runs_dir(self) -> Path:
@@ -117,13 +121,32 @@ def _mapping(ctx, value, what, parent=None) -> dict:
     return value
 
 
-def _check_keys(ctx, mapping, where):
+def _check_keys(ctx, mapping, where, known=FIELDS):
+    """known: the grid's keys (RunConfig's fields and its plugins' keys)."""
     for key in mapping:
-        if key not in FIELDS:
-            raise ctx.error(f"{where}: unknown key '{key}'{closest(key, FIELDS)}", key, mapping)
+        if key not in known:
+            raise ctx.error(f"{where}: unknown key '{key}'{closest(key, known)}", key, mapping)
         if key in DERIVED:
-            raise ctx.error(f"{where}: '{key}' is derived (from the data file's bytes), not set in a grid", key,
-                            mapping)
+            why = "from the grid's top-level `plugins:` list" if key == "plugins" else "from the data file's bytes"
+            raise ctx.error(f"{where}: '{key}' is derived ({why}), not set in a grid", key, mapping)
+
+
+def _plugins(ctx, doc) -> list:
+    """The plugins the grid names, loaded and checked (ablate.plugin); none: nothing imported."""
+    specs = doc.get("plugins")
+    if not specs:
+        return []
+    if not isinstance(specs, list):
+        raise ctx.error("'plugins' must be a list of plugin files or module names", "plugins", doc, True)
+    loaded = []
+    for i, spec in enumerate(specs):
+        try:
+            p = plugin.load(spec)
+            plugin.check_distinct(loaded, p)
+        except AblateError as e:
+            raise ctx.at(f"plugins: {e}", line_of(specs, i)) from None
+        loaded.append(p)
+    return loaded
 
 
 def _axis_list(ctx, key, values, where, parent) -> list:
@@ -149,11 +172,11 @@ def _resources(ctx, raw, doc) -> Resources:
     return Resources(**raw)
 
 
-def _factors(ctx, doc) -> list[list[dict]]:
+def _factors(ctx, doc, known) -> list[list[dict]]:
     """The axes: one list of partial configs per `grid` key and per `zip` group, in file order;
     their cross product is the grid (expanded only once its size is known to be allowed)."""
     grid = _mapping(ctx, doc.get("grid"), "grid", doc)
-    _check_keys(ctx, grid, "grid")
+    _check_keys(ctx, grid, "grid", known)
     factors = [[{k: v} for v in _axis_list(ctx, k, vals, "grid", grid)] for k, vals in grid.items()]
     zips = doc.get("zip") or []
     if isinstance(zips, dict):
@@ -162,7 +185,7 @@ def _factors(ctx, doc) -> list[list[dict]]:
         raise ctx.error("'zip' must be a list of mappings {key: [values...]}", "zip", doc, True)
     for group in zips:
         group = _mapping(ctx, group, "zip", doc)
-        _check_keys(ctx, group, "zip")
+        _check_keys(ctx, group, "zip", known)
         lengths = {k: len(_axis_list(ctx, k, v, "zip", group)) for k, v in group.items()}
         if len(set(lengths.values())) > 1:
             raise ctx.error(f"zip: lists must have equal lengths, got {lengths}", next(iter(group)), group)
@@ -201,30 +224,33 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
         raise ctx.error(f"'name' must be a plain identifier (letters, digits, '-', '_'), got {name!r}", "name", doc,
                         True)
 
+    plugins = _plugins(ctx, doc)
+    decls = tuple(p.declaration() for p in plugins)
+    known = {**FIELDS, **{k: None for p in plugins for k in p.keys}}
     data = _mapping(ctx, doc.get("data"), "data", doc)
     for key in data:
         if key not in ("dataset", "tokenizer"):
             raise ctx.error(f"data: unknown key '{key}'{closest(key, ['dataset', 'tokenizer'])}; allowed: dataset, "
                             "tokenizer", key, data)
     base = {**data, **_mapping(ctx, doc.get("base"), "base", doc)}
-    _check_keys(ctx, doc.get("base") or {}, "base")
+    _check_keys(ctx, doc.get("base") or {}, "base", known)
     arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults", doc)
     for arch, overrides in arch_defaults.items():
         if arch not in ("gpt", "ngpt"):
             raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: gpt, ngpt", arch, arch_defaults)
-        _check_keys(ctx, _mapping(ctx, overrides, arch, arch_defaults), f"arch_defaults.{arch}")
+        _check_keys(ctx, _mapping(ctx, overrides, arch, arch_defaults), f"arch_defaults.{arch}", known)
 
-    factors = _factors(ctx, doc)
+    factors = _factors(ctx, doc, known)
     includes = doc.get("include") or []
     if not isinstance(includes, list):
         raise ctx.error("'include' must be a list of partial configs", "include", doc, True)
     for inc in includes:
-        _check_keys(ctx, _mapping(ctx, inc, "include", doc), "include")
+        _check_keys(ctx, _mapping(ctx, inc, "include", doc), "include", known)
     excludes = doc.get("exclude") or []
     if not isinstance(excludes, list):
         raise ctx.error("'exclude' must be a list of partial configs", "exclude", doc, True)
     for exc in excludes:
-        _check_keys(ctx, _mapping(ctx, exc, "exclude", doc), "exclude")
+        _check_keys(ctx, _mapping(ctx, exc, "exclude", doc), "exclude", known)
     seeds = doc.get("seeds")
     if seeds is not None:
         if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -264,7 +290,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     cells, seen = [], {}
     for ex, merged, include in raw_cells:
         try:
-            cfg = make_config(merged)
+            cfg = make_config({**merged, "plugins": decls} if decls else merged)
             key = (cfg.dataset, cfg.tokenizer)
             if key not in data_cache:
                 validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
@@ -272,6 +298,8 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
             vocab, data_id, meta = data_cache[key]
             cfg = resolve(_derived(cfg, data_id=data_id) if data_id else cfg, vocab)
             check_splits(cfg, meta)
+            if plugins:
+                plugin.check_cell(plugins, cfg)
         except AblateError as e:
             bad_key = re.search(r"key '(\w+)'|^(dataset) '", str(e))
             bad_key = bad_key and (bad_key.group(1) or bad_key.group(2))
@@ -291,48 +319,49 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     axis_keys = list(dict.fromkeys(k for ex, _, _ in raw_cells for k in ex))
     resolved = [c.__dict__ for _, c, _ in cells]
     varied = [k for k in axis_keys if len({(type(r[k]), r[k]) for r in resolved}) > 1]  # 1 != 1.0 != True
-    compare = _compare(ctx, doc.get("compare"), varied, doc)
+    compare = _compare(ctx, doc.get("compare"), varied, doc, known)
     if isinstance(doc.get("compare"), dict) and "baseline" in doc["compare"]:
         check_baseline(ctx, doc["compare"], compare["baseline"], resolved)
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
-                warnings=warnings)
+                warnings=warnings, plugins=plugins)
     runs_dir = grid.runs_dir
     grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, runs_dir / rid) for rid, cfg, _ in cells]
     return grid
 
 
-def _compare(ctx, raw, varied, doc) -> dict:
+def _compare(ctx, raw, varied, doc, known=FIELDS) -> dict:
     raw = _mapping(ctx, raw, "compare", doc)
     for key in raw:
         if key not in ("baseline", "group_by"):
             raise ctx.error(f"compare: unknown key '{key}'{closest(key, ['baseline', 'group_by'])}; allowed: baseline, group_by", key, raw)
     baseline = _mapping(ctx, raw.get("baseline", {"arch": "gpt"}), "baseline", raw)
-    _check_keys(ctx, baseline, "compare.baseline")
+    _check_keys(ctx, baseline, "compare.baseline", known)
     group_by = raw.get("group_by")
     if group_by is None:  # default: a group per value of the other axes; seeds, lrs, budgets inside it
         group_by = [k for k in varied if k not in baseline and k not in ("seed", *SWEPT)]
     if not isinstance(group_by, list):
         raise ctx.error(f"compare.group_by must be a list of keys, got {group_by!r}", "group_by", raw, True)
-    _check_keys(ctx, {k: None for k in group_by}, "compare.group_by")
+    _check_keys(ctx, {k: None for k in group_by}, "compare.group_by", known)
     return {"baseline": dict(baseline), "group_by": list(group_by)}
 
 
 def select(cells, where: list[str]) -> list:
     """Filter cells by KEY=VALUE terms (values compared as their string form)."""
+    cells = list(cells)
+    known = [*FIELDS, *(plugin_keys.declared_keys(cells[0].config) if cells else {})]
     terms = []
     for term in where or []:
         if "=" not in term:
             raise AblateError(f"--where {term!r}: expected KEY=VALUE")
         key, value = term.split("=", 1)
-        if key not in FIELDS and key != "run_id":
-            raise AblateError(f"--where: unknown key '{key}'{closest(key, FIELDS)}")
+        if key not in known and key != "run_id":
+            raise AblateError(f"--where: unknown key '{key}'{closest(key, known)}")
         terms.append((key, value))
 
     def value_of(cell, key):
         return cell.run_id if key == "run_id" else getattr(cell.config, key)
 
-    cells = list(cells)
     out = [c for c in cells if all(str(value_of(c, k)) == v or num_eq(value_of(c, k), v) for k, v in terms)]
     if terms and cells and not out:
         hints = "; ".join(f"values of {k} are {values_text([value_of(c, k) for c in cells], k)}"

@@ -24,11 +24,13 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from ablate.plan import plugin_keys
 from ablate.plan.grid import runs_root
 from ablate.plan.rundir import read_json, write_json_atomic
 
 CATEGORIES = ("params", "buffers", "grads", "optimizer", "activations", "temps", "other")  # memtrack's
-# the fields that decide what one step allocates (lr, budget, seed, cadence do not)
+# the fields that decide what one step allocates (lr, budget, seed, cadence do not), and the
+# plugins a cell uses with their keys (plugin_keys.identity: the plugin's content id included)
 SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
               "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
 # the code whose change changes what a step allocates
@@ -91,6 +93,11 @@ def _torch_version() -> str:
         return "none"
 
 
+def shape_of(config: dict) -> dict:
+    """What decides a step's tensors: SHAPE_KEYS and the plugins the cell uses (keys, content)."""
+    return {**{k: config.get(k) for k in SHAPE_KEYS}, **(plugin_keys.identity(config) if config.get("plugins") else {})}
+
+
 class Cache:
     """runs/.cache/memory-sim.json: {key: breakdown}. Best effort: unreadable = empty, unwritable = not kept."""
 
@@ -102,7 +109,7 @@ class Cache:
 
     def key(self, config: dict, gpus: int, device: str) -> str:
         micro = max(1, config["grad_accum"] // max(1, gpus))
-        shape = {**{k: config.get(k) for k in SHAPE_KEYS}, "micro": min(micro, 2),  # memtrack: 2 = any more
+        shape = {**shape_of(config), "micro": min(micro, 2),  # memtrack: 2 = any more
                  "clip": config["grad_clip"] > 0, "device": device, **self.stamp}
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -128,9 +135,19 @@ def _simulate(args) -> dict:
     from ablate.plan.config import make_config
     from ablate.train.memtrack import simulate_step
 
+    cfg = None
     try:
-        return simulate_step(make_config(config), device, world_size)
-    except (AblateError, NotImplementedError, RuntimeError) as e:  # a cell this device cannot run
+        cfg = make_config(config)
+        return simulate_step(cfg, device, world_size)
+    except Exception as e:
+        from ablate import plugin
+
+        blamed = plugin.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
+        if blamed is not None:  # the plugin's code is wrong: plugin_sizes refuses the grid
+            return {"error": str(blamed), "plugin_error": True}
+        if not isinstance(e, (AblateError, NotImplementedError, RuntimeError)):
+            raise
+        # a cell this device cannot run
         return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
 
 

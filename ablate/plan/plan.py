@@ -6,19 +6,22 @@ import json
 import os
 from pathlib import Path
 
-from ablate.plan import estimate, memory
+from ablate.errors import AblateError
+from ablate.plan import estimate, memory, plugin_keys
 from ablate.plan.memory import HEADROOM, fits
 from ablate.plan.grid import Grid, runs_root
 from ablate.plan.rundir import SUMMARY, checked_state, read_json
 
 GIB = 1024 ** 3
-# the fields that decide throughput: equal shape + equal device => comparable tokens/s
+# the fields that decide throughput: equal shape + equal device => comparable tokens/s (and the
+# plugins a cell uses, with their keys)
 SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
               "vocab_size", "batch_size", "dtype", "param_dtype", "compile", "attn_backend")
 
 
 def _shape(cfg: dict) -> tuple:
-    return tuple(cfg.get(k) for k in SHAPE_KEYS)
+    used = json.dumps(plugin_keys.identity(cfg), sort_keys=True, default=str) if cfg.get("plugins") else None
+    return (*(cfg.get(k) for k in SHAPE_KEYS), *([used] if used else []))
 
 
 def measured_throughput(root: Path | None = None) -> dict:
@@ -45,19 +48,59 @@ def _known_throughput(throughput: dict, config: dict, gpus: int):
     return throughput.get((shape, "cuda")) or throughput.get((shape, "cpu"))
 
 
+def _as_estimate(sim: dict | None) -> dict:
+    """A simulated step's categories as the formula's (params, grads, optimizer, activations,
+    temps, total); {} when the simulation failed."""
+    if not sim or "total" not in sim:
+        return {}
+    parts = {"params": ("params", "buffers"), "grads": ("grads",), "optimizer": ("optimizer",),
+             "activations": ("activations",), "temps": ("temps", "other"), "total": ("total",)}
+    return {k: sum(sim.get(c, 0) for c in cats) for k, cats in parts.items()}
+
+
+def plugin_sizes(cells, gpus: int, log=None, cached_only: bool = False) -> dict:
+    """{run_id: (sizes, memory)} for the cells that use a plugin, which no formula knows: the
+    model built on the meta device (param_counts, ckpt_bytes) and one simulated step (memory, as
+    the formula's categories; cached as plan --memory's; cached_only: {} for a shape not in the
+    cache). Imports torch: only grids with plugins."""
+    used = [c for c in cells if c.config.plugins and plugin_keys.used(c.config)]
+    if not used:
+        return {}
+    from ablate.model.gpt import model_sizes
+
+    sims = memory.simulate(used, gpus, log=log, cached_only=cached_only)
+    broken = next((s["error"] for s in sims.values() if s.get("plugin_error")), None)
+    if broken:
+        raise AblateError(broken)
+    by_shape: dict = {}
+    out = {}
+    for cell in used:
+        key = json.dumps(memory.shape_of(cell.config.to_dict()), sort_keys=True, default=str)
+        if key not in by_shape:
+            by_shape[key] = model_sizes(cell.config)
+        out[cell.run_id] = (by_shape[key], _as_estimate(sims.get(cell.run_id)))
+    return out
+
+
 def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[dict]:
     """One row per cell; simulate: also the simulated memory per category (row["simulated"],
-    plan.memory: imports torch for the shapes not in the cache)."""
+    plan.memory: imports torch for the shapes not in the cache). A cell that uses a plugin is
+    sized on its model (plugin_sizes): "memory_source" says "simulated" instead of "formula"."""
     cells = grid.cells if cells is None else cells
     sims = memory.simulate(cells, grid.resources.gpus, log=log) if simulate else {}
+    sized = plugin_sizes(cells, grid.resources.gpus, log=log)
     throughput = measured_throughput()
     # list the grid's run dirs once instead of probing 10,000 missing status files
     existing = set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()
     rows = []
     for cell in cells:
         c = cell.config
-        params = estimate.param_counts(c)
-        mem = estimate.memory_breakdown(c, max(1, grid.resources.gpus))
+        if cell.run_id in sized:
+            params, mem = sized[cell.run_id]
+            ckpt = params["ckpt_bytes"]
+        else:
+            params, mem = estimate.param_counts(c), estimate.memory_breakdown(c, max(1, grid.resources.gpus))
+            ckpt = estimate.checkpoint_bytes(c)
         tokens = estimate.total_tokens(c)
         config = c.to_dict()
         known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None
@@ -69,11 +112,12 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[
             "n_params": params["total"],
             "n_params_non_embedding": params["non_embedding"],
             "n_params_attention": params["attention"],
-            "ckpt_bytes": estimate.checkpoint_bytes(c),
+            "ckpt_bytes": ckpt,
             "tokens": tokens,
-            "flops": estimate.total_flops(c),
-            "est_peak_mem_bytes": mem["total"],
+            "flops": estimate.total_flops(c, params),
+            "est_peak_mem_bytes": mem.get("total"),
             "memory": mem,
+            "memory_source": "simulated" if cell.run_id in sized else "formula",
             "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
             "throughput_device": known[1] if known else None,
             "run_dir": str(cell.run_dir),
@@ -140,20 +184,23 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     for r, sim in zip(rows, sims):
         line = [r["run_id"], *[str(r["varied"].get(k)) for k in keys], r["state"], human_count(r["n_params"]),
                 human_count(r["tokens"]), human_flops(r["flops"])]
-        est = _num(r["est_peak_mem_bytes"] / scale)
+        est = "n/a" if r["est_peak_mem_bytes"] is None else _num(r["est_peak_mem_bytes"] / scale)
         if with_memory and "total" in sim:
             line += [_num(sum(sim.get(c, 0) for c in cats) / scale) for _, cats in MEMORY_COLUMNS]
             line += [_num(sim["total"] / scale), est] + ([fits(sim["total"], capacity[0])] if capacity else [])
         elif with_memory:
             line += ["n/a"] * len(MEMORY_COLUMNS) + ["n/a", est] + ([""] if capacity else [])
         else:
-            line += [f"{est} {unit}"]
+            line += [f"{est} {unit}" if est != "n/a" else est]
         body.append(line)
     widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(head)]
     line = lambda cols: "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()  # noqa: E731
     out = [line(head), line(["-" * w for w in widths])] + [line(b) for b in body]
     if with_memory:
         out += ["", *_memory_notes(unit, sims, capacity)]
+    if any(r.get("memory_source") == "simulated" for r in rows):
+        out += ["", "cells that use a plugin: parameters counted on the model (meta device), estimated memory = "
+                    "one simulated step (FakeTensorMode), not the formula"]
     todo = [r for r in rows if r["state"] != "done"]
     hours = [r["est_hours"] for r in todo]
     devices = sorted({str(r["throughput_device"]) for r in todo})
@@ -205,12 +252,16 @@ def explain(row: dict) -> str:
     est, sim = row["memory"], row.get("simulated") or {}
     labels = ("params", "grads", "optimizer", "activations", "temps")  # MEMORY_COLUMNS, spelled out
     parts = [(label, cats) for label, (_, cats) in zip(labels, MEMORY_COLUMNS)] + [("peak", ("total",))]
-    unit, scale = memory_unit([est["total"], sim.get("total")])
+    unit, scale = memory_unit([est.get("total"), sim.get("total")])
     lines = [f"run {row['run_id']}: peak training memory per process, {unit}"]
-    lines.append(f"  {'':<11} {'simulated' if 'total' in sim else '':>10} {'estimate':>10}")
+    what = "estimate" if row.get("memory_source", "formula") == "formula" else "simulated*"
+    lines.append(f"  {'':<11} {'simulated' if 'total' in sim else '':>10} {what:>10}")
     for name, cats in parts:
         simulated = f"{sum(sim.get(c, 0) for c in cats) / scale:10.3f}" if "total" in sim else " " * 10
-        lines.append(f"  {name:<11} {simulated} {sum(est.get(c, 0) for c in cats) / scale:10.3f}")
+        estimated = f"{sum(est.get(c, 0) for c in cats) / scale:10.3f}" if est else f"{'n/a':>10}"
+        lines.append(f"  {name:<11} {simulated} {estimated}")
+    if what != "estimate":
+        lines.append("  * this cell uses a plugin: no formula, its estimate is the simulated step")
     if "error" in sim:
         lines.append(f"  simulation: {sim['error']}")
     lines.append(f"  params: {row['n_params']:,} total, {row['n_params_non_embedding']:,} non-embedding, "

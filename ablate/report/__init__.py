@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ablate.plan import plugin_keys
 from ablate.report import charts, compare as cmp, render, speedup as spd, tables
 
 MAX_CHART_ROWS = 4500  # under altair's 5,000-row limit, whatever the grid size
@@ -110,6 +111,10 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFram
                      "count finished seeds only.")
     if comp is not None:
         lines += _answer(sp, cells, runs) + _method(runs, comp, cells) + comp.notes
+    used = sorted(set(runs.plugins.dropna())) if "plugins" in runs and len(runs) else []
+    if used:
+        lines.append(f"Plugins used: {', '.join(used)}. No formula knows a plugin: the memory estimate of a cell "
+                     "that uses one is the plan's simulated step, its size before it runs unknown.")
     return lines
 
 
@@ -121,7 +126,8 @@ def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None
     if not todo:
         return None
     rows = pd.DataFrame([{**p, "state": "planned", "config_json": json.dumps(
-        {k: v for k, v in p.items() if k != "run_id"}, sort_keys=True)} for p in todo])
+        {k: v for k, v in p.items() if k != "run_id"}, sort_keys=True, default=str),
+        "plugins": plugin_keys.used_text(p) if p.get("plugins") else None} for p in todo])  # as ingest
     rows = rows.reindex(columns=list(dict.fromkeys([*runs.columns, *rows.columns])))  # every column a run has
     both = cmp.plain(pd.concat([runs, rows], ignore_index=True) if len(runs) else rows)
     return cmp.annotate(both, cmp.resolve(both, compare))

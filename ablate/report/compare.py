@@ -2,7 +2,8 @@
 
     compare = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
 
-- varied keys: config keys (hashed, not the seed) that take several values in the grid.
+- varied keys: config keys (hashed, not the seed) that take several values in the grid; a
+  plugin's keys are config keys like the others (`plugin_keys(runs)`).
 - group: the values of `group_by`. Default (as the grid file's default): every varied key
   except the baseline's keys, the seed, the lr sweep (lr, min_lr) and the budget (max_iters),
   nor keys resolved from those (GPT's warmup, lr_decay_iters): several budgets in one group
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ablate.plan.grid import SWEPT  # inside a variant: the lr sweep (+ min_lr) and the budget
-from ablate.store.schema import CELL_KEYS, CONFIG_COLUMNS
+from ablate.store.schema import CELL_KEYS, CONFIG_COLUMNS, RESERVED_NAMES
 
 # a null in a baseline means the resolved default, which is another key's value
 RESOLVED_NULL = {"n_kv_head": "n_head", "share_attn": "n_layer", "lr_decay_iters": "max_iters"}
@@ -41,10 +42,20 @@ class Comparison:
     notes: list = field(default_factory=list)
 
 
+def plugin_keys(runs: pd.DataFrame) -> list:
+    """The plugin key columns among the runs' (the store adds one per plugin key; a plugin key
+    can take no name the store or the report uses, so any other column is one)."""
+    return [c for c in runs.columns if c not in RESERVED_NAMES]
+
+
+def config_keys(runs: pd.DataFrame) -> list:
+    return [*CONFIG_COLUMNS, *plugin_keys(runs)]
+
+
 def plain(df: pd.DataFrame, cols=None) -> pd.DataFrame:
     """Config columns as Python values with None for missing (pandas NA breaks `==`)."""
     df = df.copy()
-    for c in cols if cols is not None else [c for c in CONFIG_COLUMNS if c in df]:
+    for c in cols if cols is not None else [c for c in config_keys(df) if c in df]:
         df[c] = df[c].astype(object).where(df[c].notna(), None)
     return df
 
@@ -95,17 +106,18 @@ def resolve(runs: pd.DataFrame, compare: dict | None) -> Comparison:
     compare = compare or {}
     baseline = dict(compare.get("baseline") or {"arch": "gpt"})
     notes = []
-    unknown = [k for k in baseline if k not in CONFIG_COLUMNS]
+    known = config_keys(runs)
+    unknown = [k for k in baseline if k not in known]
     if unknown:
         notes.append(f"compare.baseline names unknown keys {unknown}: ignored")
-        baseline = {k: v for k, v in baseline.items() if k in CONFIG_COLUMNS}
-    varied = [k for k in CELL_KEYS if k in runs and runs[k].map(repr).nunique() > 1]
+        baseline = {k: v for k, v in baseline.items() if k in known}
+    varied = [k for k in [*CELL_KEYS, *plugin_keys(runs)] if k in runs and runs[k].map(repr).nunique() > 1]
     group_by = compare.get("group_by")
     if group_by is None:  # the grid file's default, on the axes (not on keys resolved from them)
         swept = [k for k in SWEPT if k in varied]
         group_by = [k for k in _independent(runs, [k for k in varied if k not in swept], baseline, swept)
                     if k not in baseline]
-    group_by = [k for k in group_by if k in CONFIG_COLUMNS]
+    group_by = [k for k in group_by if k in known]
     variant_keys = _independent(runs, [k for k in varied if k not in group_by and k not in SWEPT], baseline,
                                 [*group_by, "max_iters"])
     missing = [k for k in baseline if k not in variant_keys and k not in group_by and k in varied]

@@ -49,7 +49,7 @@ def _plan(g: pd.DataFrame, plan_estimates: dict | None) -> tuple[dict, dict]:
             mem = estimate.memory_breakdown(cfg)
         counts = estimate.param_counts(cfg) if cfg is not None else {}
         counts["ckpt_bytes"] = estimate.checkpoint_bytes(cfg) if cfg is not None else None
-    except (TypeError, KeyError):
+    except (TypeError, KeyError, estimate.NoFormula):  # a plugin cell: only the plan's simulation, and its run
         counts = {}
     return mem or {}, counts
 

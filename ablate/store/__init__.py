@@ -1,4 +1,11 @@
 """DuckDB store: run dirs -> tables (runs, evals, train) and views (final, cells). No torch."""
-from ablate.store.store import Store
 
 __all__ = ["Store"]
+
+
+def __getattr__(name):  # lazy: `ablate.store.schema` (column names) without importing DuckDB
+    if name == "Store":
+        from ablate.store.store import Store
+
+        return Store
+    raise AttributeError(f"module 'ablate.store' has no attribute {name!r}")

@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.plan import rundir
+from ablate.plan import plugin_keys, rundir
 from ablate.plan.config import ADDED_DEFAULTS, identity
-from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, RUN_COLUMNS,
-                                 STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
+from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, PLUGIN_TYPES,
+                                 RESERVED_NAMES, RUN_COLUMNS, STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
 
 FILES = (rundir.CONFIG, rundir.STATUS, rundir.SUMMARY, rundir.EVALS, rundir.METRICS)
 
@@ -146,8 +146,19 @@ def _records(path: Path, columns: dict) -> tuple[list[dict], int]:
     return [by_step[s] for s in sorted(by_step)], skipped
 
 
-def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
-    """(runs row, eval records, train records) of one run dir."""
+def plugin_columns(config: dict) -> dict:
+    """{column: SQL type} of the plugin keys a config declares (names the store owns are not
+    plugin keys: the loader refuses them, a hand-made config.json may not)."""
+    try:
+        declared = plugin_keys.declared_keys({"plugins": plugin_keys.declarations(config.get("plugins"))})
+    except Exception:  # not a declaration: nothing to add (identity_problem has called it broken)
+        return {}
+    return {k: PLUGIN_TYPES[s["type"]] for k, s in declared.items() if k not in RESERVED_NAMES}
+
+
+def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict], dict]:
+    """(runs row, eval records, train records, {plugin key column: SQL type}) of one run dir;
+    the row also holds the run's plugin key columns."""
     doc = rundir.read_json(rd.path / rundir.CONFIG, default={}) or {}
     status = rundir.read_status(rd.path)
     summary = rundir.read_json(rd.path / rundir.SUMMARY, default=None)
@@ -163,6 +174,9 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
     row["state"] = row["state"] or (summary or {}).get("state") or "pending"
     for col, t in CONFIG_COLUMNS.items():  # a knob added after the run was made: it ran with the default
         row[col] = coerce(config.get(col, ADDED_DEFAULTS.get(col)), t)
+    row["plugins"] = plugin_keys.used_text(config) if config.get("plugins") else None
+    extra = plugin_columns(config)
+    row.update({col: coerce(config.get(col), t) for col, t in extra.items()})
     for col, (key, t) in SUMMARY_COLUMNS.items():
         row[col] = coerce((summary or {}).get(key), t)
     for col, (key, t) in DOC_COLUMNS.items():
@@ -178,8 +192,8 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict]]:
     row.update(has_summary=summary is not None, config_json=json.dumps(doc.get("config"), sort_keys=True),
                status_json=json.dumps(status, sort_keys=True, default=str),
                summary_json=json.dumps(summary, sort_keys=True, default=str) if summary is not None else None)
-    assert set(row) == set(RUN_COLUMNS)
-    return row, evals, train
+    assert set(row) == set(RUN_COLUMNS) | set(extra)
+    return row, evals, train, extra
 
 
 class Batch:
@@ -188,6 +202,7 @@ class Batch:
     def __init__(self):
         self.runs, self.broken = [], []
         self.records = {"evals": ([], [], []), "train": ([], [], [])}  # (grids, run_ids, records)
+        self.extra: dict = {}  # plugin key columns of these runs -> SQL type (the first declaration's)
 
     def add_dir(self, rd: RunDir) -> None:
         """A run dir: its rows, or only a `broken` row when it cannot be trusted (config.json is
@@ -198,7 +213,9 @@ class Batch:
         else:
             self.add(*read_run(rd))
 
-    def add(self, row: dict, evals: list[dict], train: list[dict]) -> None:
+    def add(self, row: dict, evals: list[dict], train: list[dict], extra: dict | None = None) -> None:
+        for col, t in (extra or {}).items():  # two declarations of a key with different types: text
+            self.extra[col] = t if self.extra.get(col, t) == t else "VARCHAR"
         self.runs.append(row)
         for table, records in (("evals", evals), ("train", train)):
             grids, run_ids, recs = self.records[table]
@@ -206,8 +223,10 @@ class Batch:
             run_ids.extend([row["run_id"]] * len(records))
             recs.extend(records)
 
-    def frames(self) -> dict:
-        out = {"runs": frame({c: [r[c] for r in self.runs] for c in RUN_COLUMNS}, RUN_COLUMNS),
+    def frames(self, types: dict | None = None) -> dict:
+        """Typed frames; `types`: the store's types of the plugin columns (else the declared ones)."""
+        columns = {**RUN_COLUMNS, **self.extra, **{c: t for c, t in (types or {}).items() if c in self.extra}}
+        out = {"runs": frame({c: [r.get(c) for r in self.runs] for c in columns}, columns),
                "broken": frame({c: [r[c] for r in self.broken] for c in BROKEN_COLUMNS}, BROKEN_COLUMNS)}
         for table, columns in (("evals", EVAL_COLUMNS), ("train", TRAIN_COLUMNS)):
             grids, run_ids, recs = self.records[table]

@@ -8,6 +8,11 @@ store or the report reads those files by key). Config columns are exactly RunCon
 
 The store is a cache of runs/: SCHEMA_VERSION changes whenever a column does, and a store with
 another version is dropped and rebuilt from the run dirs on open.
+
+Plugin keys (ablate/plugin.py) are columns too, added to `runs` (and to the views) by ingest
+when a run that declares them first arrives, typed from their declaration; the `plugins`
+column holds the plugins a run used ('qk_norm@<content id>'), null when none. A plugin key may
+not take any name in RESERVED_NAMES.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from typing import Literal
 
 from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
 
-SCHEMA_VERSION = "7"  # 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
+SCHEMA_VERSION = "8"  # 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -91,7 +96,7 @@ PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGI
 def _sql_type(hint) -> str:
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = args[0] if typing.get_origin(hint) is typing.Union else hint
-    if typing.get_origin(base) is Literal or base is str:
+    if typing.get_origin(base) is Literal or base in (str, tuple):  # tuple: `plugins`, stored as text
         return "VARCHAR"
     return {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE"}[base]
 
@@ -123,6 +128,9 @@ def q(name: str) -> str:
     return f'"{name}"' if name in RESERVED else name
 
 
+PLUGIN_TYPES = {"bool": "BOOLEAN", "int": "BIGINT", "float": "DOUBLE", "str": "VARCHAR"}  # a plugin key's column
+
+
 def _table(name: str, columns: dict) -> str:
     body = ",\n".join(f"    {q(c)} {t}" for c, t in columns.items())
     return f"CREATE TABLE {name} (\n{body}\n);"
@@ -145,10 +153,13 @@ TABLE_COLUMNS = {
 }
 TABLES = {name: _table(name, cols) for name, cols in TABLE_COLUMNS.items()}
 
-VIEWS = {
-    # one row per run: its final val loss (summary's, else the last eval: a running job's so far)
-    "final": f"""CREATE VIEW final AS
-SELECT grid, run_id, cell_id, state, seed, {_CELL},
+def views(extra: tuple = ()) -> dict:
+    """The views' SQL; `extra`: plugin key columns of `runs`, carried through like config keys."""
+    cell = ", ".join([_CELL, *(f'"{c}"' for c in extra)])
+    return {
+        # one row per run: its final val loss (summary's, else the last eval: a running job's so far)
+        "final": f"""CREATE VIEW final AS
+SELECT grid, run_id, cell_id, state, seed, {cell},
        coalesce(final_val_loss, last_val_loss) AS final_val_loss,
        -- the last eval's standard error: the final eval's, since a finished run evals at its last step
        last_val_loss_se AS final_val_loss_se,
@@ -157,9 +168,9 @@ SELECT grid, run_id, cell_id, state, seed, {_CELL},
        last_tokens AS final_tokens, last_elapsed AS final_elapsed,
        state = 'done' AS finished
 FROM runs;""",
-    # one row per cell (config without the seed): mean and standard error over finished seeds
-    "cells": f"""CREATE VIEW cells AS
-SELECT grid, cell_id, {_CELL},
+        # one row per cell (config without the seed): mean and standard error over finished seeds
+        "cells": f"""CREATE VIEW cells AS
+SELECT grid, cell_id, {cell},
        count(*) AS n_runs,
        count(*) FILTER (WHERE finished) AS n_done,
        list(run_id ORDER BY seed) AS run_ids,
@@ -172,8 +183,17 @@ SELECT grid, cell_id, {_CELL},
        avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
        avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
 FROM final
-GROUP BY grid, cell_id, {_CELL};""",
-}
+GROUP BY grid, cell_id, {cell};""",
+    }
+
+
+VIEWS = views()
+VIEW_COLUMNS = ("final_step", "final_tokens", "final_elapsed", "final_val_loss_se", "finished", "n_runs", "n_done",
+                "run_ids", "states", "mean_val_loss", "se_val_loss", "eval_se_val_loss", "mean_train_loss")
+# what the report adds beside a run's columns (report/compare.py: annotate, cells)
+REPORT_COLUMNS = ("group", "mgroup", "variant", "is_baseline", "gorder", "morder", "vorder", "budget_tokens",
+                  "best_lr", "rep")
+RESERVED_NAMES = frozenset({*RUN_COLUMNS, *VIEW_COLUMNS, *REPORT_COLUMNS})
 
 
 def ddl() -> str:

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ablate.errors import AblateError
 from ablate.store import ingest as ing
-from ablate.store.schema import SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl
+from ablate.store.schema import RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
 
 BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
 # a reader's connection: nothing outside the database file, no extensions, settings locked
@@ -80,7 +80,34 @@ class Store:
         for table, column in self.con.execute("select table_name, column_name from information_schema.columns "
                                               "order by table_name, ordinal_position").fetchall():
             cols.setdefault(table, []).append(column)
-        return all(cols.get(t) == list(c) for t, c in TABLE_COLUMNS.items()) and set(VIEWS) <= have
+        # runs may have plugin key columns after its own
+        return all(cols.get(t, [])[:len(c)] == list(c) and (t == "runs" or len(cols[t]) == len(c))
+                   for t, c in TABLE_COLUMNS.items()) and set(VIEWS) <= have
+
+    def plugin_columns(self) -> dict:
+        """{column: SQL type} of the plugin keys `runs` has gained (ingest adds them), in order."""
+        rows = self.con.execute("select column_name, data_type from information_schema.columns where table_name = "
+                                "'runs' order by ordinal_position").fetchall()
+        return {c: t for c, t in rows if c not in RUN_COLUMNS}
+
+    def _add_plugin_columns(self, wanted: dict) -> bool:
+        """Give `runs` a column for every plugin key in `wanted` ({column: SQL type}); a key that
+        two plugins declare with different types becomes text. The views are re-created with
+        the new columns. Returns whether anything changed."""
+        have = self.plugin_columns()
+        new = {c: t for c, t in wanted.items() if c not in have}
+        retype = [c for c, t in wanted.items() if c in have and have[c] != t and have[c] != "VARCHAR"]
+        if not new and not retype:
+            return False
+        for view in VIEWS:
+            self.con.execute(f"DROP VIEW IF EXISTS {view}")
+        for c, t in new.items():
+            self.con.execute(f'ALTER TABLE runs ADD COLUMN "{c}" {t}')
+        for c in retype:
+            self.con.execute(f'ALTER TABLE runs ALTER COLUMN "{c}" SET DATA TYPE VARCHAR')
+        for sql in views(tuple(self.plugin_columns())).values():
+            self.con.execute(sql)
+        return True
 
     def _digests(self, scope: str, args: list, keys: pd.DataFrame | None = None) -> dict:
         """{(grid, run_id): digest of all of its rows (sum and count of the rows' hashes)}, for the
@@ -139,12 +166,21 @@ class Store:
                                      f"WHERE {table}.grid = s.grid AND {table}.run_id = s.run_id")
                 self.con.unregister("stale_keys")
             now = time.time()
+            altered = False  # a new plugin column changes every row's hash: all digests are re-taken
             for i in range(0, len(changed), BATCH_RUNS):
                 batch = ing.Batch()
                 for rd in changed[i:i + BATCH_RUNS]:
                     batch.add_dir(rd)
-                for table, df in batch.frames().items():
+                altered |= self._add_plugin_columns(batch.extra)
+                for table, df in batch.frames(self.plugin_columns()).items():
                     self._insert(table, df)
+            if altered:  # every other run was checked above, before the column came
+                fresh = self._digests("", [])
+                self.con.register("fresh", pd.DataFrame({"grid": [k[0] for k in fresh], "run_id": [k[1] for k in fresh],
+                                                         "digest": list(fresh.values())}, dtype=object))
+                self.con.execute("UPDATE ingested SET digest = fresh.digest FROM fresh "
+                                 "WHERE ingested.grid = fresh.grid AND ingested.run_id = fresh.run_id")
+                self.con.unregister("fresh")
             if changed:  # each run's digest, of the rows just written
                 keys = pd.DataFrame({"grid": [rd.grid for rd in changed], "run_id": [rd.run_id for rd in changed]},
                                     dtype=object)

@@ -56,10 +56,13 @@ def write_run(root, grid: str, overrides: dict, loss: Callable[[int], float] | N
                                                  "ended": None if state == "running" else float(last * step_time),
                                                  "heartbeat": float(last * step_time), "error": error})
     if state == "done" or summary is not None:
-        counts = estimate.param_counts(cfg)
-        final = {"params_total": counts["total"], "params_embedding": counts["embedding"],
-                 "params_non_embedding": counts["non_embedding"], "params_attention": counts["attention"],
-                 "ckpt_bytes": estimate.checkpoint_bytes(cfg), "peak_alloc": peak_alloc,
+        try:
+            counts, ckpt = estimate.param_counts(cfg), estimate.checkpoint_bytes(cfg)
+        except estimate.NoFormula:  # a cell that uses a plugin: give its counts in `summary`
+            counts, ckpt = {}, None
+        final = {"params_total": counts.get("total"), "params_embedding": counts.get("embedding"),
+                 "params_non_embedding": counts.get("non_embedding"), "params_attention": counts.get("attention"),
+                 "ckpt_bytes": ckpt, "peak_alloc": peak_alloc,
                  "peak_reserved": peak_reserved, "device_capacity": None, "tokens_per_s": tokens_per_s or tps,
                  "mfu_causal": None, "mfu_nanogpt": None, "final_val_loss": loss(last),
                  "final_train_loss": loss(last) - 0.01, "final_eval_step": last, "steps": last,

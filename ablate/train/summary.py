@@ -79,8 +79,8 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
     last = evals[-1] if evals else {}
     tps = median_tokens_per_s(rundir.read_jsonl(run_dir / rundir.METRICS), attempt_starts)
     name = memory.device_name(d.device)
-    fpt = estimate.flops_per_token(cfg)
     counts = model.param_counts()
+    fpt = estimate.flops_per_token(cfg, counts)
     return {
         "state": state, "run_id": doc.get("run_id"), "grid": doc.get("grid"),
         **{f"params_{k}": counts.get(k) for k in ("total", "embedding", "non_embedding", "attention")},

@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ablate import plugin
 from ablate.errors import AblateError
 from ablate.plan import rundir
 from ablate.plan.config import RunConfig, make_config, resolve
@@ -102,6 +103,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # the init is a function of the seed alone
+        if cfg.plugins:  # the plugins' code as the run dir keeps it, checked against the cell's content ids
+            plugin.load_for_run(cfg, run_dir)
         self.raw = build_model(cfg, d.device.type).to(d.device)
         self.optimizer = build_optimizer(self.raw, cfg, d.device)
         self.raw.normalize_()

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate.model import build_model
-from ablate.model.gpt import Scale
+from ablate.model.points import Scale
 from ablate.plan.config import RunConfig, resolve
 
 ARCHS = ("gpt", "ngpt")
@@ -148,9 +148,9 @@ def reference_forward(model, idx):
             h = h + (u * F.silu(v)) @ b.mlp.c_proj.weight.T
         else:
             norm = lambda x: x / x.norm(dim=-1, keepdim=True)  # noqa: E731
-            alpha_A = b.alpha_A.param * (0.05 / d ** -0.5)
-            alpha_M = b.alpha_M.param * (0.05 / d ** -0.5)
-            h_A = reference_attention(b.attn, h, b.s_qk)
+            alpha_A = b.res_A.alpha.param * (0.05 / d ** -0.5)
+            alpha_M = b.res_M.alpha.param * (0.05 / d ** -0.5)
+            h_A = reference_attention(b.attn, h, b.qk.s_qk)
             h = norm(h + alpha_A.abs() * (norm(h_A) - h))
             uv = (h @ b.mlp.c_fc.weight.T) * b.mlp.s_uv.param * d ** 0.5  # s_uv: init 1, scale 1
             u, v = uv[..., :4 * d], uv[..., 4 * d:]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 # (name in NVIDIA's Block, name in ours): one table, the only link between the two models
 BLOCK_NAMES = {"query": "attn.c_q.weight", "key": "attn.c_k.weight", "value": "attn.c_v.weight",
                "att_c_proj": "attn.c_proj.weight", "c_fc": "mlp.c_fc.weight", "mlp_c_proj": "mlp.c_proj.weight",
-               "attn_alpha": "alpha_A.param", "mlp_alpha": "alpha_M.param", "sqk": "s_qk.param",
+               "attn_alpha": "res_A.alpha.param", "mlp_alpha": "res_M.alpha.param", "sqk": "qk.s_qk.param",
                "suv": "mlp.s_uv.param"}
 TOP_NAMES = {"wte": "wte.weight", "lm_head": "lm_head.weight", "sz": "s_z.param"}
 

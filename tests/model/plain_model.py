@@ -7,7 +7,7 @@ check that every speedup leaves loss and gradients unchanged. Test-only.
     unit(): autograd.Function, backward written out        F.normalize in fp32
     apply_rope(): Function, backward = inverse rotation     two halves and a cat, autograd
     q, k, v from one matmul on cat(W_q, W_k, W_v)           three linears
-    Norm(q), Norm(k) in one call                           one each
+    RoPE, Norm(q), Norm(k) in one call each (points.py)    one each
     s_uv * sqrt(d) folded into the rows of c_fc            scales the (B, T, 8d) output
     u, v from two matmuls on c_fc's row halves             one matmul, chunk
     residual: lerp(h, Norm(out), |alpha|)                   h + |alpha| (Norm(out) - h)
@@ -21,7 +21,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from ablate.model import gpt
+from ablate.model import gpt, points
 
 
 def f32(x):
@@ -37,16 +37,22 @@ def apply_rope(x, cos, sin):  # x (B, T, H, hd); cos, sin (T, 1, hd/2)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-def qkv(self, x, rope, s_qk=None):
+def qkv(self, x):
     B, T, _ = x.shape
     q = self.c_q(x).view(B, T, self.n_head, self.head_dim)
     k = self.c_k(x).view(B, T, self.n_kv_head, self.head_dim)
     v = self.c_v(x).view(B, T, self.n_kv_head, self.head_dim)
-    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-    if s_qk is not None:
-        q = unit(q) * (s_qk() ** 2).type_as(q)
-        k = unit(k)
-    return q, k, v
+    return torch.cat([q, k], dim=2), v
+
+
+def rotary_qk(self, heads, rope):
+    q, k = heads.split(self.heads, dim=2)
+    return apply_rope(q, *rope), apply_rope(k, *rope)
+
+
+def sphere_qk(self, heads, rope):
+    q, k = rotary_qk(self, heads, rope)
+    return unit(q) * (self.s_qk() ** 2).type_as(q), unit(k)
 
 
 def mlp_forward(self, x):
@@ -57,11 +63,9 @@ def mlp_forward(self, x):
     return self.c_proj(u * F.silu(v))
 
 
-def residual(h, out, alpha, renorm=True):
-    if alpha is None:
-        return h + out
+def sphere_step(self, h, out, first=False):
     h = unit(h)  # in every update, as the reference does (the model: only where h is not yet a Norm's output)
-    return unit(h + alpha().abs() * (unit(f32(out)) - h))
+    return unit(h + self.alpha().abs() * (unit(f32(out)) - h))
 
 
 def forward(self, idx, targets=None):
@@ -82,8 +86,9 @@ def forward(self, idx, targets=None):
 @contextlib.contextmanager
 def plain():
     """Every GPT computes by the plain formulas inside this block."""
-    swaps = [(gpt.Attention, "qkv", qkv), (gpt.MLP, "forward", mlp_forward),
-             (gpt.Block, "residual", staticmethod(residual)), (gpt.GPT, "forward", forward)]
+    swaps = [(gpt.Attention, "qkv", qkv), (points.RotaryQK, "forward", rotary_qk),
+             (points.SphereQK, "forward", sphere_qk), (points.MLP, "forward", mlp_forward),
+             (points.SphereStep, "forward", sphere_step), (gpt.GPT, "forward", forward)]
     saved = [(cls, name, cls.__dict__[name]) for cls, name, _ in swaps]
     try:
         for cls, name, fn in swaps:

@@ -41,13 +41,14 @@ def test_attention_equals_mha_reference(arch, kv_heads, window):
     block = model.blocks[0]
     x = torch.randn(2, cfg.context, cfg.n_embd, dtype=torch.float64)
     rope = rope_cos_sin(cfg.context, cfg.head_dim)
-    y = block.attn(x, rope, block.s_qk)
-    ref = reference_attention(block.attn, x, block.s_qk)
+    s_qk = block.qk.s_qk if arch == "ngpt" else None
+    y = block.attn(x, rope, block.qk)
+    ref = reference_attention(block.attn, x, s_qk)
     torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
     if arch == "ngpt":
         w = torch.randn_like(y)
-        g, = torch.autograd.grad((y * w).sum(), block.s_qk.param)
-        g_ref, = torch.autograd.grad((ref * w).sum(), block.s_qk.param)
+        g, = torch.autograd.grad((y * w).sum(), s_qk.param)
+        g_ref, = torch.autograd.grad((ref * w).sum(), s_qk.param)
         torch.testing.assert_close(g, g_ref, atol=1e-5, rtol=1e-5)
 
 
@@ -64,12 +65,13 @@ def test_attention_scores_are_translation_invariant(arch, s_qk):
             half = torch.rand(cfg.n_head, cfg.head_dim // 2, dtype=torch.float64) + 0.5
             free = torch.rand(cfg.n_head, cfg.head_dim, dtype=torch.float64) + 0.5
             eff = {"init": torch.ones_like(free), "pair-tied": torch.cat([half, half], dim=-1), "free": free}[s_qk]
-            block.s_qk.param.copy_(eff * block.s_qk.scale / block.s_qk.init)
+            block.qk.s_qk.param.copy_(eff * block.qk.s_qk.scale / block.qk.s_qk.init)
     x, shift = torch.randn(1, 20, cfg.n_embd, dtype=torch.float64), 9
     x_shifted = torch.cat([torch.randn(1, shift, cfg.n_embd, dtype=torch.float64), x], dim=1)
 
     def scores(inp):
-        q, k, _ = block.attn.qkv(inp, rope_cos_sin(inp.size(1), cfg.head_dim), block.s_qk)
+        heads, _ = block.attn.qkv(inp)
+        q, k = block.qk(heads, rope_cos_sin(inp.size(1), cfg.head_dim))
         k = k.repeat_interleave(cfg.n_head // cfg.kv_heads, dim=2)
         return torch.einsum("bihd,bjhd->bhij", q, k)
 

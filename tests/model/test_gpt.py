@@ -8,7 +8,8 @@ import torch
 from ablate.errors import AblateError
 from ablate.model import backends, build_model
 from ablate.model import gpt as gpt_module
-from ablate.model.gpt import Scale, store_block_matrices
+from ablate.model.gpt import store_block_matrices
+from ablate.model.points import Scale
 from ablate.plan.config import RunConfig, resolve
 from ablate.plan.estimate import param_counts
 from model_helpers import single_thread  # noqa: F401  (autouse fixture)
@@ -131,8 +132,8 @@ def test_ngpt_scales_at_init_equal_their_inits():
     d, base = cfg.n_embd, cfg.n_embd ** -0.5
     expected = [(model.s_z, (V,), 1.0, base)]
     for b in model.blocks:
-        expected += [(b.alpha_A, (d,), 0.05, base), (b.alpha_M, (d,), 0.05, base),
-                     (b.s_qk, (cfg.n_head, cfg.head_dim), 1.0, base), (b.mlp.s_uv, (8 * d,), 1.0, 1.0)]
+        expected += [(b.res_A.alpha, (d,), 0.05, base), (b.res_M.alpha, (d,), 0.05, base),
+                     (b.qk.s_qk, (cfg.n_head, cfg.head_dim), 1.0, base), (b.mlp.s_uv, (8 * d,), 1.0, 1.0)]
     assert {id(s) for s, *_ in expected} == {id(m) for m in model.modules() if isinstance(m, Scale)}
     for scale, shape, init, stored in expected:
         assert scale.param.shape == shape and scale.param.dtype == torch.float32
@@ -184,7 +185,7 @@ def test_tied_and_shared_tensors_are_the_same_objects(arch, opts):
                 assert (getattr(block_a.attn, name).weight is getattr(block_b.attn, name).weight) == same_group
             if a != b:  # everything else stays per layer
                 assert block_a.mlp.c_fc.weight is not block_b.mlp.c_fc.weight
-                per_layer = ("alpha_A", "alpha_M", "s_qk") if arch == "ngpt" else ("norm_A", "norm_M")
+                per_layer = ("res_A", "res_M", "qk") if arch == "ngpt" else ("norm_A", "norm_M")
                 for name in per_layer:
                     assert next(getattr(block_a, name).parameters()) is not next(getattr(block_b, name).parameters())
 
