@@ -12,7 +12,9 @@ slow stage cannot eat the rest; a stage that fails records its error and the nex
              memory and fills the device to get an OOM); meanwhile a background job compiles the
              benchmark's compiled cells once, so their compile caches are warm when timed
     kernels  attention alone at the long context: the kernel each route runs, time, memory
-    bench    the benchmark cells, one process each, in priority order until the stage's time is up
+    bench    the benchmark cells, one process each, in priority order until the stage's time is up;
+             from the tests stage on, a background job simulates each cell's step under
+             FakeTensorMode (as `ablate plan --memory` does) for the measured vs simulated column
     resume   two uninterrupted runs and one SIGKILLed and resumed: the loss differences
 
 OUTDIR gets gpu-check.json (everything), gpu-check.md (the table, targets, stages) and
@@ -82,6 +84,7 @@ class Check:
         self.deadline = self.t0 + (budget or self.p["budget"])
         self.log_lock = threading.Lock()
         self.warm_proc, self.warmed, self.live = None, {}, set()
+        self.sim_thread, self.sim_proc = None, None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "ABLATE_DATA_DIR": str(work / "data"),
                     "ABLATE_RUNS_DIR": str(work / "runs"), "PYTHONPATH": os.pathsep.join(
                         [str(ROOT), str(HERE)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
@@ -164,8 +167,10 @@ class Check:
 
     def stage_tests(self, deadline):
         warm = threading.Thread(target=self.warm, daemon=True)
-        if "bench" in self.only and self.p["warm"]:
-            warm.start()
+        if "bench" in self.only:
+            self.start_simulate()
+            if self.p["warm"]:
+                warm.start()
         try:
             self._tests(deadline)
         finally:
@@ -224,6 +229,27 @@ class Check:
         if thread.is_alive():
             thread.join()
 
+    def start_simulate(self):
+        """Simulate every bench cell's step (FakeTensorMode: CPU only, no device memory) in the
+        background, from the tests stage (or the bench stage's start) until the check ends."""
+        if self.sim_thread is not None:
+            return
+        spec_path = self.work / "jobs" / "simulate.spec.json"
+        rundir.write_json_atomic(spec_path, {"cells": [{"name": c["name"], "config": c["config"]} for c in self.cells()]})
+        cmd = self.jobs + ["simulate", str(spec_path), str(self.work / "jobs" / "simulate.json")]
+        self.sim_thread = threading.Thread(target=self.run, args=("simulate", cmd, self.deadline), daemon=True,
+                                           kwargs={"keep": lambda proc: setattr(self, "sim_proc", proc)})
+        self.sim_thread.start()
+
+    def stop_simulate(self):
+        if self.sim_thread is None:
+            return
+        while self.sim_thread.is_alive() and self.sim_proc is None:  # it is starting: wait for its process
+            time.sleep(0.05)
+        if self.sim_proc is not None and self.sim_proc.poll() is None:
+            kill(self.sim_proc)
+        self.sim_thread.join()
+
     def stage_kernels(self, deadline):
         spec = {**self.p["kernels"], "device": self.p["device"], "n_head": self.p["model"]["n_head"],
                 "head_dim": self.p["model"]["n_embd"] // self.p["model"]["n_head"], "n_kv_head": self.p["gqa_kv"],
@@ -243,6 +269,7 @@ class Check:
                 "warmup": 1 if warm else self.p["warmup"], "steps": 0 if warm else self.p["steps"]}
 
     def stage_bench(self, deadline):
+        self.start_simulate()
         self.result["cells"] = []
         for c in self.cells():
             row = {k: c[k] for k in ("name", "arch", "ctx", "tag", "backend", "compiled")}
@@ -269,6 +296,14 @@ class Check:
     # ---- output
     def write(self) -> None:
         self.result["elapsed_s"] = round(time.monotonic() - self.t0, 1)
+        sims = (rundir.read_json(self.work / "jobs" / "simulate.json") or {}).get("sims", {})
+        for row in self.result["cells"]:  # the simulation's figures, as far as it has got
+            sim = sims.get(row["name"], {})
+            if "total" in sim:
+                row.update(sim_peak=sim["total"], sim_device=sim["device"],
+                           sim_breakdown={k: v for k, v in sim.items() if k not in ("total", "device", "seconds")})
+            elif "error" in sim:
+                row["sim_error"] = sim["error"]
         self.result["targets"] = targets(self.result["cells"])
         rundir.write_json_atomic(self.out / "gpu-check.json", self.result)
         try:
@@ -281,6 +316,7 @@ class Check:
     def main(self) -> None:
         for name in STAGES:
             self.stage(name, getattr(self, f"stage_{name}"))
+        self.stop_simulate()
         self.write()
 
 

@@ -9,6 +9,7 @@ a clean device (and clean peak-memory counters). Jobs:
     cell     one benchmark cell: the real Trainer (its train_step, compile, autocast, data) for
              warm-up + timed steps; ms/step, tokens/s, MFU, peak memory vs the plan's estimate,
              the attention kernel that runs
+    simulate each cell's step under FakeTensorMode (ablate.train.memtrack), in the background
     kernels  attention alone at the long context: the kernel each routing picks, the kernel the
              profiler sees, time and memory of one forward + backward (the SDPA pitfall, measured)
 """
@@ -78,26 +79,6 @@ def data(spec: dict) -> dict:
 
 # ---------------------------------------------------------------- one benchmark cell
 
-def simulated_peak(cfg) -> dict:
-    """>>> THE PLACE FOR THE SIMULATED FIGURE <<< Developer "memory" adds a FakeTensorMode
-    simulation of one training step (ablate/train/memtrack.py, a `simulate_step`-like
-    function). Until that module exists this returns {}; once it does, adapt the call below
-    to its signature and return value (bytes of the simulated peak)."""
-    try:
-        from ablate.train import memtrack  # optional: not merged yet
-    except ImportError:
-        return {}
-    simulate = getattr(memtrack, "simulate_step", None)
-    if simulate is None:
-        return {"sim_error": "ablate.train.memtrack has no simulate_step"}
-    try:
-        result = simulate(cfg)
-    except Exception as e:  # a signature this code does not know yet: report it, keep the cell
-        return {"sim_error": f"{type(e).__name__}: {e}"[:300]}
-    peak = result if isinstance(result, (int, float)) else (result or {}).get("peak", (result or {}).get("total"))
-    return {"sim_peak": peak}
-
-
 def cell(spec: dict) -> dict:
     """Warm-up + timed steps of the real Trainer on a run dir (no evals, no checkpoints: those
     are the trainer's business and are measured by the resume stage)."""
@@ -138,9 +119,38 @@ def cell(spec: dict) -> dict:
                    mfu_nanogpt=memory.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
                    peak_flops=memory.peak_flops(out["device_name"]), **memory.peaks(d.device),
                    est_peak=breakdown["total"], est_breakdown=breakdown,
-                   attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device),
-                   **simulated_peak(cfg))
+                   attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device))
     return out
+
+
+# ---------------------------------------------------------------- simulated memory
+
+def simulate(spec: dict, emit=lambda result: None) -> dict:
+    """Each bench cell's step under FakeTensorMode (ablate/train/memtrack.py), as `ablate plan
+    --memory` simulates it: fake CUDA tensors where torch has CUDA, once per shape (a compiled
+    cell simulates the same eager step as its eager twin). {"sims": {cell: {category: bytes,
+    "total", "device"} or {"error"}}}, written cell by cell: it runs in the background while the
+    tests and the bench run, and what it finished before the check ends is kept."""
+    from ablate.plan.config import resolve
+    from ablate.train import data as data_mod
+    from ablate.train.memtrack import simulate_step
+
+    sims, by_shape = {}, {}
+    for c in spec["cells"]:
+        config = {**c["config"], "compile": False}
+        shape = json.dumps(config, sort_keys=True)
+        if shape not in by_shape:
+            device = "cuda" if config["device"] == "cuda" and torch.backends.cuda.is_built() else "cpu"
+            t0 = time.perf_counter()
+            try:
+                cfg = resolve(make_config(config), data_mod.vocab_size(config["dataset"], config["tokenizer"]))
+                by_shape[shape] = {**simulate_step(cfg, device), "device": device,
+                                   "seconds": round(time.perf_counter() - t0, 1)}
+            except Exception as e:  # a shape the simulation cannot run is this cell's result
+                by_shape[shape] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]}
+        sims[c["name"]] = by_shape[shape]
+        emit({"sims": sims})
+    return {"sims": sims}
 
 
 # ---------------------------------------------------------------- attention alone
@@ -213,10 +223,10 @@ def kernels(spec: dict, emit=lambda result: None) -> dict:
     return {"rows": rows}
 
 
-JOBS = {"env": env, "data": data, "cell": cell, "kernels": kernels}
+JOBS = {"env": env, "data": data, "cell": cell, "simulate": simulate, "kernels": kernels}
 
 if __name__ == "__main__":
     job, spec_path, out_path = sys.argv[1:4]
     spec = json.loads(Path(spec_path).read_text())
     emit = lambda result: rundir.write_json_atomic(out_path, result)  # noqa: E731
-    emit(JOBS[job](spec, emit) if job == "kernels" else JOBS[job](spec))
+    emit(JOBS[job](spec, emit) if job in ("kernels", "simulate") else JOBS[job](spec))

@@ -15,6 +15,8 @@ def ratios(cells: list[dict]) -> None:
             c["ngpt_over_gpt"] = c["ms_per_step"] / gpt
         if c.get("peak_alloc") and c.get("est_peak"):
             c["peak_over_est"] = c["peak_alloc"] / c["est_peak"]
+        if c.get("peak_alloc") and c.get("sim_peak"):
+            c["peak_over_sim"] = c["peak_alloc"] / c["sim_peak"]
 
 
 # (what, which cells, metric, test, threshold text)
@@ -61,7 +63,8 @@ COLUMNS = (  # header, cell -> text
     ("reserved GiB", lambda c: _f(c.get("peak_reserved"), ".2f", 1 / GIB)),
     ("estimate GiB", lambda c: _f(c.get("est_peak"), ".2f", 1 / GIB)),
     ("meas/est", lambda c: _f(c.get("peak_over_est"), ".2f")),
-    ("simulated GiB", lambda c: _f(c.get("sim_peak"), ".2f", 1 / GIB)),
+    ("simulated GiB", lambda c: _f(c.get("sim_peak"), ".2f", 1 / GIB) if not c.get("sim_error") else "failed"),
+    ("meas/sim", lambda c: _f(c.get("peak_over_sim"), ".2f")),
     ("first step s", lambda c: _f(c.get("first_step_s"), ".1f") + (" (warm)" if c.get("warmed") else "")),
     ("status", lambda c: c.get("status", "-") + (f": {c['error']}" if c.get("error") else "")),
 )
@@ -81,7 +84,8 @@ def markdown(r: dict) -> str:
             f"flash-attn {env.get('flash_attn') or 'absent'}; {r['started']}, ablate {r['git_sha']}, "
             f"{r.get('elapsed_s', 0):.0f} s of a {r['budget_s']:.0f} s budget")
     out = [head, "", f"MFU against {_f(env.get('peak_bf16_flops'), '.0f', 1e-12)} TFLOP/s (the dense bf16 peak of "
-           "ablate.train.memory's table); estimate = ablate.plan.estimate.memory_breakdown; first step = "
+           "ablate.train.memory's table); estimate = ablate.plan.estimate.memory_breakdown; simulated = the step's tensors under "
+           "FakeTensorMode (ablate.train.memtrack, fake CUDA tensors on a CUDA build: no allocator rounding); first step = "
            "model build excluded, compile included ((warm): compiled once while the tests ran, so from warm caches).", "", table(r["cells"]), "",
            "Targets:"]
     out += [f"- {t['result']}: {t['target']}" + (f" ({t['cell']}: {t['value']:.3f}, wants {t['threshold']})"

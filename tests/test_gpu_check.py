@@ -41,6 +41,9 @@ def test_cpu_mode_runs_every_stage_and_writes_the_table(tmp_path):
         assert c["ms_per_step"] > 0 and c["tokens_per_s"] == pytest.approx(c["tokens_per_step"] / c["ms_per_step"] * 1000)
         assert c["attn_kernel"].startswith("sdpa-") and c["loss_last"] > 0
         assert c["est_peak"] > 0 and c["peak_alloc"] is None  # no allocator counters on CPU
+        # the background simulation reached every cell (a compiled cell: its eager step's shape)
+        assert c["sim_device"] == "cpu" and c["sim_peak"] == sum(c["sim_breakdown"].values()) > 0
+        assert c["sim_breakdown"]["params"] > 0 and c["sim_breakdown"]["activations"] > 0
     assert by_name["gpt-8k-swa-auto-compiled"]["attn_backend"] == "sdpa"  # on CPU a window stays with SDPA
     assert by_name["ngpt-1k-sdpa-compiled"]["ngpt_over_gpt"] > 0
 
