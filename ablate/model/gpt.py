@@ -222,9 +222,10 @@ def store_block_matrices(model: GPT, dtype: torch.dtype) -> GPT:
 
 def build_model(cfg, device_type: str | None = None) -> GPT:
     """The model for a resolved RunConfig, on CPU (the caller moves it), fp32 except the block
-    matrices with param_dtype bf16; built from its arch's parts and those of the plugins it uses. `device_type` is where it will run ("cpu" | "cuda"; default
-    from cfg.device, auto = cuda when available): it picks the attention backend
-    (model.attn_backend) and decides whether bf16 storage is allowed."""
+    matrices with param_dtype bf16; built from its arch's parts and those of the plugins it
+    uses. `device_type` is where it will run ("cpu" | "cuda"; default from cfg.device, auto =
+    cuda when available): it picks the attention backend (model.attn_backend) and decides
+    whether bf16 storage is allowed."""
     if device_type is None:
         device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.param_dtype == "bf16":
