@@ -267,7 +267,7 @@ def test_store_has_a_typed_column_per_plugin_key(env, tmp_path):
 
 
 def test_report_compares_plugin_variants(env, tmp_path, monkeypatch):
-    from ablate.report import make_report, render
+    from ablate.report import charts, make_report, render
     from ablate.store import Store
 
     monkeypatch.setattr(render, "write_chart", lambda chart, stem: chart.to_dict())  # numbers, not pictures
@@ -284,6 +284,9 @@ def test_report_compares_plugin_variants(env, tmp_path, monkeypatch):
         assert out[table].variant.tolist() == ["baseline", "qk_norm", "ngpt"], table
     assert out["size"].set_index("variant").loc["qk_norm", "delta_params"] == 64
     assert out["memory"].set_index("variant").loc["qk_norm", "delta_alloc"] == 2 ** 20
+    subtitle = json.dumps(charts.memory(out["memory"]).to_dict()["title"])  # no formula knows qk_norm
+    assert "for a plugin cell, its simulated step" in subtitle
+    assert "plugin" not in json.dumps(charts.memory(out["memory"][out["memory"].variant != "qk_norm"]).to_dict()["title"])
     assert "| all | qk_norm | curve |" in (tmp_path / "report" / "summary.md").read_text()
 
 

@@ -189,11 +189,13 @@ def memory(df: pd.DataFrame) -> alt.Chart:
     data = pd.concat([stack, d[["mgroup", "variant", "source", "states", "kind", "cuda", "estimate", "peak", "base",
                                 "label"]]], ignore_index=True)
     sources = set(d.mem_source.dropna())
+    plugin_cells = "plugins" in d and d.plugins.notna().any()  # no formula knows a plugin
     lines = ["bars: tensors at the peak of one training step by category, " + (
         "tracked in a real step" if sources == {"tracked"} else "simulated by the plan (pale)" if sources == {"simulated"}
         else "tracked in a real step (solid) or simulated by the plan (pale)" if sources else
         "not tracked (run `ablate plan --memory` to simulate cells that have not run)"),
-        "tick: the plan's analytical estimate; dashed: the baseline" +
+        "tick: the plan's analytical estimate" + ("; for a plugin cell, its simulated step" if plugin_cells else "")
+        + "; dashed: the baseline" +
         ("; diamond: CUDA allocator peak" if d.cuda.notna().any() else "")]
     x = _xvar("variant")
     chart = alt.Chart(data).encode(x=x)

@@ -125,6 +125,7 @@ def memory(runs: pd.DataFrame, plan_estimates: dict | None = None, simulated: di
         return {"oom": bool((g.state == "oom").any()), "peak_alloc": peak, "peak_reserved": _max(live.peak_reserved),
                 "oom_peak_alloc": _max(g.oom_peak_alloc), "device_capacity": _max(g.device_capacity),
                 "device_name": _first(g.device_name), **_by_category(live, simulated),
+                "plugins": _first(g.plugins) if "plugins" in g else None,  # its estimate is a simulation
                 **{f"est_{k}": mem.get(k, math.nan) for k in ("total", *EST_PARTS)}}
     if not len(runs):
         return pd.DataFrame()
