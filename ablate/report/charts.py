@@ -86,7 +86,8 @@ def loss_curves(curves: pd.DataFrame, x: str = "step", note: str = "", log_x: bo
     if budgets:
         enc["strokeDash"] = alt.StrokeDash("max_iters:O", title="budget (steps)")
     chart = alt.Chart(curves).mark_line(strokeWidth=1.6, clip=True).encode(**enc).properties(width=W, height=H)
-    lines = ["mean over seeds; each variant at its best lr of the sweep" if swept else "mean over seeds",
+    seeds = "mean over seeds" if "n_seeds" in curves and curves.n_seeds.max() > 1 else "one seed per curve"
+    lines = [f"{seeds}; each variant at its best lr of the sweep" if swept else seeds,
              "y axis zoomed to the last 90% of training" if zoom else "", note]
     out = _facet(chart, curves, "group")
     out = out if out is chart else out.resolve_scale(x="independent")  # groups may train for other lengths

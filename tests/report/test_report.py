@@ -347,6 +347,10 @@ def test_curve_legend_names_the_lr_and_the_subtitle_says_best_lr_only_for_a_swee
     write_run(runs, "g", {"arch": "ngpt", "lr": 2e-3}, lambda s: 3 - 0.0015 * s)
     series, title = curve_series(report())  # a sweep: each variant at its best lr, named
     assert series == {"gpt, lr 0.002", "ngpt, lr 0.005"} and "each variant at its best lr" in title
+    assert "one seed per curve" in title and "mean over seeds" not in title  # a mean of one is no mean
+    write_run(runs, "g", {"arch": "gpt", "lr": 2e-3, "seed": 1}, lambda s: 3 - 0.0011 * s)
+    write_run(runs, "g", {"arch": "ngpt", "lr": 5e-3, "seed": 1}, lambda s: 3 - 0.0021 * s)
+    assert "mean over seeds" in curve_series(report())[1]
     runs_one = runs.parent / "one"
     for arch in ("gpt", "ngpt"):  # one lr for everything: nothing to name
         write_run(runs_one, "h", {"arch": arch, "lr": 2e-3})
