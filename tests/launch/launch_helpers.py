@@ -94,7 +94,8 @@ def slurm_skip_reason() -> str | None:
     except (OSError, subprocess.SubprocessError) as e:
         return f"Slurm is not running (scontrol ping: {e}); start it with scripts/start-slurm.sh"
     if "UP" not in out.stdout:
-        return f"Slurm is not running (scontrol ping: {(out.stdout + out.stderr).strip()}); start it with scripts/start-slurm.sh"
+        said = (out.stdout + out.stderr).strip().splitlines()  # the first line; then a banner of asterisks
+        return f"Slurm is not running (scontrol ping: {said[0] if said else 'no answer'}); start it with scripts/start-slurm.sh"
     return None
 
 
