@@ -147,7 +147,7 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ablate.train.trainer import main as train_main  # the only verb that imports torch
+    from ablate.train.job import main as train_main  # the only verb that imports torch
 
     return train_main([args.run_dir])  # 75 when preempted (checkpoint saved), as the jobs see it
 

@@ -6,7 +6,7 @@
 nGPT normalizes every hidden state and weight row many times per step; in bf16 under compile the
 fused kernels round differently from eager, and some torch versions compound that error. This
 trains each arch twice from the same seed and batches (eager, compiled) through the real
-trainer (`ablate.train.trainer.train` on run dirs) and prints the val losses at every eval,
+trainer (`ablate.train.job.train` on run dirs) and prints the val losses at every eval,
 their largest difference, and the median tokens/s of each. Data: character-level Shakespeare
 (prepared on first use), char-level for tiny, GPT-2 BPE for 124m.
 """
@@ -24,7 +24,7 @@ SIZES = {  # name -> model shape and tokenizer (124m: GPT-2 small with its BPE v
 
 def run(root: Path, name: str, config: dict) -> tuple[list, dict]:
     from ablate.plan import rundir
-    from ablate.train.trainer import train
+    from ablate.train.job import train
 
     run_dir = root / name
     run_dir.mkdir(parents=True)

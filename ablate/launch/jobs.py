@@ -40,7 +40,7 @@ class CellJob(submitit.helpers.Checkpointable):
         print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
               file=sys.stderr, flush=True)
-        from ablate.train.trainer import train  # torch is imported in the job only
+        from ablate.train.job import train  # torch is imported in the job only
 
         if self.threads:
             import torch

@@ -9,7 +9,7 @@ import torch
 from ablate.plan.config import make_config, resolve
 from ablate.train import data, memtrack
 from ablate.train.memtrack import CATEGORIES, StepTracker, simulate_step
-from ablate.train.trainer import train
+from ablate.train.job import train
 
 
 def test_torch_memtracker_has_the_categories_and_api_memtrack_maps():

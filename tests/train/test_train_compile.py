@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from ablate.train.trainer import train
+from ablate.train.job import train
 from train_helpers import evals_of
 
 

@@ -7,7 +7,7 @@ import torch
 
 from ablate.plan import estimate, rundir
 from ablate.plan.config import make_config, resolve
-from ablate.train.trainer import train
+from ablate.train.job import train
 from train_helpers import evals_of
 
 pytestmark = [pytest.mark.cuda,

@@ -4,7 +4,7 @@ import socket
 import pytest
 
 from ablate.plan import rundir
-from ablate.train.trainer import train
+from ablate.train.job import train
 from train_helpers import log_of, read_lines, train_subprocess
 
 CFG = dict(max_iters=20, grad_accum=2, eval_interval=10, eval_iters=4, log_interval=5, ckpt_interval=10)

@@ -12,7 +12,7 @@ from ablate.errors import AblateError
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
 from ablate.train import data
-from ablate.train.trainer import train
+from ablate.train.job import train
 from train_helpers import log_of, train_subprocess
 
 

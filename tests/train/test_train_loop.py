@@ -13,7 +13,9 @@ from ablate.plan import estimate, rundir
 from ablate.plan.config import make_config, resolve
 from ablate.train import data
 from ablate.train.batches import Batches
-from ablate.train.trainer import Preempted, load_config, lr_at, main, train
+from ablate.train.job import main, train
+from ablate.train.signals import Preempted
+from ablate.train.trainer import load_config, lr_at
 from train_helpers import read_lines
 
 

@@ -10,7 +10,7 @@ import torch
 from ablate.errors import AblateError
 from ablate.plan import rundir
 from ablate.train.signals import EXIT_PREEMPTED
-from ablate.train.trainer import train
+from ablate.train.job import train
 from train_helpers import evals_of, log_of, read_lines, train_subprocess
 
 LONG = dict(max_iters=200, eval_interval=20, eval_iters=2, log_interval=5, ckpt_interval=15)
