@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -104,6 +105,22 @@ def one_thread(monkeypatch):
     """Jobs started by a test use one intra-op thread unless told otherwise (on these small VMs a
     second OpenMP thread makes tiny matmuls much slower)."""
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_jobs():
+    """A test that fails half-way must not leave its cells training (they are given 10^7 steps and
+    would load the machine for the rest of the suite): afterwards, kill whatever a run dir's
+    status.json still names alive (the local runner, the submitit controller, the trainer)."""
+    from ablate.launch.scheduler import pid_alive
+
+    root = Path(os.environ["ABLATE_RUNS_DIR"])
+    yield
+    for status in root.glob("*/*/" + rundir.STATUS):
+        st = rundir.read_json(status) or {}
+        for pid in {st.get(k) for k in ("runner_pid", "job_id", "pid")} - {None}:
+            if str(pid).isdigit() and pid_alive(pid):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from ablate.launch.submit import write_config
 from ablate.plan import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import ROOT, cli, run_dirs, states, wait_until
-from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
+from launch_helpers import grid_file, no_leftover_jobs, one_thread  # noqa: F401  (fixtures)
 
 LONG = dict(steps=10 ** 7, log_interval=50, eval_interval=500, ckpt_interval=500)
 

@@ -7,7 +7,7 @@ import time
 
 from ablate.plan import rundir
 from launch_helpers import ROOT, cli, run_dirs, states, steps_unbroken, wait_until
-from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
+from launch_helpers import grid_file, no_leftover_jobs, one_thread  # noqa: F401  (fixtures)
 
 # A cell these tests interrupt must still be running when the signal lands, however loaded the
 # machine: by construction, not by timing. No test waits for it to finish; each resumes it, checks
@@ -82,12 +82,18 @@ def test_detach_then_status_then_cancel_then_retry_resumes(grid_file):
 
 def test_ctrl_c_stops_jobs_with_a_checkpoint_and_the_next_submit_resumes(grid_file):
     grid = grid_file(**LONG)
+    # Ctrl-C as a terminal delivers it: a suite started in the background (`make test &`) inherits
+    # SIGINT ignored, and Python then never turns SIGINT into KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "submit", str(grid), "--executor", "local"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    run_dir = wait_until(lambda: [d for d in run_dirs("g") if rundir.read_status(d).get("step", 0) >= 100],
-                         60, "step 100")[0]
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        run_dir = wait_until(lambda: [d for d in run_dirs("g") if rundir.read_status(d).get("step", 0) >= 100],
+                             60, "step 100")[0]
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()  # a no-op once it has exited
     assert proc.returncode == 130 and "stopping: running cells save a checkpoint" in out, out
     st = rundir.read_status(run_dir)
     assert (st["state"], st["note"]) == ("pending", "preempted") and st["ckpt_step"] >= 100
