@@ -23,3 +23,13 @@ def ablate_cli(*args, cwd=None, env=None, timeout=600):
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "ablate.cli", *map(str, args)], cwd=cwd or ROOT,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def write_text_grid(tmp_path: Path, template: str, name: str, repeat: int = 400) -> Path:
+    """tmp_path/name from `template` (a grid whose data is 'text:{text}') over a small English
+    corpus written beside it: the char-level data the CLI tests train on."""
+    text = tmp_path / "corpus.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * repeat)
+    path = tmp_path / name
+    path.write_text(template.format(text=text))
+    return path

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, ablate_cli
+from conftest import ROOT, ablate_cli, write_text_grid
 
 TINY = """
 name: tiny
@@ -19,11 +19,7 @@ grid: {{arch: [gpt, ngpt]}}
 
 @pytest.fixture
 def tiny_grid(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 400)
-    grid = tmp_path / "tiny.yaml"
-    grid.write_text(TINY.format(text=text))
-    return grid
+    return write_text_grid(tmp_path, TINY, "tiny.yaml")
 
 
 @pytest.mark.parametrize("content, message", [

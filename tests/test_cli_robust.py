@@ -12,7 +12,7 @@ import pytest
 from ablate.cli import build_parser
 from ablate.plan import rundir
 from ablate.store.synthetic import write_run
-from conftest import ROOT, ablate_cli
+from conftest import ROOT, ablate_cli, write_text_grid
 
 GRID = """\
 name: quickstart
@@ -24,11 +24,7 @@ grid: {{arch: [gpt, ngpt], lr: [0.001, 0.002, 0.003]}}
 
 @pytest.fixture
 def grid(tmp_path):
-    text = tmp_path / "corpus.txt"
-    text.write_text("the quick brown fox jumps over the lazy dog. " * 200)
-    path = tmp_path / "quickstart.yaml"
-    path.write_text(GRID.format(text=text))
-    return path
+    return write_text_grid(tmp_path, GRID, "quickstart.yaml", repeat=200)
 
 
 @pytest.mark.parametrize("args", [("plan", "{grid}", "--json"), ("plan", "{grid}"), ("status",)])
