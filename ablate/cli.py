@@ -17,12 +17,33 @@ import os
 import sys
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.core import estimate
+from ablate.core.errors import AblateError
+from ablate.core.paths import reports_root, runs_root
+from ablate.core.rundir import RETRYABLE
+from ablate.plan.grid import load_grid, select
+from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
+from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
+
+
+# ---- what the plan asks of the model and trainer (only when it must: torch)
+
+def simulate_config(args: tuple) -> dict:
+    """The plan's worker for one shape not in the simulation cache (picklable: a module function)."""
+    from ablate.train.memtrack import simulate_config as simulate_step  # torch: only for a shape not cached
+    return simulate_step(args)
+
+
+def sizes_for(cfg) -> dict:
+    """Parameter counts and checkpoint bytes of a cell that uses a plugin (its model, on meta)."""
+    from ablate.train.build import sizes_for as model_sizes  # torch: only for a grid with plugins
+    return model_sizes(cfg)
+
+
+MEASURE = Measure(step=simulate_config, sizes=sizes_for)
 
 
 def _grid(args):
-    from ablate.plan.grid import load_grid
-
     grid = load_grid(args.grid)
     for w in grid.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -30,19 +51,16 @@ def _grid(args):
 
 
 def _cells(grid, args):
-    from ablate.plan.grid import select
-
     return select(grid.cells, getattr(args, "where", None) or [])
 
 
 def cmd_plan(args) -> int:
-    from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows
-
     grid = _grid(args)
     if warning := lr_sweep_warning(grid):
         print(f"warning: {warning}", file=sys.stderr)
     memory = getattr(args, "memory", False)
-    rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr))
+    rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
+                     measure=MEASURE)
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:
@@ -58,8 +76,6 @@ def cmd_plan(args) -> int:
 
 def _capacity(grid, args):
     """(GiB, what) of the GPU to check cells against: --gpu-mem, else a GPU named in resources."""
-    from ablate.plan.memory import gpu_memory_gib
-
     if args.gpu_mem is not None:
         if not args.gpu_mem > 0:
             raise AblateError(f"--gpu-mem {args.gpu_mem}: expected GiB of GPU memory, a number > 0")
@@ -76,10 +92,11 @@ EXIT_CELLS_FAILED = 3
 
 
 def cmd_submit(args) -> int:
-    from ablate.launch.submit import ENDED_BADLY, default_executor, submit
+    from ablate.launch.executors import default_name  # submitit: 0.1 s that plan never needs
+    from ablate.launch.submit import ENDED_BADLY, submit  # numpy (it prepares data): plan must start without it
 
     grid = _grid(args)
-    out = submit(grid, _cells(grid, args), executor=args.executor or default_executor(), retry=_retry(args.retry),
+    out = submit(grid, _cells(grid, args), executor=args.executor or default_name(), retry=_retry(args.retry),
                  force=args.force, jobs=args.jobs, gpus=args.gpus, array_parallelism=args.array_parallelism,
                  wait=True if args.verb == "run" else args.wait, detach=args.detach and args.verb != "run")
     bad = [v for v in out.views if v.state in ENDED_BADLY]
@@ -91,12 +108,8 @@ def cmd_submit(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ablate.plan import estimate
-    from ablate.plan.grid import reports_root, runs_root
-    from ablate.plan.memory import simulate
-    from ablate.plan.plan import plugin_sizes
-    from ablate.report import make_report
-    from ablate.store import Store
+    from ablate.report import make_report  # pandas + altair: 0.7 s of start-up that plan and status never need
+    from ablate.store import Store  # DuckDB: only the verbs that read the store
 
     if getattr(args, "where", None) and args.verb == "report":
         raise AblateError("report --where: a report compares the whole grid (baselines, groups, seeds), so it "
@@ -106,11 +119,11 @@ def cmd_report(args) -> int:
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
     # the formula's memory estimate; a cell that uses a plugin: its cached simulated step (plan_rows sizes it so)
-    sized = plugin_sizes(grid.cells, grid.resources.gpus, cached_only=True)
+    sized = plugin_sizes(grid.cells, grid.resources.gpus, MEASURE, cached_only=True)
     estimates = {c.run_id: sized[c.run_id][1] if c.run_id in sized else
                  estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
-    simulated = simulate(grid.cells, grid.resources.gpus, cached_only=True)  # what `plan --memory` cached
+    simulated = simulate(grid.cells, grid.resources.gpus)  # what `plan --memory` cached (no step: nothing new)
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
                 simulated=simulated)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
@@ -132,14 +145,14 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from ablate.launch.status import status_report
+    from ablate.launch.status import status_report  # submitit: 0.1 s that plan never needs
 
     print(status_report(_grid(args) if args.grid else None))
     return 0
 
 
 def cmd_cancel(args) -> int:
-    from ablate.launch.status import cancel
+    from ablate.launch.status import cancel  # submitit: 0.1 s that plan never needs
 
     grid = _grid(args)
     cancel(grid, _cells(grid, args), **({"grace_s": args.grace} if args.grace is not None else {}))
@@ -147,28 +160,27 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ablate.train.job import main as train_main  # the only verb that imports torch
+    from ablate.train.job import main as train_main  # torch: the only verb that trains
 
     return train_main([args.run_dir])  # 75 when preempted (checkpoint saved), as the jobs see it
 
 
 def cmd_data(args) -> int:
-    from ablate.train.data import prepare
+    from ablate.data import prepare  # numpy (and tiktoken): only the verbs that tokenize
 
     dataset = args.dataset if args.dataset != "text" else f"text:{args.file}"
     if args.dataset == "text" and not args.file:
         raise AblateError("ablate data prepare text FILE: FILE is required")
-    path = prepare(dataset, args.tokenizer)
+    path = prepare.prepare(dataset, args.tokenizer)
     meta = json.loads((Path(path) / "meta.json").read_text())
     print(f"{path}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens")
     return 0
 
 
 def cmd_query(args) -> int:
-    import pandas as pd
+    import pandas as pd  # 0.35 s: only the verbs that print tables of the store
 
-    from ablate.plan.grid import runs_root
-    from ablate.store import Store
+    from ablate.store import Store  # DuckDB: only the verbs that read the store
 
     db = Path(args.db) if args.db else runs_root() / "ablate.duckdb"
     if not args.no_ingest:
@@ -204,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "named in resources, e.g. constraint: h100)")
 
     def submit_args(s):
-        s.add_argument("--executor", choices=("local", "slurm", "debug"), help="default: slurm if sbatch is on PATH, else local")
+        s.add_argument("--executor", metavar="NAME", help="where the cells run: local, slurm or debug (default: slurm "
+                                                          "where a Slurm controller answers, else local)")
         s.add_argument("--retry", nargs="?", const="all", metavar="STATES",
                        help="also re-run failed / diverged / oom / cancelled cells (all, or e.g. failed,oom)")
         s.add_argument("--force", action="store_true", help="retrain cells even if done (deletes their results)")
@@ -260,10 +273,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line as `main` reads it (build_parser, after the --retry fix below)."""
+    return build_parser().parse_args(_bare_retry(argv))
+
+
 def _bare_retry(argv: list[str]) -> list[str]:
     """`--retry GRID.yaml` means --retry=all then the grid: argparse would take the grid as STATES."""
-    from ablate.plan.rundir import RETRYABLE
-
     words = {"all", *RETRYABLE}
     out = list(argv)
     for i, a in enumerate(out[:-1]):
@@ -292,7 +308,7 @@ def _quiet_broken_pipe() -> int:
 
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(_bare_retry(sys.argv[1:] if argv is None else argv))
+        args = parse_args(sys.argv[1:] if argv is None else argv)
         return args.fn(args) or 0
     except AblateError as e:
         print(f"ablate: error: {e}", file=sys.stderr)

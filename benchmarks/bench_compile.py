@@ -16,6 +16,12 @@ import os
 import tempfile
 from pathlib import Path
 
+from ablate.core import rundir
+from ablate.core.config import resolve
+from ablate.core.estimate import memory_breakdown
+from ablate.data import corpora
+from ablate.train.job import train
+
 SIZES = {  # name -> model shape and tokenizer (124m: GPT-2 small with its BPE vocabulary, 1k context)
     "tiny": dict(n_layer=4, n_head=4, n_embd=128, context=128, batch_size=16, tokenizer="char"),
     "124m": dict(n_layer=12, n_head=12, n_embd=768, context=1024, batch_size=16, tokenizer="gpt2"),
@@ -23,21 +29,13 @@ SIZES = {  # name -> model shape and tokenizer (124m: GPT-2 small with its BPE v
 
 
 def run(root: Path, name: str, config: dict) -> tuple[list, dict]:
-    from ablate.plan import rundir
-    from ablate.train.job import train
-
     run_dir = root / name
     run_dir.mkdir(parents=True)
     rundir.write_json_atomic(run_dir / rundir.CONFIG, {"config": config, "grid": "bench", "run_id": name})
     state = train(run_dir)
     evals = [json.loads(line) for line in (run_dir / rundir.EVALS).read_text().splitlines()]
-    from ablate.plan.config import resolve
-    from ablate.plan.estimate import memory_breakdown
-    from ablate.train import data
-    from ablate.train.trainer import load_config
-
-    cfg = load_config(run_dir)[0]
-    estimate = memory_breakdown(resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer)))["total"]
+    cfg = rundir.read_config(run_dir)[0]
+    estimate = memory_breakdown(resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer)))["total"]
     return evals, {"state": state, "est_peak": estimate, **rundir.read_json(run_dir / rundir.SUMMARY)}
 
 

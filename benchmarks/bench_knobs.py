@@ -14,10 +14,10 @@ import time
 import torch
 
 from ablate.model import build_model
-from ablate.plan.config import make_config, resolve
+from ablate.core.config import make_config, resolve
 from ablate.train.memtrack import StepTracker
 from ablate.train.step import optimizer_step
-from ablate.train.trainer import build_optimizer
+from ablate.train.optim import build_optimizer
 
 KNOBS = {"plain": {}, "act_ckpt=blocks": {"act_ckpt": "blocks"}, "act_ckpt=selective": {"act_ckpt": "selective"},
          "loss_chunk=512": {"loss_chunk": 512}, "blocks + chunk": {"act_ckpt": "blocks", "loss_chunk": 512}}

@@ -43,12 +43,11 @@ def build(name: str, shape: dict):
                              num_hidden_layers=shape["n_layer"], num_attention_heads=shape["n_head"],
                              num_key_value_heads=shape["n_head"], max_position_embeddings=shape["context"],
                              rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
-                             attention_bias=False, mlp_bias=False)
-        config._attn_implementation = "sdpa"
+                             attention_bias=False, mlp_bias=False, attn_implementation="sdpa")
         model = LlamaForCausalLM(config).train()
         return model, lambda m, x, y: m(input_ids=x, labels=y, shift_labels=y).loss, lambda: None
     from ablate.model import build_model
-    from ablate.plan.config import RunConfig, resolve
+    from ablate.core.config import RunConfig, resolve
 
     cfg = resolve(RunConfig(arch=name, **shape))
     model = build_model(cfg, device_type="cpu")

@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablate.plan import rundir  # noqa: E402
-from ablate.store.synthetic import write_run  # noqa: E402
+from ablate.core import rundir  # noqa: E402
+from synthetic import write_run  # noqa: E402
 
 AXES = {"arch": ["gpt", "ngpt"], "context": [128, 256, 512, 1024], "lr": [1e-3, 2e-3, 3e-3, 5e-3, 8e-3],
         "budget": [1, 2, 3, 4, 5], "seed": [0, 1, 2, 3, 4]}

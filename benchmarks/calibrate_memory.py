@@ -1,4 +1,4 @@
-"""Calibrate the plan's analytical memory formula (ablate/plan/estimate.py, MEMORY_COEF) against
+"""Calibrate the plan's analytical memory formula (ablate/core/estimate.py, MEMORY_COEF) against
 the simulated step (ablate/train/memtrack.simulate_step), then check it.
 
     .venv/bin/python benchmarks/calibrate_memory.py                 # simulate, fit, print the table
@@ -17,7 +17,7 @@ import argparse
 import json
 import sys
 
-from ablate.plan.config import make_config, resolve
+from ablate.core.config import make_config, resolve
 
 N, D, H = 1024, 512, 8
 SHAPES = {"L2": {}, "L4": {"n_layer": 4}, "L2N2": {"batch_size": 4}, "L4N2": {"n_layer": 4, "batch_size": 4},
@@ -44,7 +44,7 @@ def simulate(arch, dtype, ckpt, chunked, shape) -> dict:
 
 def fit(sims: dict, dtype: str) -> tuple:
     """(a, b, w, h_act, h_tmp, ch, cb) from the nine simulations of one regime."""
-    from ablate.plan import estimate
+    from ablate.core import estimate
 
     def dyn(s):
         return s["total"] - s["params"] - s["optimizer"] - s["grads"]
@@ -83,9 +83,9 @@ def calibrate():
 
 
 def check(grids):
-    from ablate.plan import estimate
+    from ablate.core import estimate
     from ablate.plan.grid import load_grid
-    from ablate.plan.memory import simulate as simulate_cells
+    from ablate.plan.simcache import simulate as simulate_cells
 
     worst = 0.0
     for path in grids:

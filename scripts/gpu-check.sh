@@ -8,7 +8,7 @@
 # With network: `make install` first (the .venv's python is used). Without: `make wheelhouse`
 # on a machine with network, bring .whl/ along, and this script installs it into a temporary
 # target (no index, no network) before it starts. --cpu: the same stages at a tiny size on the
-# CPU (the test suite runs it). See benchmarks/gpu_check.py for the stages and their caps.
+# CPU (the test suite runs it). See ablate/gpucheck/driver.py for the stages and their caps.
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 if [ $# -lt 1 ]; then
@@ -32,7 +32,7 @@ if compgen -G "$ROOT/.whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PY" "$ROOT/benchmarks/gpu_check.py" "$@"
+"$PY" -m ablate.gpucheck "$@"
 rc=$?
 [ -n "$SITE" ] && rm -rf "$SITE"
 exit $rc

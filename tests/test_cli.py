@@ -77,9 +77,9 @@ def test_plan_status_report_never_import_torch(tiny_grid):
     (["submit", "g.yaml", "--retry", "cancelled", "--force"], "cancelled"),
 ])
 def test_retry_flag_never_swallows_the_grid(argv, retry):
-    from ablate.cli import _bare_retry, build_parser
+    from ablate.cli import parse_args
 
-    args = build_parser().parse_args(_bare_retry(argv))
+    args = parse_args(argv)
     assert args.grid == "g.yaml" and args.retry == retry
 
 

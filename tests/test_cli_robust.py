@@ -1,7 +1,9 @@
 """The command line under misuse: closed pipes, unwritable directories, `report --where`, a status
 table without a grid, and help for every argument."""
-import argparse
+import contextlib
+import io
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -9,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate.cli import build_parser
-from ablate.plan import rundir
-from ablate.store.synthetic import write_run
+from ablate.cli import parse_args
+from ablate.core import rundir
+from synthetic import write_run
 from conftest import ROOT, ablate_cli, write_text_grid
 
 GRID = """\
@@ -88,19 +90,44 @@ def test_status_without_a_grid_keeps_its_columns_aligned(tmp_path):
         assert row[head.index("note"):] == "boom", r.stdout
 
 
+def _help(*argv) -> str:
+    """What `ablate ARGV --help` prints."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_args([*argv, "--help"])
+    return out.getvalue()
+
+
+def _arguments(text: str) -> list[tuple[str, str]]:
+    """(argument, its help) for every entry of a help text's argument sections: an entry is a
+    line indented by two spaces, its help the text after the gap and the deeper lines below it."""
+    entries = []
+    for line in text.split("\n\n", 1)[1].splitlines():  # after the usage
+        if re.match(r"^  \S", line):
+            name, _, help_ = line.strip().partition("  ")
+            entries.append([name, help_.strip()])
+        elif re.match(r"^   +\S", line) and entries:
+            entries[-1][1] += " " + line.strip()
+    return [tuple(e) for e in entries]
+
+
+def _subcommands(text: str) -> list[str]:
+    """The verbs a help text lists (four-space entries under a {a,b} or a metavar)."""
+    return re.findall(r"^    ([a-z]+)  +\S", text, flags=re.M)
+
+
 def test_every_argument_has_help_and_data_prepare_reads_as_one_command():
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    def walk(*path):
+        text = _help(*path)
+        yield path, text
+        for verb in _subcommands(text):
+            yield from walk(*path, verb)
 
-    def walk(p, path):
-        for action in p._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for name, child in action.choices.items():
-                    yield from walk(child, f"{path} {name}")
-            elif not isinstance(action, argparse._HelpAction) and action.help != argparse.SUPPRESS:
-                yield path, action
-
-    missing = [f"{path} {a.dest}" for path, a in walk(parser, "ablate") if not a.help]
+    helps = dict(walk())
+    assert {p[0] for p in helps if p} >= {"plan", "submit", "status", "report", "run", "train", "data", "query",
+                                           "cancel"} and ("data", "prepare") in helps
+    missing = [f"ablate {' '.join(path)}: {name}" for path, text in helps.items() for name, help_ in _arguments(text)
+               if not help_]
     assert missing == [], missing
-    usage = sub.choices["data"]._subparsers._group_actions[0].choices["prepare"].format_usage()
+    usage = " ".join(helps[("data", "prepare")].split("\n\n")[0].split())  # argparse wraps it to the terminal
     assert usage.startswith("usage: ablate data prepare ") and "{shakespeare,openwebtext,text} [FILE]" in usage, usage

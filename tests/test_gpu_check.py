@@ -5,16 +5,17 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from ablate.gpucheck import driver as gpu_check
+from ablate.gpucheck.profiles import GPU, cells
+from ablate.gpucheck.report import markdown, targets
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-import gpu_check  # noqa: E402
-from gpu_check_profiles import GPU, cells  # noqa: E402
-from gpu_check_report import markdown, targets  # noqa: E402
 
 
 @pytest.mark.slow
@@ -102,7 +103,7 @@ def test_warm_compiles_the_compiled_cells_while_the_tests_run_and_stops_with_the
     (tmp_path / "jobs.py").write_text(textwrap.dedent(FAKE_JOBS.replace('("env", "kernels")', '("cell", "kernels")')))
     check = gpu_check.Check(tmp_path, "gpu", ("bench",), (), 60, tmp_path / "work")
     check.jobs = [sys.executable, str(tmp_path / "jobs.py")]
-    thread = gpu_check.threading.Thread(target=check.warm)
+    thread = threading.Thread(target=check.warm)
     thread.start()
     while not isinstance(check.warm_proc, subprocess.Popen):  # the first cell's compile has started
         time.sleep(0.05)
@@ -141,7 +142,7 @@ def test_the_gpu_profile_has_every_cell_the_issue_lists():
     assert all(c["n_layer"] == 12 and c["n_embd"] == 768 and c["vocab_size"] == 50304 and c["dtype"] == "bf16"
                for c in by_name.values())
     assert names[:4] == ["gpt-1k-sdpa-compiled", "ngpt-1k-sdpa-compiled", "gpt-8k-sdpa-compiled", "ngpt-8k-sdpa-compiled"]
-    from ablate.plan.config import make_config, resolve  # every config the GPU will get is valid (keys, values)
+    from ablate.core.config import make_config, resolve  # every config the GPU will get is valid (keys, values)
     for config in [*by_name.values(), {"dataset": GPU["dataset"], "tokenizer": GPU["tokenizer"], **GPU["resume"]["config"]}]:
         assert resolve(make_config(config), 50257).vocab_size == 50304
 

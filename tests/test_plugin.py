@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from ablate.errors import AblateError
-from ablate.plan import rundir
+from ablate.core.errors import AblateError
+from ablate.core import rundir
 from ablate.plan.grid import load_grid, select
 from conftest import ROOT, ablate_cli
 
@@ -81,16 +81,17 @@ def test_plugin_key_is_a_grid_key_like_a_builtin(env):
 def test_plan_sizes_a_plugin_cell_on_its_model(env):
     """No formula knows a plugin: the plan counts parameters on the model (meta device) and
     simulates the step; both equal the real model's."""
-    from ablate.model import build_model
+    from ablate.cli import MEASURE
     from ablate.plan.plan import plan_rows
+    from ablate.train.build import model_for
     from ablate.train.memtrack import simulate_step
 
     grid = load_grid(env.grid())
-    rows = {(r["config"]["arch"], r["config"]["qk_norm"]): r for r in plan_rows(grid)}
+    rows = {(r["config"]["arch"], r["config"]["qk_norm"]): r for r in plan_rows(grid, measure=MEASURE)}
     base, qk = rows[("gpt", False)], rows[("gpt", True)]
     assert base["memory_source"] == "formula" and qk["memory_source"] == "simulated"
     cfg = next(c.config for c in grid.cells if c.config.qk_norm)
-    model = build_model(cfg, "cpu")
+    model = model_for(cfg, "cpu")
     assert qk["n_params"] == sum(p.numel() for p in model.parameters()) == base["n_params"] + 2 * 16 * 2  # 2 hd per layer
     assert qk["ckpt_bytes"] == 4 * qk["n_params"]
     assert qk["est_peak_mem_bytes"] == simulate_step(cfg, "cpu")["total"] > 0
@@ -152,7 +153,7 @@ def test_default_cells_keep_their_builtin_run_ids(env):
 
 def test_editing_the_plugin_renames_only_the_cells_that_use_it(env, tmp_path):
     from ablate.launch.submit import write_config
-    from ablate.plugin import content_id
+    from ablate.plan.plugins import content_id
 
     grid = load_grid(env.grid())
     before = ids(grid)
@@ -197,12 +198,13 @@ def test_a_job_runs_the_code_its_cell_was_planned_with(env):
     """The run dir keeps the plugin's code: a job (its own process, as every job) trains even
     if the source was broken after submission, and refuses a copy that is not what the cell
     records."""
+    from ablate.cli import MEASURE
     from ablate.launch.submit import write_config
     from ablate.plan.plan import plan_rows
 
     grid = load_grid(env.grid())
     cell = next(c for c in grid.cells if c.config.qk_norm)
-    planned = next(r for r in plan_rows(grid) if r["run_id"] == cell.run_id)
+    planned = next(r for r in plan_rows(grid, measure=MEASURE) if r["run_id"] == cell.run_id)
     write_config(grid, cell, "sha")
     env.plugin.write_text("raise RuntimeError('edited after submission')\n")
     r = ablate_cli("train", cell.run_dir)
@@ -223,7 +225,7 @@ def test_a_job_runs_the_code_its_cell_was_planned_with(env):
 def _synthetic_grid(env, runs):
     """The qk_norm grid's three cells as finished runs: the plugin cell reaches the baseline's
     final loss at half its steps (speedup 2x), nGPT at two thirds of them (1.5x)."""
-    from ablate.store.synthetic import write_run
+    from synthetic import write_run
 
     grid = load_grid(env.grid())
     decls = next(c.config for c in grid.cells).plugins
@@ -240,7 +242,7 @@ def _synthetic_grid(env, runs):
 def test_store_has_a_typed_column_per_plugin_key(env, tmp_path):
     from ablate.store import Store
 
-    from ablate.store.synthetic import write_run
+    from synthetic import write_run
 
     runs = tmp_path / "runs"
     write_run(runs, "before", {"arch": "ngpt", "max_iters": 500})  # in the store before the plugin column
@@ -364,8 +366,8 @@ def test_a_part_that_fails_is_one_line_at_plan_time(env, when, line, doing):
 
 
 def test_the_model_point_replaces_the_whole_model(env):
-    from ablate.model import build_model
     from ablate.model.gpt import GPT
+    from ablate.train.build import model_for
 
     plug = env.plugin_file('''from ablate.model.gpt import GPT
 from ablate.plugin import Key
@@ -383,7 +385,7 @@ class Mine(GPT):
 POINTS = {"model": Mine}
 ''')
     grid = load_grid(env.grid("grid: {arch: [gpt], mine: [false, true]}", plugins=[plug]))
-    plain, mine = (build_model(c.config, "cpu") for c in grid.cells)
+    plain, mine = (model_for(c.config, "cpu") for c in grid.cells)
     assert type(plain) is GPT and type(mine).__name__ == "Mine"
     mine.load_state_dict(plain.state_dict())
     import torch
@@ -406,7 +408,7 @@ def test_a_grid_with_plugins_runs_end_to_end(env):
 
 def test_a_plugin_can_be_an_importable_module(env, monkeypatch):
     """`plugins: [module.name]`: imported as itself (its own imports work), hashed by its source."""
-    from ablate.plugin import content_id
+    from ablate.plan.plugins import content_id
 
     pkg = env.tmp / "mylab"
     pkg.mkdir()

@@ -40,10 +40,10 @@ class CellJob(submitit.helpers.Checkpointable):
         print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
               f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
               file=sys.stderr, flush=True)
-        from ablate.train.job import train  # torch is imported in the job only
+        from ablate.train.job import train  # torch: imported in the job, never by the command that submits it
 
         if self.threads:
-            import torch
+            import torch  # loaded by the trainer import just above: no cost here
 
             torch.set_num_threads(self.threads)
         return train(self.run_dir, getattr(self, "attempt", None))  # getattr: pickles from before attempts

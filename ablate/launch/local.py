@@ -10,9 +10,11 @@ CPU cores, each), one submitit LocalExecutor job per cell; `debug` runs cells in
 The runner runs in its own session, so a Ctrl-C in the terminal reaches only the foreground
 command, which then asks the runner (SIGTERM) to stop the jobs cleanly: each saves a checkpoint
 and the next submit resumes it. status.json records runner_pid while a cell waits for a slot,
-then job_id (the submitit controller's pid): `scheduler.local_view` checks both are alive.
+then job_id (the submitit controller's pid): `procs.local_view` checks both are alive.
 The runner mints an attempt id per cell and writes a cell's state only while status.json still
 names that attempt: a runner left over from an earlier submit never touches a retried cell.
+
+LocalExecutor and DebugExecutor are this module's face to the rest of ablate (executor.py).
 
 Run it by hand: python -m ablate.launch.local PLAN.json
 """
@@ -26,11 +28,32 @@ import sys
 import time
 from pathlib import Path
 
-from ablate.errors import AblateError
+import submitit
+
+from ablate.core import rundir
+from ablate.core.errors import AblateError
 from ablate.launch import resources as res
-from ablate.plan import rundir
+from ablate.launch.executor import Executor, JobView
+from ablate.launch.jobs import CellJob
+from ablate.launch.procs import local_view, pid_alive, stop_or_kill
 
 POLL_S = 0.5
+WORKING = ("queued", "running")
+
+
+class LocalRunner:
+    """The submitting command's handle on its runner process."""
+
+    def __init__(self, proc: subprocess.Popen):
+        self.proc = proc
+        self.pid = proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, echo=print, timeout_s: float = 300) -> None:
+        """Ask the runner to stop its jobs (they checkpoint) and wait for it."""
+        stop_runner(self.proc, echo, timeout_s)
 
 
 def start_runner(grid, cells, slots, folder: Path, timeout_s: float = 120) -> subprocess.Popen:
@@ -130,10 +153,6 @@ class Runner:
         return 0
 
     def _start(self, i: int, slot: res.Slot, cell: tuple[Path, str]) -> None:
-        import submitit
-
-        from ablate.launch.jobs import CellJob
-
         run_dir, attempt = cell
         status = rundir.read_status(run_dir)
         if status.get("state") != "queued" or status.get("attempt_id") != attempt:  # cancelled, or taken over
@@ -154,8 +173,11 @@ class Runner:
     def _stop_all(self) -> None:
         log("stopping: SIGTERM to running jobs")
         for run_dir, job, _ in self.running.values():
-            if job._process is not None and job._process.poll() is None:
-                job._process.send_signal(signal.SIGTERM)  # the controller forwards it to the trainer
+            if pid_alive(job.job_id):  # a local job's id is its controller's pid
+                try:
+                    os.kill(int(job.job_id), signal.SIGTERM)  # the controller forwards it to the trainer
+                except ProcessLookupError:
+                    pass
 
 
 def _max_requeue(run_dir: Path) -> int:
@@ -169,15 +191,11 @@ def log(msg: str) -> None:
 
 def run_debug(cells, folder: Path, echo=print) -> None:
     """`--executor debug`: submitit's in-process executor, one cell after the other."""
-    import submitit
-
-    from ablate.launch.jobs import CellJob
-
     for cell in cells:
         attempt = rundir.new_attempt()
         ex = submitit.DebugExecutor(folder=str(folder / cell.run_id))
         job = ex.submit(CellJob(str(cell.run_dir.resolve()), None, attempt))
-        # job_id: this process, which is where the cell runs (scheduler.local_view checks it is alive)
+        # job_id: this process, which is where the cell runs (procs.local_view checks it is alive)
         rundir.update_status(cell.run_dir, state="queued", executor="debug", job_id=str(os.getpid()),
                              runner_pid=None, attempt_id=attempt, submitit_folder=str(ex.folder),
                              submitted=time.time(), error=None, note=None, ended=None, scheduler_state=None)
@@ -188,6 +206,60 @@ def run_debug(cells, folder: Path, echo=print) -> None:
             rundir.update_status(cell.run_dir, expect={"attempt_id": attempt, "state": ("queued", "running")},
                                  state="failed", ended=time.time(), error=str(e)[-3000:])
         echo(f"{cell.run_id}: {rundir.state_of(cell.run_dir)}")
+
+
+class LocalExecutor(Executor):
+    """A runner process on this machine hands cells to free slots (GPU groups or CPU shares)."""
+    name = "local"
+    unstarted = "pending"  # the runner stopped before the cell's turn: nothing ran, resumable
+
+    def __init__(self, slots: list | None = None):
+        self.slots = slots
+
+    @classmethod
+    def for_submit(cls, grid, *, jobs=None, gpus=None, array_parallelism=None, echo=print) -> "LocalExecutor":
+        return cls(res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo))
+
+    def dispatch(self, grid, cells, folder, echo=print) -> LocalRunner:
+        runner = LocalRunner(start_runner(grid, cells, self.slots, folder))
+        echo(f"started {len(cells)} cell(s) on {len(self.slots)} local slot(s) "
+             f"({', '.join(s.label() for s in self.slots[:8])}); runner pid {runner.pid}, log {folder}/runner.log")
+        return runner
+
+    def after_dispatch(self, wait: bool, detach: bool) -> str:
+        return "return" if detach else "watch"
+
+    def views(self, statuses: list[dict]) -> list[JobView | None]:
+        return [local_view(s) if s.get("state") != "done" else None for s in statuses]
+
+    def cancel(self, jobs: list[tuple[str, dict]], grace_s: float, echo=print) -> list[str]:
+        """SIGTERM each live job (it checkpoints), then SIGKILL what still runs grace_s later."""
+        signalled = []
+        for run_id, s in jobs:
+            job = s.get("job_id")
+            if job and str(job).isdigit() and pid_alive(job):
+                try:
+                    os.kill(int(job), signal.SIGTERM)  # the submitit controller forwards it to the trainer
+                    signalled.append((run_id, int(job)))
+                except ProcessLookupError:
+                    pass
+        return stop_or_kill(signalled, grace_s, echo)
+
+
+class DebugExecutor(Executor):
+    """In this process, one cell after the other (submitit's DebugExecutor): for tests and pdb."""
+    name = "debug"
+    unstarted = "pending"
+
+    def dispatch(self, grid, cells, folder, echo=print) -> None:
+        run_debug(cells, folder, echo=echo)
+
+    def after_dispatch(self, wait: bool, detach: bool) -> str:
+        return "ran"
+
+    def views(self, statuses: list[dict]) -> list[JobView | None]:
+        # its "job" is the submitting process: alive while a cell it runs says queued / running
+        return [local_view(s) if s.get("state") in WORKING else None for s in statuses]
 
 
 def main(argv=None) -> int:

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 
 def _mem(gb: float) -> str:

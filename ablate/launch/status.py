@@ -1,8 +1,9 @@
 """`ablate status`, `ablate cancel` and the progress view of `submit --wait` / local submit.
 
-Every view starts from `scheduler.reconcile`: status.json corrected by squeue / sacct / the
-local pids, so a job that died without a word shows as failed with its scheduler state
-(TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, CANCELLED...), and `status` records that in status.json.
+Every view starts from `state.reconcile`: status.json corrected by what each executor says of
+its jobs (squeue / sacct, the local pids), so a job that died without a word shows as failed
+with its scheduler state (TIMEOUT, NODE_FAIL, OUT_OF_MEMORY, CANCELLED...), and `status`
+records that in status.json.
 """
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import json
 import math
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from ablate.launch import scheduler
-from ablate.plan import rundir
-from ablate.plan.grid import Grid, runs_root
+from ablate.core import rundir
+from ablate.core.paths import runs_root
+from ablate.launch import state as st
+from ablate.launch.executor import OWN_STATES
+from ablate.launch.executors import executor
+from ablate.plan.grid import Grid
 
 SHOWN = ("queued", "running", "pending", "failed", "diverged", "oom", "cancelled", rundir.BROKEN)
 ORDER = ("running", "queued", "pending", "failed", "oom", "diverged", "cancelled", rundir.BROKEN, "done", "new")
@@ -69,7 +71,7 @@ def _elapsed(s: dict) -> str:
     return f"{int(secs // 3600)}:{int(secs % 3600 // 60):02d}:{int(secs % 60):02d}"
 
 
-def last_line(c: scheduler.Cell) -> str:
+def last_line(c: st.CellState) -> str:
     """What the table says about a cell: its error's last line, else the reconciliation note,
     else (failed without a word) the last line its job wrote to stderr."""
     err = (c.status.get("error") or "").strip().splitlines()
@@ -78,7 +80,7 @@ def last_line(c: scheduler.Cell) -> str:
     if c.note:
         return c.note
     if c.state == "failed":
-        return scheduler.stderr_tail(c.status.get("stderr"))
+        return st.stderr_tail(c.status.get("stderr"))
     return c.status.get("note") or "" if c.state == "cancelled" else ""
 
 
@@ -86,7 +88,7 @@ def _fmt(x, spec: str, dash: str = "-") -> str:
     return format(x, spec) if isinstance(x, (int, float)) and not (isinstance(x, float) and math.isnan(x)) else dash
 
 
-def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -> list[str]:
+def table(cells: list[st.CellState], states=SHOWN, width: int | None = None) -> list[str]:
     """One line per cell in `states`, columns as wide as their widest value (a run id without a
     grid is grid/run_id), the note last and unpadded; lines cut at `width`."""
     rows = []
@@ -95,7 +97,7 @@ def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -
             continue
         s, m = c.status, _last_metrics(c.run_dir)
         job = s.get("job_id") or (c.job.job_id if c.job else "-")
-        sched = c.job.state if c.job is not None and c.job.state not in scheduler.NOT_SLURM else ""
+        sched = c.job.state if c.job is not None and c.job.state not in OWN_STATES else ""
         step = f"{_fmt(m.get('step'), 'd')}/{_max_iters(c.run_dir)}"
         rows.append([c.run_id, c.state, step, _fmt(m.get('loss'), '.3f'), _fmt(m.get('tokens_per_s'), ',.0f'),
                      _elapsed(s), str(job), sched or s.get('scheduler_state') or '', last_line(c)])
@@ -111,15 +113,15 @@ def table(cells: list[scheduler.Cell], states=SHOWN, width: int | None = None) -
     return [line(head), *map(line, rows)]
 
 
-def counts_line(cells: list[scheduler.Cell]) -> str:
+def counts_line(cells: list[st.CellState]) -> str:
     counts = collections.Counter(c.state for c in cells)
     return ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]) or "no runs"
 
 
 def status_report(grid: Grid | None) -> str:
     """Counts per state, then a table of the active and failed cells."""
-    cells = scheduler.reconcile(_cells(grid))
-    scheduler.record_lost(cells)
+    cells = st.reconcile(_cells(grid))
+    st.record_lost(cells)
     lines = [f"grid {grid.name}: {counts_line(cells)}" if grid is not None else counts_line(cells)]
     if any(c.job is not None and c.job.active is None for c in cells):
         lines.append("warning: the scheduler did not answer (squeue failed): states are as the run dirs last said")
@@ -131,12 +133,13 @@ CANCEL_GRACE_S = 60.0  # a local job gets this long after SIGTERM to finish its 
 
 def cancel(grid: Grid, cells, grace_s: float = CANCEL_GRACE_S, echo=print) -> list[str]:
     """Cancel the queued / running cells among `cells`: mark them cancelled (only if nobody wrote
-    their status since we looked), then signal the jobs: scancel (Slurm escalates to SIGKILL after
-    its KillWait); SIGTERM to local jobs, and SIGKILL to the job and its processes when one is still
-    alive `grace_s` later (a step longer than that; it resumes from its last checkpoint)."""
-    out, slurm_ids, local = [], [], []
-    for c in scheduler.reconcile(cells):
-        if not (c.active or c.status.get("state") in scheduler.WORKING) or c.status.get("state") == "done":
+    their status since we looked), then have each executor stop their jobs: scancel (Slurm
+    escalates to SIGKILL after its KillWait); SIGTERM to local jobs, and SIGKILL to the job and
+    its processes when one is still alive `grace_s` later (a step longer than that; it resumes
+    from its last checkpoint)."""
+    out, jobs = [], collections.defaultdict(list)  # executor name -> [(run_id, status)]
+    for c in st.reconcile(cells):
+        if not (c.active or c.status.get("state") in st.WORKING) or c.status.get("state") == "done":
             continue
         s = c.status
         expect = {"attempt_id": s.get("attempt_id"), "state": s.get("state")}  # unchanged since we looked
@@ -145,69 +148,19 @@ def cancel(grid: Grid, cells, grace_s: float = CANCEL_GRACE_S, echo=print) -> li
             out.append(f"{c.run_id}: its state changed while cancelling (now {rundir.state_of(c.run_dir)}); "
                        "run `ablate cancel` again if it is still running")
             continue
-        job = s.get("job_id")
-        if s.get("executor") == "slurm" and job:
-            slurm_ids.append(job)
-        elif s.get("executor") == "local" and job and str(job).isdigit() and scheduler.pid_alive(job):
-            try:
-                os.kill(int(job), signal.SIGTERM)  # the submitit controller forwards it to the trainer
-                local.append((c.run_id, int(job)))
-            except ProcessLookupError:
-                pass
-        out.append(f"cancelled {c.run_id} (was {c.state}, {s.get('executor')} job {job or '-'})")
-    if slurm_ids:
-        r = subprocess.run(["scancel", *slurm_ids], capture_output=True, text=True, timeout=60)
-        if r.returncode != 0:
-            out.append(f"warning: scancel: {r.stderr.strip()}")
+        if s.get("executor"):
+            jobs[s["executor"]].append((c.run_id, s))
+        out.append(f"cancelled {c.run_id} (was {c.state}, {s.get('executor')} job {s.get('job_id') or '-'})")
     for line in out or ["nothing to cancel"]:
         echo(line)
-    for line in _stop_or_kill(local, grace_s, echo):
-        echo(line)
-        out.append(line)
+    for name, pairs in jobs.items():
+        for line in executor(name).cancel(pairs, grace_s, echo):
+            echo(line)
+            out.append(line)
     return out or ["nothing to cancel"]
 
 
-def _stop_or_kill(jobs: list[tuple[str, int]], grace_s: float, echo) -> list[str]:
-    """Wait up to grace_s for signalled local jobs to exit; SIGKILL the process tree of the rest."""
-    deadline, told = time.time() + grace_s, False
-    alive = list(jobs)
-    while alive and time.time() < deadline:
-        alive = [(rid, pid) for rid, pid in alive if scheduler.pid_alive(pid)]
-        if alive and not told and time.time() > deadline - grace_s + 1:
-            echo(f"waiting up to {grace_s:.0f}s for {len(alive)} job(s) to finish a step and save a checkpoint...")
-            told = True
-        time.sleep(0.2)
-    out = []
-    for rid, pid in alive:
-        if scheduler.pid_alive(pid):
-            for p in [*_descendants(pid), pid]:  # the trainer runs in a child of the submitit controller
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            out.append(f"{rid}: job {pid} was still running {grace_s:.0f}s after SIGTERM (a long step): killed "
-                       "(SIGKILL); it resumes from its last checkpoint")
-    return out
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below pid, deepest first (Linux /proc; none elsewhere)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out[::-1]
-
-
-def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> list[scheduler.Cell]:
+def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> list[st.CellState]:
     """Show progress until no cell is queued or running (and the local runner, if any, has exited).
     A terminal gets a table redrawn in place; a log gets a line whenever the counts change.
     Ctrl-C: a local runner is asked to stop its jobs (they checkpoint); Slurm jobs keep running."""
@@ -215,9 +168,9 @@ def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> 
     last, last_print, drawn = None, 0.0, 0
     try:
         while True:
-            views = scheduler.reconcile(cells)
-            active = [v for v in views if v.active or (v.state in scheduler.WORKING and v.job is None)]
-            runner_alive = runner is not None and runner.poll() is None
+            views = st.reconcile(cells)
+            active = [v for v in views if v.active or (v.state in st.WORKING and v.job is None)]
+            runner_alive = runner is not None and runner.alive()
             line = counts_line(views)
             if tty:
                 width = shutil.get_terminal_size().columns
@@ -235,14 +188,12 @@ def watch(grid: Grid, cells, runner=None, echo=print, interval: float = 2.0) -> 
             time.sleep(interval)
     except KeyboardInterrupt:
         if runner is not None:
-            from ablate.launch.local import stop_runner
-
-            stop_runner(runner, echo=echo)
+            runner.stop(echo=echo)
         else:
             echo("stopped watching; the jobs keep running (`ablate cancel` stops them)")
         raise
-    scheduler.record_lost(views)
-    views = scheduler.reconcile(cells)
+    st.record_lost(views)
+    views = st.reconcile(cells)
     for line in table(views, states=("failed", "oom", "diverged", "cancelled", "pending")):
         echo(line)
     done = [v for v in views if v.state == "done"]

@@ -11,26 +11,28 @@ job that died without writing its state counts as failed and a live job is never
 --retry resumes from the cell's checkpoint when it has one; --force starts over. A per-grid
 lock makes two concurrent `ablate submit` of one grid take turns.
 
-Executors: slurm (job arrays, returns at once; --wait to follow), local (a runner with one job
-per GPU slot or CPU share; shows progress, --detach to return), debug (in-process).
+Executors (executor.py: one interface; executors.py: the names): slurm (job arrays, returns at
+once; --wait to follow), local (a runner with one job per GPU slot or CPU share; shows progress,
+--detach to return), debug (in-process).
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
-from ablate import __version__, plugin
-from ablate.errors import AblateError
-from ablate.launch import resources as res
-from ablate.launch import scheduler
-from ablate.plan import rundir
+from ablate import __version__
+from ablate.core import rundir
+from ablate.core.errors import AblateError
+from ablate.core.provenance import git_sha
+from ablate.data import prepare
+from ablate.launch import state as st
+from ablate.launch.executors import default_name, executor_class
+from ablate.launch.status import watch
+from ablate.plan import plugins
 from ablate.plan.grid import Cell, Grid
 
-EXECUTORS = ("local", "slurm", "debug")
 ENDED_BADLY = ("failed", "oom", "diverged")  # `ablate submit` / `run` exit 3 when a cell it waited for ends so
 
 
@@ -40,37 +42,10 @@ class Submitted(list):
     views: list = []
 
 
-def git_sha() -> str:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], capture_output=True, text=True, timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "") if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def default_executor() -> str:
-    """slurm where a Slurm controller answers, local where Slurm is not installed. Slurm installed
-    but its controller silent is an error, not a quiet fallback: on a login node that would start
-    training there instead of on the cluster."""
-    if not shutil.which("sbatch"):
-        return "local"
-    try:
-        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
-        answer = " ".join((ping.stdout + ping.stderr).split()) or f"exit {ping.returncode}"
-    except (OSError, subprocess.SubprocessError) as e:
-        answer = f"{type(e).__name__}: {e}"
-    else:
-        if "UP" in ping.stdout:
-            return "slurm"
-    raise AblateError(f"sbatch is on PATH but no Slurm controller answers (scontrol ping: {answer[:200]}): "
-                      "start Slurm, or pass --executor local to run the cells on this machine")
-
-
 def write_config(grid: Grid, cell: Cell, sha: str) -> None:
     cell.run_dir.mkdir(parents=True, exist_ok=True)
     if cell.config.plugins:  # the code of the plugins the cell uses, beside its config (plugins/<content id>.py)
-        plugin.copy_sources(cell.config, cell.run_dir)
+        plugins.copy_sources(cell.config, cell.run_dir)
     rundir.write_json_atomic(cell.run_dir / rundir.CONFIG, {
         "config": cell.config.to_dict(), "grid": grid.name, "run_id": cell.run_id,
         "varied": cell.varied, "version": __version__, "git_sha": sha,
@@ -85,7 +60,7 @@ def parse_retry(retry) -> tuple:
     return retry
 
 
-def select_cells(views: list[scheduler.Cell], retry=(), force=False) -> tuple[list[str], dict[str, str]]:
+def select_cells(views: list[st.CellState], retry=(), force=False) -> tuple[list[str], dict[str, str]]:
     """(run_ids to run, {run_id: why skipped}) from reconciled cells."""
     run, skipped = [], {}
     for v in views:
@@ -113,10 +88,8 @@ def reset_run_dir(run_dir: Path) -> None:
 
 def prepare_data(cells) -> None:
     """Prepare each data set once, here, so that concurrent cells never race to do it."""
-    from ablate.train.data import prepare
-
     for key in sorted({(c.config.dataset, c.config.tokenizer) for c in cells}):
-        prepare(*key)
+        prepare.prepare(*key)
 
 
 @contextlib.contextmanager
@@ -158,11 +131,8 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
            array_parallelism: int | None = None, echo=print) -> list[Cell]:
     """Submit the cells that need running. Slurm returns at once unless wait; local shows progress
     until done unless detach; debug runs them here. Returns the submitted cells."""
-    executor = executor or default_executor()
-    if executor not in EXECUTORS:
-        raise AblateError(f"unknown executor '{executor}'; allowed: {', '.join(EXECUTORS)}")
-    if executor == "slurm" and not shutil.which("sbatch"):
-        raise AblateError("--executor slurm: sbatch is not on PATH (no Slurm here); use --executor local")
+    kind = executor_class(executor or default_name())
+    kind().check()
     for flag, value in (("--array-parallelism", array_parallelism), ("--jobs", jobs)):
         if value is not None and value < 1:
             raise AblateError(f"{flag} must be >= 1, got {value}")
@@ -171,53 +141,35 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
     by_id = {c.run_id: c for c in cells}
     runner = None
     with grid_lock(grid):
-        views = scheduler.reconcile(cells)
-        scheduler.record_lost(views)
+        views = st.reconcile(cells)
+        st.record_lost(views)
         todo_ids, skipped = select_cells(views, retry, force)
         _summarize_skips(skipped, echo)
         todo = [by_id[r] for r in todo_ids]
         live = [by_id[v.run_id] for v in views if v.active]
         if todo:
-            runner = _dispatch(grid, todo, executor, force, jobs, gpus, array_parallelism, echo)
+            ex = kind.for_submit(grid, jobs=jobs, gpus=gpus, array_parallelism=array_parallelism, echo=echo)
+            runner = _dispatch(grid, todo, ex, force, echo)
         else:
             echo("nothing to submit")
-    follow = (executor == "local" and not detach) or (executor == "slurm" and bool(wait))
+    after = kind().after_dispatch(bool(wait), detach)
     out = Submitted(todo)
-    if follow and (todo or live):  # live: cells that earlier submissions are still running
-        from ablate.launch.status import watch
-
+    if after == "watch" and (todo or live):  # live: cells that earlier submissions are still running
         out.views = watch(grid, todo + live, runner=runner, echo=echo)
-    elif executor == "debug":
-        out.views = scheduler.reconcile(todo)
+    elif after == "ran":
+        out.views = st.reconcile(todo)
     elif todo:
-        echo(f"{'detached: ' if executor == 'local' else ''}submitted {len(todo)} cell(s); "
+        echo(f"{'detached: ' if runner is not None else ''}submitted {len(todo)} cell(s); "
              f"`ablate status {grid.path}` shows progress")
     return out
 
 
-def _dispatch(grid, todo, executor, force, jobs, gpus, array_parallelism, echo):
-    """Write the run dirs and hand the cells to the executor; returns the local runner, if any."""
-    runner = None
-    slots = res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo) if executor == "local" else None
+def _dispatch(grid, todo, ex, force, echo):
+    """Write the run dirs and hand the cells to the executor; returns its local runner, if any."""
     prepare_data(todo)
     sha = git_sha()
     for cell in todo:
         if force:
             reset_run_dir(cell.run_dir)
         write_config(grid, cell, sha)
-    folder = submission_folder(grid)
-    if executor == "slurm":
-        from ablate.launch.slurm import submit_arrays
-
-        submit_arrays(grid, todo, folder, array_parallelism=array_parallelism, echo=echo)
-    elif executor == "local":
-        from ablate.launch.local import start_runner
-
-        runner = start_runner(grid, todo, slots, folder)
-        echo(f"started {len(todo)} cell(s) on {len(slots)} local slot(s) "
-             f"({', '.join(s.label() for s in slots[:8])}); runner pid {runner.pid}, log {folder}/runner.log")
-    else:
-        from ablate.launch.local import run_debug
-
-        run_debug(todo, folder, echo=echo)
-    return runner
+    return ex.dispatch(grid, todo, submission_folder(grid), echo)

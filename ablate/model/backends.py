@@ -27,13 +27,16 @@ names the kernel that runs (e.g. "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
+from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # torch >= 2.5 (README)
+from torch.profiler import ProfilerActivity, profile
 
-from ablate.errors import AblateError, closest
+from ablate.core.errors import AblateError, closest
 
 BACKENDS = ("auto", "sdpa", "flex", "flash")
 FLASH_WINDOW_VERSION = (2, 3)  # flash-attn gained window_size (sliding windows) in 2.3
@@ -44,23 +47,35 @@ HALF = (torch.float16, torch.bfloat16)
 
 @functools.lru_cache(maxsize=None)
 def _flash_probe():
-    """(flash_attn_func, version tuple) when flash-attn imports, else None. Imported lazily:
-    it only builds on CUDA machines, and importing it costs seconds."""
+    """(flash_attn_func, version tuple) when flash-attn imports, else None."""
     try:
-        import flash_attn
-        from flash_attn import flash_attn_func
+        import flash_attn  # optional and CUDA-only: it builds on CUDA machines, and importing it costs seconds
+        from flash_attn import flash_attn_func  # the same optional package
     except Exception:  # not installed, or built against another torch/CUDA: treat as absent
         return None
     version = tuple(int(p) for p in flash_attn.__version__.split(".")[:2] if p.isdigit())
     return flash_attn_func, version
 
 
-def _has_flex() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401  (torch >= 2.5)
-    except ImportError:
-        return False
-    return True
+# ---------------------------------------------------------------- what this machine can run
+
+def has_flex() -> bool:
+    """Whether this torch has FlexAttention (torch >= 2.5)."""
+    return importlib.util.find_spec("torch.nn.attention.flex_attention") is not None
+
+
+def flash_attn_version() -> tuple | None:
+    """flash-attn's (major, minor) when it imports here, else None (not installed, or built for
+    another torch / CUDA)."""
+    probe = _flash_probe()
+    return probe[1] if probe is not None else None
+
+
+def capabilities() -> dict:
+    """The backends this machine can run, for a report or a test's skip: {"sdpa": True, "flex":
+    bool, "flash": version string or None}."""
+    version = flash_attn_version()
+    return {"sdpa": True, "flex": has_flex(), "flash": ".".join(map(str, version)) if version else None}
 
 
 def _flash_problem(device_type: str, dtype, window: Optional[int]) -> Optional[str]:
@@ -93,7 +108,7 @@ def resolve_backend(requested: str, device_type: str, dtype, window: Optional[in
     if requested == "sdpa":
         return "sdpa"
     if requested == "flex":
-        if not _has_flex():
+        if not has_flex():
             raise AblateError(f"attn_backend flex needs torch >= 2.5 (FlexAttention), found {torch.__version__}; use sdpa")
         return "flex"
     problem = _flash_problem(device_type, dtype, window)
@@ -102,7 +117,7 @@ def resolve_backend(requested: str, device_type: str, dtype, window: Optional[in
     if not problem:
         return "flash"
     sliding = window is not None and (context is None or window < context)
-    return "flex" if device_type == "cuda" and sliding and _has_flex() else "sdpa"
+    return "flex" if device_type == "cuda" and sliding and has_flex() else "sdpa"
 
 
 # ---------------------------------------------------------------- masks
@@ -116,8 +131,6 @@ def window_mask(T: int, window: int, device=None) -> torch.Tensor:
 
 def block_mask(T: int, window: Optional[int], device=None):
     """FlexAttention's BlockMask for the same predicate as window_mask (None = causal)."""
-    from torch.nn.attention.flex_attention import create_block_mask
-
     def causal(b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
 
@@ -133,13 +146,19 @@ _cached_window_mask = functools.lru_cache(maxsize=8)(window_mask)
 _cached_block_mask = functools.lru_cache(maxsize=8)(block_mask)
 
 
+def clear_mask_caches() -> None:
+    """Forget every cached mask: a memory simulation builds fake ones that must not outlive it,
+    and a real one must not enter it."""
+    _cached_window_mask.cache_clear()
+    _cached_block_mask.cache_clear()
+
+
 def _mask(builder, cached, *args):
     return builder(*args) if torch.compiler.is_compiling() else cached(*args)
 
 
 @functools.lru_cache(maxsize=None)
 def _compiled_flex():
-    from torch.nn.attention.flex_attention import flex_attention
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -175,8 +194,6 @@ def _sdpa(q, k, v, scale, window):  # (B, H, T, hd) layout
 
 
 def _flex(q, k, v, scale, window):  # (B, H, T, hd) layout
-    from torch.nn.attention.flex_attention import flex_attention
-
     cpu = q.device.type == "cpu"
     if cpu and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise AblateError("attn_backend flex has no CPU backward in torch: train on CPU with sdpa (flex is forward-only there)")
@@ -229,11 +246,36 @@ def attention_kernel(backend: str, cfg, device, grad: bool = True) -> Optional[s
                            requires_grad=grad).transpose(1, 2)
     try:
         q, k, v, kwargs = sdpa_args(heads(cfg.n_head), heads(cfg.kv_heads), heads(cfg.kv_heads), cfg.window)
-        with torch.set_grad_enabled(grad):
-            choice = torch._fused_sdp_choice(q, k, v, **kwargs)
-    except (AttributeError, TypeError, RuntimeError):  # an older torch's signature; OutOfMemoryError and kin
+    except RuntimeError:  # OutOfMemoryError and kin
+        return None
+    with torch.set_grad_enabled(grad):
+        return sdpa_kernel(q, k, v, **kwargs)
+
+
+def sdpa_kernel(q, k, v, **kwargs) -> Optional[str]:
+    """The kernel F.scaled_dot_product_attention(q, k, v, **kwargs) would run here, as SDPA's
+    own dispatcher answers: "sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math", ...
+
+    The one use of a private torch function in the model, `torch._fused_sdp_choice` (there since
+    torch 2.0, what SDPA itself calls): guarded, so a torch without it (or with another
+    signature) answers None and nothing fails; tests/model/test_backends.py checks the name
+    against the kernel the profiler sees run (kernels_seen)."""
+    try:
+        choice = torch._fused_sdp_choice(q, k, v, **kwargs)
+    except (AttributeError, TypeError, RuntimeError):  # gone, another signature, no memory
         return None
     return SDPA_KERNELS.get(int(choice), f"sdpa-{int(choice)}")
+
+
+def sdpa_priority_order() -> list[str] | None:
+    """SDPA's kernel priority order on this torch ("FLASH_ATTENTION", ...), None when this torch
+    cannot say (a private function, `torch._C._get_sdp_priority_order`, read for the record only)."""
+    try:
+        order = torch._C._get_sdp_priority_order()
+    except (AttributeError, RuntimeError):
+        return None
+    names = {int(b.value): n for n, b in SDPBackend.__members__.items()}
+    return [names.get(int(b), str(b)) for b in order]
 
 
 # profiler op names -> kernel names, by prefix (forward and backward ops share it)
@@ -248,8 +290,6 @@ _KERNEL_OPS = (("aten::_scaled_dot_product_flash_attention", "sdpa-flash"),  # a
 def kernels_seen(fn) -> set:
     """The attention kernels that eager `fn()` really ran, from the profiler's op events: the
     check that attention_kernel() names what runs (tests on CPU, the GPU check on CUDA)."""
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return {kernel for e in prof.events() for prefix, kernel in _KERNEL_OPS if e.name.startswith(prefix)}

@@ -35,12 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ablate import plugin
-from ablate.errors import AblateError
+from ablate.core import plugin_keys
+from ablate.core.config import ARCHS
+from ablate.core.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
 from ablate.model.loss import chunked_cross_entropy
 from ablate.model.ops import f32, rope_cos_sin
-from ablate.model.points import ARCHS, Scale, parts_for
+from ablate.model.points import BUILT_IN, Scale, parts_of
 from ablate.model.recompute import run_blocks
 
 
@@ -98,7 +99,7 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """The whole model for one RunConfig: cfg.arch picks GPT or nGPT (and their parts, unless
-    `parts` says otherwise: points.parts_for, with a plugin's)."""
+    `parts` says otherwise: points.parts_of, with a plugin's)."""
 
     def __init__(self, cfg, attn_backend: str = "sdpa", parts: dict | None = None):
         super().__init__()
@@ -106,7 +107,7 @@ class GPT(nn.Module):
         self.config = cfg
         self.ngpt = cfg.arch == "ngpt"
         self.attn_backend = attn_backend
-        parts = ARCHS[cfg.arch] if parts is None else parts
+        parts = BUILT_IN[cfg.arch] if parts is None else parts
         d, V, L, G = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.attn_groups
         self.wte = nn.Embedding(V, d)
         groups = [Attention(cfg, attn_backend) for _ in range(G)]
@@ -177,7 +178,7 @@ class GPT(nn.Module):
 
     def param_counts(self) -> dict:
         """Counts from the real, de-duplicated parameters; the same keys as
-        ablate.plan.estimate.param_counts (and equal to it: a test checks every option mix)."""
+        ablate.core.estimate.param_counts (and equal to it: a test checks every option mix)."""
         def count(params):
             return sum(p.numel() for p in {id(p): p for p in params}.values())
 
@@ -192,15 +193,15 @@ class GPT(nn.Module):
 # ---------------------------------------------------------------- building
 
 def check_config(cfg) -> None:
-    """The structural rules the model relies on, as one-line errors (plan.validate checks them
+    """The structural rules the model relies on, as one-line errors (core/config.py's validate checks them
     too; this keeps the model usable on its own)."""
     def bad(msg):
         raise AblateError(msg)
 
     if cfg.vocab_size is None:
         bad("vocab_size is not set: resolve the config with the data's vocabulary before building the model")
-    if cfg.arch not in ("gpt", "ngpt"):
-        bad(f"arch {cfg.arch!r} is not one of gpt, ngpt")
+    if cfg.arch not in ARCHS:
+        bad(f"arch {cfg.arch!r} is not one of {', '.join(ARCHS)}")
     if cfg.n_embd % cfg.n_head or cfg.head_dim % 2:
         bad(f"n_embd={cfg.n_embd} / n_head={cfg.n_head} must be an even integer head_dim (RoPE rotates pairs)")
     if cfg.kv_heads < 1 or cfg.n_head % cfg.kv_heads:
@@ -220,12 +221,13 @@ def store_block_matrices(model: GPT, dtype: torch.dtype) -> GPT:
     return model
 
 
-def build_model(cfg, device_type: str | None = None) -> GPT:
+def build_model(cfg, device_type: str | None = None, plugin_parts: dict | None = None) -> GPT:
     """The model for a resolved RunConfig, on CPU (the caller moves it), fp32 except the block
-    matrices with param_dtype bf16; built from its arch's parts and those of the plugins it
-    uses. `device_type` is where it will run ("cpu" | "cuda"; default from cfg.device, auto =
-    cuda when available): it picks the attention backend (model.attn_backend) and decides
-    whether bf16 storage is allowed."""
+    matrices with param_dtype bf16; built from its arch's parts and `plugin_parts`, the parts of
+    the plugins the cell uses, which the caller resolves (ablate/plan/plugins.py `parts`: the
+    model never loads a plugin). `device_type` is where it will run ("cpu" | "cuda"; default
+    from cfg.device, auto = cuda when available): it picks the attention backend
+    (model.attn_backend) and decides whether bf16 storage is allowed."""
     if device_type is None:
         device_type = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.param_dtype == "bf16":
@@ -234,25 +236,22 @@ def build_model(cfg, device_type: str | None = None) -> GPT:
                               "use param_dtype fp32 (dtype bf16 still autocasts)")
         if cfg.dtype != "bf16":
             raise AblateError("param_dtype bf16 needs dtype bf16 (autocast): fp32 activations cannot meet bf16 weights")
-    parts = parts_for(cfg)
+    if plugin_parts is None and cfg.plugins and plugin_keys.used(cfg):
+        raise AblateError(f"this cell uses plugins ({plugin_keys.used_text(cfg)}): resolve their parts "
+                          "(ablate.plan.plugins.parts(cfg)) and pass them as plugin_parts")
+    parts = parts_of(cfg, plugin_parts)
     backend = resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context)
-    try:
-        model = parts.get("model", GPT)(cfg, backend, parts)
-    except Exception as e:  # in a plugin's part: one line naming its file and line
-        blamed = plugin.blame(cfg, e, "building the model") if cfg.plugins else None
-        if blamed is None:
-            raise
-        raise blamed from None
+    model = parts.get("model", GPT)(cfg, backend, parts)
     if cfg.param_dtype == "bf16":
         store_block_matrices(model, torch.bfloat16)
     return model
 
 
-def model_sizes(cfg) -> dict:
+def model_sizes(cfg, plugin_parts: dict | None = None) -> dict:
     """param_counts() and ckpt_bytes (the weights as model.pt stores them) of cfg's model, built
     on the meta device: no memory, no compute. How a cell that uses a plugin is sized, since no
-    formula knows its parts (plan.estimate covers the built-in model only)."""
+    formula knows its parts (core/estimate.py covers the built-in model only)."""
     with torch.device("meta"):
-        model = build_model(cfg, "cuda" if cfg.param_dtype == "bf16" else "cpu")
+        model = build_model(cfg, "cuda" if cfg.param_dtype == "bf16" else "cpu", plugin_parts)
     tensors = {id(t): t for t in [*model.parameters(), *model.buffers()]}.values()
     return {**model.param_counts(), "ckpt_bytes": sum(t.numel() * t.element_size() for t in tensors)}

@@ -1,6 +1,7 @@
 """The model's extension points: every place where one architecture differs from another, each
-a named slot with one signature. GPT and nGPT are two fillings of the same slots (ARCHS); a
-plugin (ablate/plugin.py) fills some of them for the cells that set its keys. gpt.py assembles
+a named slot with one signature. GPT and nGPT are two fillings of the same slots (BUILT_IN); a
+plugin fills some of them for the cells that set its keys (its parts are resolved by whoever
+builds the model, ablate/plan/plugins.py `parts`, and handed to build_model). gpt.py assembles
 a model from the parts and never asks which arch it is building, except at the model level.
 
 A part is built by calling it with the resolved config, `part(cfg)` (a class whose __init__
@@ -36,10 +37,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ablate import plugin
+from ablate.core.config import ARCHS
+from ablate.core.plugin_keys import POINTS  # the names (torch-free, for the plugin loader); documented here
 from ablate.model.ops import apply_rope, f32, unit
-
-POINTS = plugin.POINTS  # the names (torch-free, for the plugin loader); documented here
 
 
 class RMSNorm(nn.Module):
@@ -176,13 +176,13 @@ class SphereStep(nn.Module):
 
 # ---------------------------------------------------------------- the registry
 
-ARCHS = {  # the built-in parts; "model" is gpt.GPT for both
-    "gpt": {"norm": rms_norm, "qk": RotaryQK, "mlp": MLP, "residual": Add},
-    "ngpt": {"norm": no_norm, "qk": SphereQK, "mlp": MLP, "residual": SphereStep},
-}
+BUILT_IN = dict(zip(ARCHS, (  # each arch's parts, in ARCHS's order; "model" is gpt.GPT for both
+    {"norm": rms_norm, "qk": RotaryQK, "mlp": MLP, "residual": Add},          # gpt
+    {"norm": no_norm, "qk": SphereQK, "mlp": MLP, "residual": SphereStep},    # ngpt
+)))
 
 
-def parts_for(cfg) -> dict:
-    """The parts of cfg's model: its arch's, with those of every plugin the cell uses (one that
-    sets a key of the plugin to something other than its default) in their place."""
-    return {**ARCHS[cfg.arch], **plugin.parts(cfg)} if cfg.plugins else ARCHS[cfg.arch]
+def parts_of(cfg, plugin_parts: dict | None = None) -> dict:
+    """The parts of cfg's model: its arch's, with `plugin_parts` (those of the plugins the cell
+    uses, resolved by the caller) in their place."""
+    return {**BUILT_IN[cfg.arch], **plugin_parts} if plugin_parts else BUILT_IN[cfg.arch]

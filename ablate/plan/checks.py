@@ -8,8 +8,8 @@
 """
 from __future__ import annotations
 
-from ablate.errors import AblateError
-from ablate.plan.config import RunConfig, _derived
+from ablate.core.config import RunConfig, derive
+from ablate.core.errors import AblateError
 from ablate.plan.yamlload import line_of
 
 RESOLVED_NULL = {"n_kv_head": "n_head", "share_attn": "n_layer", "lr_decay_iters": "max_iters"}  # null = that key
@@ -43,7 +43,7 @@ def disguises(path, cells: list) -> list[str]:
                            f"{path}: warmup_iters {c.warmup_iters} > max_iters {c.max_iters}: the lr never "
                            "reaches its peak")
         if full or c.warmup_iters >= c.max_iters:  # what it computes has another run id: its canonical one
-            canonical = _derived(c, **({"window": None} if full else {}), **(
+            canonical = derive(c, **({"window": None} if full else {}), **(
                 {"lr_decay_iters": c.max_iters, "min_lr": 0.0} if c.warmup_iters >= c.max_iters else {})).run_id()
             twins.setdefault(canonical, []).append(rid)
     ids = {rid for rid, _, _ in cells}

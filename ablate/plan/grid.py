@@ -3,7 +3,7 @@
 A grid is a short diff of defaults:
 
     name: quickstart                 # names runs/<name>/ and reports/<name>/
-    plugins: [plugins/qk_norm.py]    # optional: more config keys (ablate/plugin.py)
+    plugins: [plugins/qk_norm.py]    # optional: more config keys (ablate/plan/plugins.py)
     data: {dataset: shakespeare, tokenizer: char}
     base: {n_layer: 4, n_embd: 128}  # defaults for every cell
     arch_defaults: {ngpt: {lr: 5e-3}}  # per-arch defaults, over base, under the axes
@@ -19,19 +19,19 @@ Cell order is deterministic (grid axes in file order, then zip groups, then seed
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
-from ablate import plugin
-from ablate.errors import AblateError, closest
-from ablate.plan import plugin_keys
-from ablate.plan.config import DERIVED, FIELDS, INT_MAX, _derived, make_config, resolve, validate
+from ablate.core import plugin_keys
+from ablate.core.config import (ARCHS, DERIVED, FIELDS, INT_MAX, RESOURCE_KEYS, SWEPT, Resources, derive, make_config,
+                                resolve, validate)
+from ablate.core.errors import AblateError, closest
+from ablate.core.paths import runs_root
+from ablate.data import corpora
+from ablate.plan import plugins
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
 from ablate.plan.yamlload import line_of, load_yaml
 
@@ -39,30 +39,6 @@ TOP_KEYS = ("name", "description", "plugins", "data", "base", "arch_defaults", "
             "seeds", "compare", "resources")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CELLS = 100_000  # checked from the axis sizes before expanding (a 10,000-cell plan takes ~1 s)
-# swept inside a variant, never comparison groups: the lr sweep (min_lr goes with it; a variant
-# stands at its best lr) and the budget axis (budgets in one group give budget-mode speedup)
-SWEPT = ("lr", "min_lr", "max_iters")
-
-
-@dataclass(frozen=True)
-class Resources:
-    """What one job asks of the scheduler (translated per executor in ablate.launch)."""
-    gpus: int = 0                     # GPUs per job (>1 runs DDP)
-    nodes: int = 1
-    cpus: int = 0                     # CPUs per task; 0 = executor default
-    mem_gb: float = 0                 # 0 = executor default
-    time_min: int = 60
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
-    constraint: Optional[str] = None
-    max_requeue: int = 3
-
-    def signature(self) -> tuple:
-        return dataclasses.astuple(self)
-
-
-RESOURCE_KEYS = {f.name: f.type for f in dataclasses.fields(Resources)}
 
 
 @dataclass
@@ -83,19 +59,11 @@ class Grid:
     compare: dict
     resources: Resources
     warnings: list = field(default_factory=list)
-    plugins: list = field(default_factory=list)  # ablate.plugin.Plugin, in the grid's order
+    plugins: list = field(default_factory=list)  # plugins.Plugin, in the grid's order
 
     @property
     def runs_dir(self) -> Path:
         return runs_root() / self.name
-
-
-def runs_root() -> Path:
-    return Path(os.environ.get("ABLATE_RUNS_DIR", "runs"))
-
-
-def reports_root() -> Path:
-    return Path(os.environ.get("ABLATE_REPORTS_DIR", "reports"))
 
 
 class _Ctx:
@@ -132,7 +100,7 @@ def _check_keys(ctx, mapping, where, known=FIELDS):
 
 
 def _plugins(ctx, doc) -> list:
-    """The plugins the grid names, loaded and checked (ablate.plugin); none: nothing imported."""
+    """The plugins the grid names, loaded and checked (plugins.py); none: nothing imported."""
     specs = doc.get("plugins")
     if not specs:
         return []
@@ -141,8 +109,8 @@ def _plugins(ctx, doc) -> list:
     loaded = []
     for i, spec in enumerate(specs):
         try:
-            p = plugin.load(spec)
-            plugin.check_distinct(loaded, p)
+            p = plugins.load(spec)
+            plugins.check_distinct(loaded, p)
         except AblateError as e:
             raise ctx.at(f"plugins: {e}", line_of(specs, i)) from None
         loaded.append(p)
@@ -207,9 +175,6 @@ def _count_cells(factors, n_includes: int, n_seeds: int) -> int:
 
 def load_grid(path, check_backend_device: bool = True) -> Grid:
     """Parse, expand and validate a grid file. Every error is one AblateError line."""
-    from ablate.train.data import data_id as text_data_id, read_meta  # no torch there
-    from ablate.train.data import vocab_size as data_vocab_size
-
     path = Path(path)
     doc = load_yaml(path)
     if not isinstance(doc, dict):
@@ -224,9 +189,9 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
         raise ctx.error(f"'name' must be a plain identifier (letters, digits, '-', '_'), got {name!r}", "name", doc,
                         True)
 
-    plugins = _plugins(ctx, doc)
-    decls = tuple(p.declaration() for p in plugins)
-    known = {**FIELDS, **{k: None for p in plugins for k in p.keys}}
+    loaded = _plugins(ctx, doc)
+    decls = tuple(p.declaration() for p in loaded)
+    known = {**FIELDS, **{k: None for p in loaded for k in p.keys}}
     data = _mapping(ctx, doc.get("data"), "data", doc)
     for key in data:
         if key not in ("dataset", "tokenizer"):
@@ -236,8 +201,8 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     _check_keys(ctx, doc.get("base") or {}, "base", known)
     arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults", doc)
     for arch, overrides in arch_defaults.items():
-        if arch not in ("gpt", "ngpt"):
-            raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: gpt, ngpt", arch, arch_defaults)
+        if arch not in ARCHS:
+            raise ctx.error(f"arch_defaults: unknown arch '{arch}'; allowed: {', '.join(ARCHS)}", arch, arch_defaults)
         _check_keys(ctx, _mapping(ctx, overrides, arch, arch_defaults), f"arch_defaults.{arch}", known)
 
     factors = _factors(ctx, doc, known)
@@ -294,12 +259,12 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
             key = (cfg.dataset, cfg.tokenizer)
             if key not in data_cache:
                 validate(cfg)  # cheap rules first: an unknown data set is named before it is looked up
-                data_cache[key] = (data_vocab_size(*key), text_data_id(cfg.dataset), read_meta(*key))
+                data_cache[key] = (corpora.vocab_size(*key), corpora.data_id(cfg.dataset), corpora.read_meta(*key))
             vocab, data_id, meta = data_cache[key]
-            cfg = resolve(_derived(cfg, data_id=data_id) if data_id else cfg, vocab)
+            cfg = resolve(derive(cfg, data_id=data_id) if data_id else cfg, vocab)
             check_splits(cfg, meta)
-            if plugins:
-                plugin.check_cell(plugins, cfg)
+            if loaded:
+                plugins.check_cell(loaded, cfg)
         except AblateError as e:
             bad_key = re.search(r"key '(\w+)'|^(dataset) '", str(e))
             bad_key = bad_key and (bad_key.group(1) or bad_key.group(2))
@@ -324,7 +289,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
         check_baseline(ctx, doc["compare"], compare["baseline"], resolved)
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
-                warnings=warnings, plugins=plugins)
+                warnings=warnings, plugins=loaded)
     runs_dir = grid.runs_dir
     grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, runs_dir / rid) for rid, cfg, _ in cells]
     return grid

@@ -6,22 +6,24 @@ import json
 import os
 from pathlib import Path
 
-from ablate.errors import AblateError
-from ablate.plan import estimate, memory, plugin_keys
-from ablate.plan.memory import HEADROOM, fits
-from ablate.plan.grid import Grid, runs_root
-from ablate.plan.rundir import SUMMARY, checked_state, read_json
+from ablate.core import estimate, plugin_keys
+from ablate.core.errors import AblateError
+from ablate.core.paths import runs_root
+from ablate.core.rundir import SUMMARY, checked_state, read_json
+from ablate.plan import simcache
+from ablate.plan.grid import Grid
+from ablate.plan.simcache import HEADROOM, Measure, fits
 
 GIB = 1024 ** 3
 # the fields that decide throughput: equal shape + equal device => comparable tokens/s (and the
 # plugins a cell uses, with their keys)
-SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
+THROUGHPUT_SHAPE = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
               "vocab_size", "batch_size", "dtype", "param_dtype", "compile", "attn_backend")
 
 
 def _shape(cfg: dict) -> tuple:
     used = json.dumps(plugin_keys.identity(cfg), sort_keys=True, default=str) if cfg.get("plugins") else None
-    return (*(cfg.get(k) for k in SHAPE_KEYS), *([used] if used else []))
+    return (*(cfg.get(k) for k in THROUGHPUT_SHAPE), *([used] if used else []))
 
 
 def measured_throughput(root: Path | None = None) -> dict:
@@ -58,37 +60,36 @@ def _as_estimate(sim: dict | None) -> dict:
     return {k: sum(sim.get(c, 0) for c in cats) for k, cats in parts.items()}
 
 
-def plugin_sizes(cells, gpus: int, log=None, cached_only: bool = False) -> dict:
+def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool = False) -> dict:
     """{run_id: (sizes, memory)} for the cells that use a plugin, which no formula knows: the
-    model built on the meta device (param_counts, ckpt_bytes) and one simulated step (memory, as
-    the formula's categories; cached as plan --memory's; cached_only: {} for a shape not in the
-    cache). Imports torch: only grids with plugins."""
+    model built on the meta device (measure.sizes: param_counts, ckpt_bytes) and one simulated
+    step (measure.step: memory, as the formula's categories; cached as plan --memory's;
+    cached_only: {} for a shape not in the cache). Only grids with plugins get here (torch)."""
     used = [c for c in cells if c.config.plugins and plugin_keys.used(c.config)]
     if not used:
         return {}
-    from ablate.model.gpt import model_sizes
-
-    sims = memory.simulate(used, gpus, log=log, cached_only=cached_only)
+    sims = simcache.simulate(used, gpus, step=None if cached_only else measure.step, log=log)
     broken = next((s["error"] for s in sims.values() if s.get("plugin_error")), None)
     if broken:
         raise AblateError(broken)
     by_shape: dict = {}
     out = {}
     for cell in used:
-        key = json.dumps(memory.shape_of(cell.config.to_dict()), sort_keys=True, default=str)
+        key = json.dumps(simcache.shape_of(cell.config.to_dict()), sort_keys=True, default=str)
         if key not in by_shape:
-            by_shape[key] = model_sizes(cell.config)
+            by_shape[key] = measure.sizes(cell.config)
         out[cell.run_id] = (by_shape[key], _as_estimate(sims.get(cell.run_id)))
     return out
 
 
-def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[dict]:
-    """One row per cell; simulate: also the simulated memory per category (row["simulated"],
-    plan.memory: imports torch for the shapes not in the cache). A cell that uses a plugin is
-    sized on its model (plugin_sizes): "memory_source" says "simulated" instead of "formula"."""
+def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure: Measure | None = None) -> list[dict]:
+    """One row per cell; simulate: also the simulated memory per category (row["simulated"], from
+    the cache, and measure.step for the shapes not in it). A cell that uses a plugin is sized on
+    its model (plugin_sizes, with `measure`): "memory_source" says "simulated" instead of
+    "formula". Without `measure`: the cache only, and no cell may use a plugin."""
     cells = grid.cells if cells is None else cells
-    sims = memory.simulate(cells, grid.resources.gpus, log=log) if simulate else {}
-    sized = plugin_sizes(cells, grid.resources.gpus, log=log)
+    sims = simcache.simulate(cells, grid.resources.gpus, step=measure and measure.step, log=log) if simulate else {}
+    sized = plugin_sizes(cells, grid.resources.gpus, measure, log=log) if measure else _needs_no_measure(cells)
     throughput = measured_throughput()
     # list the grid's run dirs once instead of probing 10,000 missing status files
     existing = set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()
@@ -124,6 +125,12 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None) -> list[
             **({"simulated": sims.get(cell.run_id)} if simulate else {}),
         })
     return rows
+
+
+def _needs_no_measure(cells) -> dict:
+    if any(c.config.plugins and plugin_keys.used(c.config) for c in cells):
+        raise AblateError("cells that use a plugin are sized on their model: plan_rows needs a Measure")
+    return {}
 
 
 def human_count(n: float) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import yaml
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 MAX_BYTES = 1 << 20        # a grid is a short diff of defaults; a 10,000-cell grid is a few kB
 MAX_DEPTH = 32             # grid files nest 4-5 levels

@@ -3,7 +3,7 @@
     compare = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
 
 - varied keys: config keys (hashed, not the seed) that take several values in the grid; a
-  plugin's keys are config keys like the others (`plugin_keys(runs)`).
+  plugin's keys are config keys like the others (`plugin_key_columns(runs)`).
 - group: the values of `group_by`. Default (as the grid file's default): every varied key
   except the baseline's keys, the seed, the lr sweep (lr, min_lr) and the budget (max_iters),
   nor keys resolved from those (GPT's warmup, lr_decay_iters): several budgets in one group
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ablate.plan.grid import SWEPT  # inside a variant: the lr sweep (+ min_lr) and the budget
+from ablate.core.config import SWEPT  # inside a variant: the lr sweep (+ min_lr) and the budget
 from ablate.store.schema import CELL_KEYS, CONFIG_COLUMNS, RESERVED_NAMES
 
 # a null in a baseline means the resolved default, which is another key's value
@@ -42,14 +42,14 @@ class Comparison:
     notes: list = field(default_factory=list)
 
 
-def plugin_keys(runs: pd.DataFrame) -> list:
+def plugin_key_columns(runs: pd.DataFrame) -> list:
     """The plugin key columns among the runs' (the store adds one per plugin key; a plugin key
     can take no name the store or the report uses, so any other column is one)."""
     return [c for c in runs.columns if c not in RESERVED_NAMES]
 
 
 def config_keys(runs: pd.DataFrame) -> list:
-    return [*CONFIG_COLUMNS, *plugin_keys(runs)]
+    return [*CONFIG_COLUMNS, *plugin_key_columns(runs)]
 
 
 def plain(df: pd.DataFrame, cols=None) -> pd.DataFrame:
@@ -111,7 +111,7 @@ def resolve(runs: pd.DataFrame, compare: dict | None) -> Comparison:
     if unknown:
         notes.append(f"compare.baseline names unknown keys {unknown}: ignored")
         baseline = {k: v for k, v in baseline.items() if k in known}
-    varied = [k for k in [*CELL_KEYS, *plugin_keys(runs)] if k in runs and runs[k].map(repr).nunique() > 1]
+    varied = [k for k in [*CELL_KEYS, *plugin_key_columns(runs)] if k in runs and runs[k].map(repr).nunique() > 1]
     group_by = compare.get("group_by")
     if group_by is None:  # the grid file's default, on the axes (not on keys resolved from them)
         swept = [k for k in SWEPT if k in varied]

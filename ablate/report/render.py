@@ -19,6 +19,7 @@ import altair as alt
 import pandas as pd
 import vl_convert as vlc
 
+from ablate.core.paths import cache_root
 from ablate.report.tables import memory_unit
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -50,7 +51,7 @@ def write_charts(charts: dict, out: Path) -> dict:
 
 def js_bundle() -> str:
     version = vl_version() or "default"
-    cache = Path(os.environ.get("ABLATE_CACHE_DIR") or Path.home() / ".cache" / "ablate")
+    cache = cache_root()
     path = cache / f"vega-bundle-{getattr(vlc, '__version__', 'x')}-{version}.js"
     try:
         return path.read_text()

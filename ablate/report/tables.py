@@ -16,9 +16,9 @@ import math
 
 import pandas as pd
 
-from ablate.errors import AblateError
-from ablate.plan import estimate
-from ablate.plan.config import ADDED_DEFAULTS, MEMORY_KNOBS, make_config
+from ablate.core import estimate
+from ablate.core.config import ADDED_DEFAULTS, MEMORY_KNOBS, make_config
+from ablate.core.errors import AblateError
 from ablate.plan.plan import memory_unit as plan_memory_unit
 
 GIB = 2 ** 30

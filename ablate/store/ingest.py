@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ablate.plan import plugin_keys, rundir
-from ablate.plan.config import ADDED_DEFAULTS, identity
+from ablate.core import plugin_keys, rundir
+from ablate.core.config import ADDED_DEFAULTS, identity
 from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, PLUGIN_TYPES,
                                  RESERVED_NAMES, RUN_COLUMNS, STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
 

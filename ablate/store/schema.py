@@ -9,7 +9,7 @@ store or the report reads those files by key). Config columns are exactly RunCon
 The store is a cache of runs/: SCHEMA_VERSION changes whenever a column does, and a store with
 another version is dropped and rebuilt from the run dirs on open.
 
-Plugin keys (ablate/plugin.py) are columns too, added to `runs` (and to the views) by ingest
+Plugin keys (ablate/plan/plugins.py) are columns too, added to `runs` (and to the views) by ingest
 when a run that declares them first arrives, typed from their declaration; the `plugins`
 column holds the plugins a run used ('qk_norm@<content id>'), null when none. A plugin key may
 not take any name in RESERVED_NAMES.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
-from ablate.plan.config import FIELD_NAMES, HASHED_NAMES, RunConfig
+from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES
 
 SCHEMA_VERSION = "8"  # 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
@@ -101,8 +101,7 @@ def _sql_type(hint) -> str:
     return {bool: "BOOLEAN", int: "BIGINT", float: "DOUBLE"}[base]
 
 
-_HINTS = typing.get_type_hints(RunConfig)
-CONFIG_COLUMNS = {name: _sql_type(_HINTS[name]) for name in FIELD_NAMES}
+CONFIG_COLUMNS = {name: _sql_type(FIELD_TYPES[name]) for name in FIELD_NAMES}
 # the keys that make a cell: every hashed config field but the seed (mean / SE are over seeds)
 CELL_KEYS = tuple(n for n in FIELD_NAMES if n in HASHED_NAMES and n != "seed")
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.store import ingest as ing
 from ablate.store.schema import RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.plan.rundir import atomic_file
+from ablate.core.rundir import atomic_file
 
 FORMAT = 1
 

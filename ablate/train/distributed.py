@@ -13,6 +13,9 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from submitit.helpers import TorchDistributedEnvironment
+
+from ablate.core.errors import AblateError
 
 
 @dataclass
@@ -36,8 +39,6 @@ def _export_submitit_env() -> None:
     if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
         return
     try:
-        from submitit.helpers import TorchDistributedEnvironment
-
         env = TorchDistributedEnvironment()
         if env.world_size > 1:
             env.export(set_cuda_visible_devices=False)
@@ -53,8 +54,6 @@ def env_rank() -> int:
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            from ablate.errors import AblateError
-
             raise AblateError("key 'device': cuda requested but torch sees no CUDA device")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")

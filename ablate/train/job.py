@@ -18,6 +18,7 @@ stops (rundir.Superseded, exit 2).
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 import time
@@ -26,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-from ablate.errors import AblateError
-from ablate.plan import rundir
-from ablate.train import distributed, memory, summary
+from ablate.core import rundir
+from ablate.core.errors import AblateError
+from ablate.train import devices, distributed, summary
 from ablate.train.distributed import Dist
 from ablate.train.signals import EXIT_PREEMPTED, Preempted, StopFlag
-from ablate.train.trainer import Trainer, load_config
+from ablate.train.trainer import Trainer
 
 __all__ = ["train", "main", "Preempted", "EXIT_PREEMPTED"]
 
@@ -49,7 +50,7 @@ def _claim(run_dir: Path, d: Dist | None, attempt: str | None) -> dict:
     fields = dict(state="running", attempts=int(prev.get("attempts") or 0) + 1, started=now, heartbeat=now, ended=None,
                   error=None, note=None, **summary.job_fields())
     if d is not None:
-        fields.update(device=str(d.device), device_name=memory.device_name(d.device), world_size=d.world_size)
+        fields.update(device=str(d.device), device_name=devices.device_name(d.device), world_size=d.world_size)
     expect = {"attempt_id": attempt} if attempt is not None else None
     attempt = attempt or rundir.new_attempt()
     if rundir.update_status(run_dir, expect=expect, attempt_id=attempt, **fields) is None:
@@ -75,7 +76,7 @@ def train(run_dir, attempt: str | None = None) -> str:
 
     with rundir.train_lock(run_dir) if is_main else contextlib.nullcontext(), StopFlag() as stop:
         try:
-            cfg, doc = load_config(run_dir)
+            cfg, doc = rundir.read_config(run_dir)
             d = distributed.setup(cfg.device)
             if is_main:
                 owner = _claim(run_dir, d, attempt)
@@ -86,8 +87,8 @@ def train(run_dir, attempt: str | None = None) -> str:
         except torch.OutOfMemoryError as e:  # a result (this config does not fit), not a failure
             step = trainer.step if trainer is not None else 0
             err = f"out of memory at step {step}: {str(e).splitlines()[0][:300]}"
-            status(oom_step=step, oom_peak_alloc=memory.peaks(d.device)["peak_alloc"],
-                   oom_capacity=memory.capacity(d.device))
+            status(oom_step=step, oom_peak_alloc=devices.peaks(d.device)["peak_alloc"],
+                   oom_capacity=devices.capacity(d.device))
             if trainer is None or not hasattr(trainer, "_t_start"):  # while building: no summary to write
                 status(state="oom", ended=time.time(), error=err)
                 return "oom"
@@ -105,8 +106,6 @@ def train(run_dir, attempt: str | None = None) -> str:
 
 def main(argv=None) -> int:
     """`python -m ablate.train RUN_DIR`: exit 0 done/diverged/oom, 75 preempted, 2 config error, 1 failure."""
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m ablate.train", description="train (or resume) one run dir")
     p.add_argument("run_dir")
     args = p.parse_args(argv)

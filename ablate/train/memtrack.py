@@ -31,8 +31,15 @@ import contextlib
 import functools
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode  # private module: tests/train/test_memtrack.py pins it
 
-from ablate.errors import AblateError
+from ablate.core.config import make_config
+from ablate.core.errors import AblateError
+from ablate.model import backends
+from ablate.plan import plugins
+from ablate.train.build import model_for
+from ablate.train.optim import build_optimizer
+from ablate.train.step import optimizer_step
 
 # MemTracker's category names (its _MemRefType values) -> ours, in display order
 CATEGORY_OF = {"Parameter": "params", "Buffer": "buffers", "Gradient": "grads", "Optstate": "optimizer",
@@ -46,7 +53,7 @@ def check_torch():
     """The tracker class, after checking that this torch's MemTracker reports what we were
     written for: a MemTracker that keeps only the global peak (see _global_peak_tracker)."""
     try:
-        from torch.distributed._tools import mem_tracker
+        from torch.distributed._tools import mem_tracker  # guarded: a torch without it is one line, not a crash
     except ImportError as e:
         raise AblateError(f"torch {torch.__version__} has no torch.distributed._tools.mem_tracker ({e}): "
                           "memory tracking needs torch >= 2.5") from e
@@ -134,28 +141,21 @@ def _to_fake_device(model: torch.nn.Module, device_type: str) -> None:
     shared parameters shared. `.to("cuda")` would need a CUDA runtime even for fake tensors."""
     new = {}
     for module in model.modules():
-        for name, p in list(module._parameters.items()):
-            if p is not None:
-                if id(p) not in new:
-                    new[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device_type),
-                                                    requires_grad=p.requires_grad)
-                module._parameters[name] = new[id(p)]
+        for name, p in list(module.named_parameters(recurse=False)):
+            if id(p) not in new:
+                new[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device_type), requires_grad=p.requires_grad)
+            setattr(module, name, new[id(p)])  # nn.Module registers a Parameter it is given
 
 
 @contextlib.contextmanager
 def _fresh_attention_masks():
     """Attention masks are cached per (T, window, device): a fake mask must not outlive the
     simulation, and a real one must not enter it."""
-    from ablate.model import backends
-
-    caches = [getattr(backends, n) for n in ("_cached_window_mask", "_cached_block_mask") if hasattr(backends, n)]
-    for c in caches:
-        c.cache_clear()
+    backends.clear_mask_caches()
     try:
         yield
     finally:
-        for c in caches:
-            c.cache_clear()
+        backends.clear_mask_caches()
 
 
 def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
@@ -166,12 +166,6 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
     device_type "cuda" needs a CUDA build of torch (a CPU-only build cannot run CUDA autocast).
     The step is eager even when cfg.compile is set, and DDP's gradient buckets (one more copy
     of the gradients when world_size > 1) are not counted."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from ablate.model import build_model
-    from ablate.train.step import optimizer_step
-    from ablate.train.trainer import build_optimizer
-
     if device_type == "cuda" and not torch.backends.cuda.is_built():
         raise AblateError(f"simulating CUDA needs a CUDA build of torch; this one ({torch.__version__}) is CPU-only")
     if device_type not in ("cpu", "cuda"):
@@ -192,7 +186,7 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
     with _fresh_attention_masks(), FakeTensorMode():
-        model = build_model(cfg, device_type)
+        model = model_for(cfg, device_type)
         _to_fake_device(model, device_type)
         optimizer = build_optimizer(model, cfg, device)
         model.normalize_()
@@ -202,3 +196,22 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
         with StepTracker(model, optimizer) as tracker:
             step(batch=tracker.each_micro_batch(batch))
     return tracker.peak()
+
+
+def simulate_config(args: tuple) -> dict:
+    """One shape for the plan's simulation cache (ablate/plan/simcache.py), in a worker process or
+    in this one: args = (config dict, device type, world size). Returns simulate_step's breakdown,
+    or {"error": one line} for a cell this device cannot run, or {"error", "plugin_error": True}
+    when a plugin's own code failed (the plan then refuses the grid, naming the plugin's line)."""
+    config, device, world_size = args
+    cfg = None
+    try:
+        cfg = make_config(config)
+        return simulate_step(cfg, device, world_size)
+    except Exception as e:
+        blamed = plugins.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
+        if blamed is not None:
+            return {"error": str(blamed), "plugin_error": True}
+        if not isinstance(e, (AblateError, NotImplementedError, RuntimeError)):
+            raise
+        return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}  # a cell this device cannot run

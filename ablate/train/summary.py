@@ -19,27 +19,16 @@ from __future__ import annotations
 import os
 import socket
 import statistics
-import subprocess
 from pathlib import Path
 
+import submitit
 import torch
 
 from ablate import __version__
+from ablate.core import estimate, rundir
+from ablate.core.provenance import ABLATE_DIR, git_sha
 from ablate.model import backends
-from ablate.plan import estimate, rundir
-from ablate.train import memory
-
-
-def git_sha() -> str:
-    """Commit of the ablate checkout (+ '-dirty'), 'unknown' outside git."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=here, capture_output=True, text=True,
-                               timeout=5).stdout.strip()
-        return sha + ("-dirty" if dirty else "") if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+from ablate.train import devices
 
 
 def job_fields() -> dict:
@@ -49,8 +38,6 @@ def job_fields() -> dict:
         out["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     if "SUBMITIT_EXECUTOR" in os.environ:
         try:
-            import submitit
-
             out["job_id"] = str(submitit.JobEnvironment().job_id)
         except Exception:  # an env var without a real submitit job: nothing to add
             pass
@@ -66,7 +53,7 @@ def median_tokens_per_s(records: list[dict], attempt_starts: list[int]) -> float
     for prev, r in zip([None] + records[:-1], records):
         start = max([s for s in starts if s < r["step"]], default=0)
         first_after_start = prev is None or prev["step"] <= start
-        if r.get("tokens_per_s") and not first_after_start and r["step"] - start > memory.WARMUP_STEPS:
+        if r.get("tokens_per_s") and not first_after_start and r["step"] - start > devices.WARMUP_STEPS:
             keep.append(r["tokens_per_s"])
     if not keep:  # a run too short to have a steady state: use what there is
         keep = [r["tokens_per_s"] for r in records if r.get("tokens_per_s")]
@@ -78,18 +65,18 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
     evals = rundir.read_jsonl(run_dir / rundir.EVALS)
     last = evals[-1] if evals else {}
     tps = median_tokens_per_s(rundir.read_jsonl(run_dir / rundir.METRICS), attempt_starts)
-    name = memory.device_name(d.device)
+    name = devices.device_name(d.device)
     counts = model.param_counts()
     fpt = estimate.flops_per_token(cfg, counts)
     return {
         "state": state, "run_id": doc.get("run_id"), "grid": doc.get("grid"),
         **{f"params_{k}": counts.get(k) for k in ("total", "embedding", "non_embedding", "attention")},
-        "ckpt_bytes": ckpt_bytes, **peaks, "device_capacity": memory.capacity(d.device),
+        "ckpt_bytes": ckpt_bytes, **peaks, "device_capacity": devices.capacity(d.device),
         **{f"tracked_{k}": v for k, v in (tracked or {}).items()},
         "tokens_per_s": tps,
-        "mfu_causal": memory.mfu(fpt["causal"], tps, name, d.world_size),
-        "mfu_nanogpt": memory.mfu(fpt["nanogpt"], tps, name, d.world_size),
-        "peak_flops": memory.peak_flops(name),
+        "mfu_causal": devices.mfu(fpt["causal"], tps, name, d.world_size),
+        "mfu_nanogpt": devices.mfu(fpt["nanogpt"], tps, name, d.world_size),
+        "peak_flops": devices.peak_flops(name),
         "final_val_loss": last.get("val_loss"), "final_train_loss": last.get("train_loss"),
         "final_eval_step": last.get("step"),
         "steps": steps, "tokens": steps * cfg.tokens_per_step, "train_s": train_s, "wall_s": wall_s,
@@ -97,5 +84,5 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
         "device": d.device.type, "device_name": name,
         "world_size": d.world_size, "dtype": cfg.dtype, "compile": cfg.compile,
         "torch_version": torch.__version__, "ablate_version": __version__,
-        "git_sha": doc.get("git_sha") or git_sha(),
+        "git_sha": doc.get("git_sha") or git_sha(ABLATE_DIR),
     }

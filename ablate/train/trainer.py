@@ -22,42 +22,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ablate import plugin
-from ablate.errors import AblateError
-from ablate.plan import rundir
-from ablate.plan.config import RunConfig, make_config, resolve
-from ablate.train import checkpoint, data, distributed, memory, memtrack, summary
-from ablate.train.batches import Batches
+from ablate.core import rundir
+from ablate.core.config import RunConfig, resolve
+from ablate.core.errors import AblateError
+from ablate.data import corpora, prepare
+from ablate.data.batches import Batches
+from ablate.train import checkpoint, devices, distributed, memtrack, summary
+from ablate.train.build import model_for
 from ablate.train.distributed import Dist
+from ablate.train.optim import build_optimizer, lr_at
 from ablate.train.signals import Preempted, StopFlag
 from ablate.train.step import optimizer_step
 
 HEARTBEAT_S = 60.0  # status.json heartbeat at least this often, whatever log_interval is
-
-
-def lr_at(it: int, cfg: RunConfig) -> float:
-    """LR for the update at 0-based step `it`: linear warmup, then cosine to min_lr (nanoGPT).
-    With no warmup (nGPT) lr(0) = lr."""
-    if it < cfg.warmup_iters:
-        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
-    if it >= cfg.lr_decay_iters:
-        return cfg.min_lr
-    ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
-
-
-def build_optimizer(model: torch.nn.Module, cfg: RunConfig, device: torch.device) -> torch.optim.AdamW:
-    groups = model.optimizer_groups(cfg.weight_decay)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
-
-
-def load_config(run_dir: Path) -> tuple[RunConfig, dict]:
-    """The run's RunConfig (unresolved) and the whole config.json document."""
-    doc = rundir.read_json(run_dir / rundir.CONFIG)
-    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
-        raise AblateError(f"{run_dir / rundir.CONFIG} is missing, unreadable or has no 'config' mapping")
-    return make_config(doc["config"]), doc
 
 
 def _finite(x: float) -> float | None:
@@ -68,16 +47,14 @@ class Trainer:
     """One attempt at one run: built from the run dir, resumed from ckpt.pt when there is one."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, doc: dict, d: Dist, stop: StopFlag, owner: dict | None = None):
-        from ablate.model import build_model  # the model layer, imported when a run starts
-
         self.run_dir, self.doc, self.d, self.stop, self.owner = run_dir, doc, d, stop, owner
-        data_path = data.prepare(cfg.dataset, cfg.tokenizer)  # a file lock makes ranks / cells wait
+        data_path = prepare.prepare(cfg.dataset, cfg.tokenizer)  # a file lock makes ranks / cells wait
         prepared = rundir.read_json(data_path / "meta.json") or {}
         if cfg.data_id is not None and prepared.get("data_id") != cfg.data_id:
             raise AblateError(f"dataset '{cfg.dataset}' changed since this cell was planned (its bytes hash to "
                               f"{prepared.get('data_id')}, the cell's data_id is {cfg.data_id}): it is a new cell "
                               "now; submit the grid again")
-        self.cfg = cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+        self.cfg = cfg = resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer))
         if cfg.grad_accum % d.world_size:
             raise AblateError(f"key 'grad_accum': {cfg.grad_accum} is not divisible by the {d.world_size} processes")
         self.micro = cfg.grad_accum // d.world_size
@@ -87,9 +64,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         torch.manual_seed(cfg.seed)  # the init is a function of the seed alone
-        if cfg.plugins:  # the plugins' code as the run dir keeps it, checked against the cell's content ids
-            plugin.load_for_run(cfg, run_dir)
-        self.raw = build_model(cfg, d.device.type).to(d.device)
+        # plugins: their code as the run dir keeps it, checked against the cell's content ids
+        self.raw = model_for(cfg, d.device.type, run_dir).to(d.device)
         self.optimizer = build_optimizer(self.raw, cfg, d.device)
         self.raw.normalize_()
         self.step, self.train_s, self.wall_s, self.attempt_starts = 0, 0.0, 0.0, []
@@ -101,14 +77,12 @@ class Trainer:
         # the last warm-up step (AdamW's state exists by then; its time is outside the median tokens/s).
         # Not compiled runs: under MemTracker's dispatch mode dynamo runs the step eagerly, and
         # eager's tensors are not what the compiled step holds
-        self.track_step = None if cfg.compile else min(self.step + memory.WARMUP_STEPS, cfg.max_iters)
+        self.track_step = None if cfg.compile else min(self.step + devices.WARMUP_STEPS, cfg.max_iters)
         self.lr = lr_at(self.step, cfg)
 
         self.fwd = torch.compile(self.raw) if cfg.compile else self.raw
         self.model = self.fwd
         if d.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.model = DDP(self.fwd, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.batches = Batches(data_path, cfg.context, cfg.batch_size, cfg.seed, d.device)
         self.autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if cfg.dtype == "bf16" \
@@ -149,7 +123,7 @@ class Trainer:
     def _steady_peaks(self) -> dict:
         """Peak memory after warm-up over every attempt so far: start-up allocations (compile,
         loading a checkpoint) are not what a cell needs to train."""
-        return memory.max_peaks(self.earlier_peaks, memory.peaks(self.d.device) if self._peaks_reset else None)
+        return devices.max_peaks(self.earlier_peaks, devices.peaks(self.d.device) if self._peaks_reset else None)
 
     # ---- clocks: training seconds exclude evals and checkpoints
     def _sync_time(self) -> float:
@@ -217,7 +191,7 @@ class Trainer:
         self._last_step, self._last_t, self._last_excluded = self.step, now, self._excluded
         tps = steps * self.cfg.tokens_per_step / seconds
         rec = {"step": self.step, "tokens": self.step * self.cfg.tokens_per_step, "loss": _finite(loss), "lr": self.lr,
-               "step_time": seconds / steps, "tokens_per_s": tps, **memory.current(self.d.device)}
+               "step_time": seconds / steps, "tokens_per_s": tps, **devices.current(self.d.device)}
         if self.d.is_main:
             rundir.append_jsonl(self.run_dir / rundir.METRICS, rec)
             self._beat()
@@ -241,8 +215,10 @@ class Trainer:
     def _diverged(self, loss: float | None) -> bool:
         return loss is None or not math.isfinite(loss) or loss > self.cfg.diverge_loss
 
-    def _stop_requested(self) -> bool:
-        return distributed.any_rank(self.stop.signum is not None, self.d)  # all ranks stop at the same step
+    def stop_requested(self) -> bool:
+        """Whether any rank was asked to stop (a signal): all ranks stop at the same step. Tests
+        replace it to stop a run at a chosen step."""
+        return distributed.any_rank(self.stop.signum is not None, self.d)
 
     # ---- the loop
     def fit(self) -> str:
@@ -255,8 +231,8 @@ class Trainer:
         while self.step < cfg.max_iters:
             loss = self.train_step()
             last = self.step == cfg.max_iters
-            if self.step == self.attempt_starts[-1] + memory.WARMUP_STEPS:
-                memory.reset_peaks(self.d.device)
+            if self.step == self.attempt_starts[-1] + devices.WARMUP_STEPS:
+                devices.reset_peaks(self.d.device)
                 self._peaks_reset = True
             if self.step % cfg.log_interval == 0 or last:
                 value = self._mean(loss)
@@ -269,7 +245,7 @@ class Trainer:
                     return self.finish("diverged", f"val loss {rec['val_loss']} at step {self.step}")
             if self.d.is_main and time.time() - self._last_beat > HEARTBEAT_S:  # slow steps, rare logs
                 self._beat()
-            if self._stop_requested() and not last:
+            if self.stop_requested() and not last:
                 self.save()
                 self.preempt()
             if (cfg.ckpt_interval and self.step % cfg.ckpt_interval == 0) or last:
@@ -295,7 +271,7 @@ class Trainer:
     def _finish_peaks(self) -> dict:
         steady = self._steady_peaks()
         # a run too short to pass its warm-up: the whole-run peak is the only figure there is
-        return steady if any(v is not None for v in steady.values()) else memory.peaks(self.d.device)
+        return steady if any(v is not None for v in steady.values()) else devices.peaks(self.d.device)
 
     def finish(self, state: str, error: str | None = None) -> str:
         ckpt_bytes = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.plan import rundir
+from ablate.core import rundir
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def no_leftover_jobs():
     """A test that fails half-way must not leave its cells training (they are given 10^7 steps and
     would load the machine for the rest of the suite): afterwards, kill whatever a run dir's
     status.json still names alive (the local runner, the submitit controller, the trainer)."""
-    from ablate.launch.scheduler import pid_alive
+    from ablate.launch.procs import pid_alive
 
     root = Path(os.environ["ABLATE_RUNS_DIR"])
     yield

@@ -6,9 +6,9 @@ import subprocess
 import sys
 import time
 
-from ablate.launch.scheduler import pid_alive
+from ablate.launch.procs import pid_alive
 from ablate.launch.submit import write_config
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import ROOT, cli, run_dirs, states, wait_until
 from launch_helpers import grid_file, no_leftover_jobs, one_thread  # noqa: F401  (fixtures)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from ablate.plan import rundir
+from ablate.core import rundir
 from launch_helpers import ROOT, cli, run_dirs, states, steps_unbroken, wait_until
 from launch_helpers import grid_file, no_leftover_jobs, one_thread  # noqa: F401  (fixtures)
 
@@ -118,6 +118,6 @@ def resumed_and_cancelled(grid, run_dir, ckpt_step: int) -> None:
 
 
 def _alive(pid: int) -> bool:
-    from ablate.launch.scheduler import pid_alive
+    from ablate.launch.procs import pid_alive
 
     return pid_alive(pid)

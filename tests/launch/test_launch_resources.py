@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.launch import resources as res
 from ablate.launch.slurm import chunks, group_by_resources, sbatch_script
-from ablate.plan.grid import Resources
+from ablate.core.config import Resources
 from launch_helpers import fake_slurm  # noqa: F401  (fixture: submitit wants srun on PATH)
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -6,9 +6,12 @@ import sys
 
 import pytest
 
-from ablate.launch import scheduler
-from ablate.launch.scheduler import JobView, effective_state
-from ablate.plan import rundir
+from ablate.core import rundir
+from ablate.launch import procs, slurm
+from ablate.launch import state as scheduler
+from ablate.launch.executor import JobView
+from ablate.launch.executors import executor
+from ablate.launch.state import effective_state
 
 
 NOT_FOUND = "echo \"$0: command not found\" >&2; exit 127\n"
@@ -47,7 +50,7 @@ X
 
 def test_slurm_views_from_squeue_then_sacct(tmp_path, monkeypatch):
     bin_dir = fake_bin(tmp_path, monkeypatch, squeue=SQUEUE, sacct=SACCT)
-    views = scheduler.slurm_views(["12_0", "12_1", "12_2", "12_3", "13", "14", "15"])
+    views = slurm.slurm_views(["12_0", "12_1", "12_2", "12_3", "13", "14", "15"])
     assert views["12_0"] == JobView("12_0", "RUNNING", True, "None")
     assert views["12_1"] == JobView("12_1", "PENDING", True, "JobArrayTaskLimit")
     assert views["13"].active and views["13"].reason == "BeginTime"       # requeued, waiting to start again
@@ -56,32 +59,32 @@ def test_slurm_views_from_squeue_then_sacct(tmp_path, monkeypatch):
     assert views["14"] == JobView("14", "CANCELLED", False)
     assert views["15"] == JobView("15", "UNKNOWN", False)                 # accounting never heard of it
     assert "-j 12,13,14,15" in (bin_dir / "squeue.args").read_text()  # one call, array ids collapsed
-    views = scheduler.slurm_views(["16_0", "16_2", "16_4"])              # cancelled before they started
+    views = slurm.slurm_views(["16_0", "16_2", "16_4"])              # cancelled before they started
     assert [views[j].state for j in ("16_0", "16_2", "16_4")] == ["COMPLETED", "CANCELLED", "CANCELLED"]
 
 
 def test_without_sacct_a_job_gone_from_squeue_has_ended(tmp_path, monkeypatch):
     fake_bin(tmp_path, monkeypatch, squeue=SQUEUE)
-    views = scheduler.slurm_views(["12_0", "12_2", "99"])
+    views = slurm.slurm_views(["12_0", "12_2", "99"])
     assert views["12_0"].active and views["12_2"] == JobView("12_2", "COMPLETED", False)
     assert views["99"] == JobView("99", "GONE", False)
 
 
 def test_a_missing_command_is_no_answer():
-    assert scheduler._run(["ablate-no-such-command"]) is None
+    assert slurm.run_command(["ablate-no-such-command"]) is None
 
 
 def test_squeue_with_only_purged_ids_means_nothing_active(tmp_path, monkeypatch):
     fake_bin(tmp_path, monkeypatch, squeue="echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1\n",
              sacct="exit 1\n")
-    assert scheduler.slurm_views(["7"]) == {"7": JobView("7", "GONE", False)}
+    assert slurm.slurm_views(["7"]) == {"7": JobView("7", "GONE", False)}
 
 
 def test_a_controller_that_does_not_answer_is_not_taken_for_an_ended_job(tmp_path, monkeypatch):
     fake_bin(tmp_path, monkeypatch, squeue="echo 'Unable to contact slurm controller' >&2; exit 1\n")
-    view = scheduler.slurm_views(["7"])["7"]
+    view = slurm.slurm_views(["7"])["7"]
     assert view.active is None
-    cell = scheduler.Cell("r", tmp_path, {"state": "running"}, "running", view)
+    cell = scheduler.CellState("r", tmp_path, {"state": "running"}, "running", view)
     assert cell.active  # submit must not run it again
 
 
@@ -107,29 +110,29 @@ def test_a_controller_that_does_not_answer_is_not_taken_for_an_ended_job(tmp_pat
     ({}, None, ("new", "")),
 ])
 def test_effective_state_slurm(status, job, expected):
-    assert effective_state(status, job, "slurm") == expected
+    assert effective_state(status, job, executor("slurm")) == expected
 
 
 def test_effective_state_local_runner_gone_before_the_cell_started():
-    assert effective_state({"state": "queued"}, JobView("5", "GONE", False), "local") == \
+    assert effective_state({"state": "queued"}, JobView("5", "GONE", False), executor("local")) == \
         ("pending", "never started: its local runner stopped")
-    assert effective_state({"state": "running", "started": 1}, JobView("5", "GONE", False), "local")[0] == "failed"
+    assert effective_state({"state": "running", "started": 1}, JobView("5", "GONE", False), executor("local"))[0] == "failed"
 
 
 def test_local_view_follows_the_job_then_the_runner(tmp_path):
     me = str(os.getpid())
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    assert scheduler.pid_alive(me) and not scheduler.pid_alive(dead.pid) and not scheduler.pid_alive("x")
+    assert procs.pid_alive(me) and not procs.pid_alive(dead.pid) and not procs.pid_alive("x")
     host = {"host": __import__("socket").gethostname()}
-    assert scheduler.local_view({**host, "state": "running", "job_id": me}).active
-    assert scheduler.local_view({**host, "state": "running", "job_id": str(dead.pid)}).active is False
-    waiting = scheduler.local_view({**host, "state": "queued", "job_id": None, "runner_pid": int(me)})
+    assert procs.local_view({**host, "state": "running", "job_id": me}).active
+    assert procs.local_view({**host, "state": "running", "job_id": str(dead.pid)}).active is False
+    waiting = procs.local_view({**host, "state": "queued", "job_id": None, "runner_pid": int(me)})
     assert waiting.active and waiting.state == "WAITING"
-    assert scheduler.local_view({**host, "state": "queued", "runner_pid": dead.pid}).active is False
-    other = scheduler.local_view({"host": "elsewhere", "state": "running", "job_id": "1", "heartbeat": 0})
+    assert procs.local_view({**host, "state": "queued", "runner_pid": dead.pid}).active is False
+    other = procs.local_view({"host": "elsewhere", "state": "running", "job_id": "1", "heartbeat": 0})
     assert other.active is False and other.state == "OTHER HOST"
-    assert scheduler.local_view({"state": "done"}) is None
+    assert procs.local_view({"state": "done"}) is None
 
 
 def test_reconcile_then_record_lost_writes_the_scheduler_state(tmp_path, monkeypatch):

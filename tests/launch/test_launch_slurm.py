@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from ablate.launch import resources as res
-from ablate.launch import scheduler
+from ablate.launch import state as scheduler
 from ablate.launch.submit import submit
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import cli, slurm_skip_reason, steps_unbroken, wait_until
 from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)

@@ -6,24 +6,25 @@ from pathlib import Path
 
 import pytest
 
-from ablate.errors import AblateError
-from ablate.launch import scheduler
+from ablate.core.errors import AblateError
+from ablate.launch import state as scheduler
+from ablate.launch.executor import JobView
 from ablate.launch.submit import select_cells, submit
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.plan.grid import load_grid
 from launch_helpers import steps_unbroken
 from launch_helpers import fake_slurm, grid_file, one_thread  # noqa: F401  (fixtures)
 
 
 def _view(rid, state, job=None):
-    return scheduler.Cell(rid, Path("/nonexistent") / rid, {"state": state}, state, job)
+    return scheduler.CellState(rid, Path("/nonexistent") / rid, {"state": state}, state, job)
 
 
 def test_select_cells_rules():
-    live = scheduler.JobView("12_0", "RUNNING", True)
+    live = JobView("12_0", "RUNNING", True)
     views = [_view("new", "new"), _view("pend", "pending"), _view("done", "done"), _view("fail", "failed"),
              _view("oom", "oom"), _view("div", "diverged"), _view("canc", "cancelled"),
-             _view("run", "running", live), _view("lostq", "queued", scheduler.JobView("9", "GONE", False))]
+             _view("run", "running", live), _view("lostq", "queued", JobView("9", "GONE", False))]
     run, skipped = select_cells(views)
     assert run == ["new", "pend"]
     assert "use --retry" in skipped["fail"] and "use --force" in skipped["done"]
@@ -144,7 +145,7 @@ def test_gpus_on_a_cluster_without_gpus_is_a_clear_error(grid_file, fake_slurm):
     ("Slurmctld(primary) at vm is DOWN", "no Slurm controller answers (scontrol ping: Slurmctld(primary) at vm is DOWN)"),
 ])
 def test_default_executor_is_slurm_only_where_its_controller_answers(fake_slurm, ping, expected):
-    from ablate.launch.submit import default_executor
+    from ablate.launch.executors import default_name as default_executor
 
     (fake_slurm / "scontrol").write_text(f"#!/bin/sh\necho '{ping}'\n")
     if expected == "slurm":
@@ -156,7 +157,7 @@ def test_default_executor_is_slurm_only_where_its_controller_answers(fake_slurm,
 
 
 def test_default_executor_is_local_without_slurm(monkeypatch, tmp_path):
-    from ablate.launch.submit import default_executor
+    from ablate.launch.executors import default_name as default_executor
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
     assert default_executor() == "local"

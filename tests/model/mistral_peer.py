@@ -38,8 +38,7 @@ def mistral_config(cfg, attn_implementation: str = "eager"):
         head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.context, rms_norm_eps=1e-6,
         rope_theta=10000.0, tie_word_embeddings=cfg.tie_embeddings,
         sliding_window=cfg.window,  # W keys including the query: the same count (module docstring)
-        attention_dropout=0.0)
-    config._attn_implementation = attn_implementation
+        attention_dropout=0.0, attn_implementation=attn_implementation)
     return config
 
 

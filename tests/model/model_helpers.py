@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ablate.model import build_model
 from ablate.model.points import Scale
-from ablate.plan.config import RunConfig, resolve
+from ablate.core.config import RunConfig, resolve
 
 ARCHS = ("gpt", "ngpt")
 

@@ -5,12 +5,12 @@ import contextlib
 import pytest
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model import backends
 from ablate.model.backends import attend, resolve_backend, window_mask
 from model_helpers import single_thread, tiny_cfg  # noqa: F401  (autouse fixture)
 
-CPU_BACKENDS = ["sdpa"] + (["flex"] if backends._has_flex() else [])
+CPU_BACKENDS = ["sdpa"] + (["flex"] if backends.has_flex() else [])
 T, H, HD = 16, 4, 8
 
 
@@ -89,7 +89,7 @@ def test_flex_on_cpu_refuses_backward_with_one_line():
 
 
 def _flash_available():
-    return torch.cuda.is_available() and backends._flash_probe() is not None
+    return torch.cuda.is_available() and backends.flash_attn_version() is not None
 
 
 @pytest.mark.cuda

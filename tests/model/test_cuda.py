@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.cuda,
 
 
 def cuda_backends(dtype: str) -> list[str]:
-    out = ["sdpa"] + (["flex"] if backends._has_flex() else [])
-    if dtype == "bf16" and backends._flash_probe() is not None:
+    out = ["sdpa"] + (["flex"] if backends.has_flex() else [])
+    if dtype == "bf16" and backends.flash_attn_version() is not None:
         out.append("flash")  # flash-attn runs in half precision only
     return out
 

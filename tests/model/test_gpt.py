@@ -5,13 +5,13 @@ import math
 import pytest
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.model import backends, build_model
 from ablate.model import gpt as gpt_module
 from ablate.model.gpt import store_block_matrices
 from ablate.model.points import Scale
-from ablate.plan.config import RunConfig, resolve
-from ablate.plan.estimate import param_counts
+from ablate.core.config import RunConfig, resolve
+from ablate.core.estimate import param_counts
 from model_helpers import single_thread  # noqa: F401  (autouse fixture)
 from model_helpers import ALL, ARCHS, MIX, V, cases, clone, perturb, reference_forward, tiny_cfg, tiny_model
 
@@ -289,7 +289,7 @@ def test_receptive_field_is_exactly_layers_times_window_minus_one(arch, n_layer,
 
 # ---------------------------------------------------------------- 10. backends in the whole model
 
-@pytest.mark.skipif(not backends._has_flex(), reason="FlexAttention needs torch >= 2.5")
+@pytest.mark.skipif(not backends.has_flex(), reason="FlexAttention needs torch >= 2.5")
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("arch, opts", cases([{}, {"n_kv_head": 2}, {"window": 3}, {"n_kv_head": 1, "window": 5, "share_attn": 1}]))
 def test_flex_model_agrees_with_sdpa(arch, opts):
@@ -303,7 +303,7 @@ def test_flex_model_agrees_with_sdpa(arch, opts):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not (torch.cuda.is_available() and backends._flash_probe()),
+@pytest.mark.skipif(not (torch.cuda.is_available() and backends.flash_attn_version()),
                     reason="flash-attn needs CUDA and the flash_attn package (not importable here)")
 @pytest.mark.parametrize("arch, opts", cases([{}, {"n_kv_head": 2, "window": 3}]))
 def test_flash_model_agrees_with_sdpa(arch, opts):

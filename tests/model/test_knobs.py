@@ -79,7 +79,7 @@ def test_knobs_under_bf16_autocast_stay_within_bf16_error(arch, knob):
 @pytest.mark.parametrize("arch", ["gpt", "ngpt"])
 def test_chunked_loss_without_gradients_equals_plain_on_every_cpu_backend(arch):
     """Evaluation (no_grad) takes the chunked path too; flex runs forward-only on CPU."""
-    for backend in ["sdpa"] + (["flex"] if backends._has_flex() else []):
+    for backend in ["sdpa"] + (["flex"] if backends.has_flex() else []):
         cfg, model = tiny_model(arch, attn_backend=backend, window=5)
         perturb(model)
         chunked = clone(model, dataclasses.replace(cfg, loss_chunk=10))
@@ -130,7 +130,7 @@ def test_activation_checkpointing_cuts_the_tracked_peak(arch):
 def test_knobs_give_the_plain_gradients_on_every_cuda_backend(arch, knob):
     from ablate.model import build_model
 
-    names = ["sdpa"] + (["flex"] if backends._has_flex() else []) + (["flash"] if backends._flash_probe() else [])
+    names = ["sdpa"] + (["flex"] if backends.has_flex() else []) + (["flash"] if backends.flash_attn_version() else [])
     for backend in names:
         cfg, model = tiny_model(arch, attn_backend=backend, dtype="bf16", window=5, n_kv_head=2)
         perturb(model)

@@ -108,7 +108,7 @@ def test_fast_model_equals_the_plain_formulas(arch, opts, dtype):
         assert err(grad, exact_grads[name]) <= 4 * noise + 1e-7, (name, err(grad, exact_grads[name]), noise)
 
 
-@pytest.mark.skipif(not backends._has_flex(), reason="FlexAttention needs torch >= 2.5")
+@pytest.mark.skipif(not backends.has_flex(), reason="FlexAttention needs torch >= 2.5")
 @pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("arch, opts", cases([{}, {"n_kv_head": 2, "window": 5, "tie_embeddings": True}]))
 def test_fast_model_equals_the_plain_formulas_with_flex_forward(arch, opts):

@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from ablate.errors import AblateError
-from ablate.plan.config import RunConfig, make_config, resolve
-from ablate.plan import estimate
+from ablate.core.errors import AblateError
+from ablate.core.config import RunConfig, make_config, resolve
+from ablate.core import estimate
 
 
 def test_run_id_ignores_cadence_but_not_results():

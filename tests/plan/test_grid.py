@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import lr_sweep_warning
 

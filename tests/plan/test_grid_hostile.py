@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ablate.errors import AblateError
-from ablate.plan import config as cfgmod
+from ablate.core.errors import AblateError
+from ablate.core import config as cfgmod
 from ablate.plan.grid import load_grid, select
 
 HEAD = """\
@@ -71,7 +71,7 @@ def test_grid_size_limit_is_checked_from_the_axis_sizes_before_expanding(tmp_pat
 # ---- every numeric key is range-checked at plan time
 
 def test_every_numeric_field_has_an_explicit_range():
-    numeric = [n for n in cfgmod.FIELDS if cfgmod._HINTS[n] in (int, float, cfgmod.Optional[int], cfgmod.Optional[float])]
+    numeric = [n for n in cfgmod.FIELDS if cfgmod.FIELD_TYPES[n] in (int, float, cfgmod.Optional[int], cfgmod.Optional[float])]
     assert sorted(numeric) == sorted(cfgmod.RANGES), "a numeric RunConfig field needs an entry in RANGES"
 
 
@@ -168,11 +168,11 @@ def test_float_ranges_reject_nan_in_python_api_too():
 
 
 def test_a_context_longer_than_the_prepared_val_split_fails_at_plan(tmp_path):
-    from ablate.train import data
+    from ablate.data import corpora, prepare
 
     corpus = tmp_path / "small.txt"
     corpus.write_text("abcdefghij" * 30)  # 300 characters: a 30-token val split
-    data.prepare(f"text:{corpus}", "char")
+    prepare.prepare(f"text:{corpus}", "char")
     text = f"name: g\ndata: {{dataset: 'text:{corpus}', tokenizer: char}}\nbase: {{n_layer: 2, n_head: 2, n_embd: 32}}\n" \
            "grid:\n  context: [16, 64]\n"
     msg = one_line_error(write(tmp_path, text), "key 'context': 64 needs context+2 = 66 tokens")

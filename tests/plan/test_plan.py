@@ -3,7 +3,7 @@ import os
 import textwrap
 from pathlib import Path
 
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.plan.grid import load_grid
 from ablate.plan.plan import format_table, lr_sweep_warning, plan_rows
 

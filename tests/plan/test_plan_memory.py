@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ablate.plan.grid import load_grid
-from ablate.plan.memory import Cache, fits, gpu_memory_gib, simulate
+from ablate.plan.simcache import Cache, fits, gpu_memory_gib, simulate
 from ablate.plan.plan import format_table, human_count, human_flops, human_hours, plan_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +48,7 @@ def test_plan_of_the_ablations_grid_never_imports_torch():
 def test_memory_simulates_each_shape_once_caches_it_and_then_stays_torch_free(mem_grid):
     """12 cells, 4 shapes (arch x act_ckpt; the lr does not change memory): 4 simulations, in
     worker processes; the second plan reads them all from the cache without importing torch."""
-    from ablate.plan.config import make_config
+    from ablate.core.config import make_config
     from ablate.train.memtrack import simulate_step
 
     first = run_plan("plan", mem_grid, "--memory", "--json")
@@ -90,9 +90,9 @@ def test_cache_keys_follow_what_changes_memory(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text()) == {"k": {"total": 1}}
 
 
-def test_cached_only_reads_without_simulating(tmp_path, mem_grid):
+def test_without_a_step_function_only_the_cache_is_read(tmp_path, mem_grid):
     grid = load_grid(mem_grid)
-    assert simulate(grid.cells, 0, cached_only=True, cache=Cache(tmp_path / "none.json")) == {}
+    assert simulate(grid.cells, 0, cache=Cache(tmp_path / "none.json")) == {}
 
 
 def test_gpu_named_in_resources_and_fits():
@@ -151,8 +151,8 @@ def _write(tmp_path, text):
 def test_the_analytical_estimate_is_within_10_percent_of_the_simulation(shape):
     """The torch-free estimate (plan without --memory, the report's ticks) against a simulated
     step, for shapes it was not calibrated on."""
-    from ablate.plan import estimate
-    from ablate.plan.config import make_config, resolve
+    from ablate.core import estimate
+    from ablate.core.config import make_config, resolve
     from ablate.train.memtrack import simulate_step
 
     cfg = resolve(make_config(shape))

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from ablate.plan import rundir
+from ablate.core import rundir
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ablate import plugin
-from ablate.model import build_model
+from ablate.core.config import make_config, resolve
 from ablate.model.ops import rope_cos_sin
-from ablate.plan.config import make_config, resolve
+from ablate.plan import plugins as plugin
+from ablate.train.build import model_for as build_model  # resolves the plugin's parts, as every caller does
 
 ROOT = Path(__file__).resolve().parents[2]
 QK_NORM = ROOT / "plugins" / "qk_norm.py"

@@ -10,14 +10,14 @@ GPT_BASELINE = {"baseline": {"arch": "gpt"}, "group_by": ["context"]}
 
 
 @pytest.fixture(scope="session")
-def _bundle_cache(tmp_path_factory):
+def session_bundle_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("vega-cache")
 
 
 @pytest.fixture(autouse=True)
-def bundle_cache(_bundle_cache, monkeypatch):
+def bundle_cache(session_bundle_dir, monkeypatch):
     """One JS bundle per test session, never in the user's ~/.cache."""
-    monkeypatch.setenv("ABLATE_CACHE_DIR", str(_bundle_cache))
+    monkeypatch.setenv("ABLATE_CACHE_DIR", str(session_bundle_dir))
 
 
 @pytest.fixture

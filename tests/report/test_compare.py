@@ -5,7 +5,7 @@ import pandas as pd
 
 from ablate.report import compare as cmp
 from ablate.store.ingest import cell_id
-from ablate.store.synthetic import config_for
+from synthetic import config_for
 
 
 def runs_of(cells: list[dict]) -> pd.DataFrame:

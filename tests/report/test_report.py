@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from ablate.plan import estimate
-from ablate.store.synthetic import config_for, write_run
-from report_fixtures import GPT_BASELINE, _bundle_cache, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
+from ablate.core import estimate
+from synthetic import config_for, write_run
+from report_fixtures import GPT_BASELINE, session_bundle_dir, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
 
 GIB = 2 ** 30
 COMPARE = GPT_BASELINE

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from ablate.report.speedup import budget_needed
-from ablate.store.synthetic import write_run
-from report_fixtures import GPT_BASELINE, _bundle_cache, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
+from synthetic import write_run
+from report_fixtures import GPT_BASELINE, session_bundle_dir, bundle_cache, env, specs_only  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.usefixtures("specs_only")
 GPT = GPT_BASELINE

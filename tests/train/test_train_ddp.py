@@ -3,7 +3,7 @@ import socket
 
 import pytest
 
-from ablate.plan import rundir
+from ablate.core import rundir
 from ablate.train.job import train
 from train_helpers import log_of, read_lines, train_subprocess
 

@@ -3,7 +3,7 @@ and the CUDA RNG state a checkpoint carries."""
 import pytest
 import torch
 
-from ablate.train import checkpoint, memory
+from ablate.train import checkpoint, devices
 
 
 @pytest.mark.parametrize("name, peak", [
@@ -12,7 +12,7 @@ from ablate.train import checkpoint, memory
     ("NVIDIA A100-SXM4-80GB", 312e12), ("cpu (x86_64, 2 threads, 2 cores)", None),
 ])
 def test_peak_flops_match_the_most_specific_name(name, peak):
-    assert memory.peak_flops(name) == peak
+    assert devices.peak_flops(name) == peak
 
 
 def test_cuda_rng_state_is_this_devices_only(monkeypatch):

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from ablate.errors import AblateError
-from ablate.plan import rundir
+from ablate.core.errors import AblateError
+from ablate.core import rundir
 from ablate.plan.grid import load_grid
-from ablate.train import data
+from ablate.data import corpora, prepare
 from ablate.train.job import train
 from train_helpers import log_of, train_subprocess
 
@@ -119,21 +119,21 @@ def test_an_edited_corpus_is_a_new_data_set_and_a_new_cell(tmp_path, corpus):
     grid_path = tmp_path / "g.yaml"
     grid_path.write_text(GRID.format(corpus=corpus))
     before = load_grid(grid_path).cells[0]
-    first = data.prepare(f"text:{corpus}", "char")
+    first = prepare.prepare(f"text:{corpus}", "char")
     old_train = (first / "train.bin").read_bytes()
 
     text = corpus.read_text()
     corpus.write_text(text.replace("king", "kngi"))  # same characters, same vocab, other text
-    assert data.vocab_size(f"text:{corpus}", "char") == json.loads((first / "meta.json").read_text())["vocab_size"]
-    second = data.prepare(f"text:{corpus}", "char")
+    assert corpora.vocab_size(f"text:{corpus}", "char") == json.loads((first / "meta.json").read_text())["vocab_size"]
+    second = prepare.prepare(f"text:{corpus}", "char")
     assert second != first and (second / "train.bin").read_bytes() != old_train
-    assert json.loads((second / "meta.json").read_text())["data_id"] == data.data_id(f"text:{corpus}")
+    assert json.loads((second / "meta.json").read_text())["data_id"] == corpora.data_id(f"text:{corpus}")
 
     after = load_grid(grid_path).cells[0]
     assert after.config.data_id != before.config.data_id and after.run_id != before.run_id
 
     corpus.write_text(text)  # the original bytes again: the original data set and cell
-    assert data.prepare(f"text:{corpus}", "char") == first
+    assert prepare.prepare(f"text:{corpus}", "char") == first
     assert load_grid(grid_path).cells[0].run_id == before.run_id
 
 
@@ -152,7 +152,7 @@ def test_a_trainer_refuses_data_that_changed_since_the_cell_was_planned(tmp_path
 
 def test_named_corpora_keep_their_run_ids():
     """data_id is hashed only when set: adding it left every shakespeare / openwebtext run id as it was."""
-    from ablate.plan.config import make_config
+    from ablate.core.config import make_config
 
     cfg = make_config({"dataset": "shakespeare"})
     assert cfg.data_id is None and "data_id" not in cfg.hashed_dict()
@@ -167,7 +167,7 @@ def test_files_from_the_atomic_helper_respect_the_umask(tmp_path, corpus, umask)
         rundir.write_json_atomic(tmp_path / "status.json", {"state": "done"})
         with rundir.atomic_file(tmp_path / "ckpt.pt", "wb") as f:
             f.write(b"x")
-        path = data.prepare(f"text:{corpus}", "char")
+        path = prepare.prepare(f"text:{corpus}", "char")
     finally:
         os.umask(old)
     for p in (tmp_path / "status.json", tmp_path / "ckpt.pt", path / "train.bin", path / "meta.json"):

@@ -8,14 +8,14 @@ import time
 import pytest
 import torch
 
-from ablate.errors import AblateError
-from ablate.plan import estimate, rundir
-from ablate.plan.config import make_config, resolve
-from ablate.train import data
-from ablate.train.batches import Batches
+from ablate.core.errors import AblateError
+from ablate.core import estimate, rundir
+from ablate.core.config import make_config, resolve
+from ablate.data import corpora, prepare
+from ablate.data.batches import Batches
 from ablate.train.job import main, train
 from ablate.train.signals import Preempted
-from ablate.train.trainer import load_config, lr_at
+from ablate.train.optim import lr_at
 from train_helpers import read_lines
 
 
@@ -30,7 +30,7 @@ def test_lr_schedule_gpt_warms_up_ngpt_starts_at_peak():
 
 
 def test_batches_are_a_pure_function_of_seed_step_micro(corpus):
-    path = data.prepare(f"text:{corpus}", "char")
+    path = prepare.prepare(f"text:{corpus}", "char")
     a = Batches(path, 16, 4, seed=3, device=torch.device("cpu"))
     b = Batches(path, 16, 4, seed=3, device=torch.device("cpu"))
     x, y = a.train(7, 1)
@@ -43,7 +43,7 @@ def test_batches_are_a_pure_function_of_seed_step_micro(corpus):
 def test_eval_windows_are_one_fixed_set_whatever_the_seed_or_batch_size(corpus):
     """Every cell of a grid with the same data and context is scored on the same val windows:
     the training seed does not pick them, and a larger eval batch holds the same windows in order."""
-    path = data.prepare(f"text:{corpus}", "char")
+    path = prepare.prepare(f"text:{corpus}", "char")
     cpu = torch.device("cpu")
     a, b = Batches(path, 16, 4, seed=3, device=cpu), Batches(path, 16, 4, seed=4, device=cpu)
     wide = Batches(path, 16, 8, seed=5, device=cpu)
@@ -62,12 +62,12 @@ def test_eval_records_the_standard_error_of_its_batches(make_run):
 
     run_dir = make_run(max_iters=12, eval_interval=12, eval_iters=6, ckpt_interval=0)
     assert train(run_dir) == "done"
-    cfg, _ = load_config(run_dir)
-    cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+    cfg, _ = rundir.read_config(run_dir)
+    cfg = resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer))
     model = build_model(cfg, "cpu")
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     model.eval()
-    batches = Batches(data.data_dir(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
+    batches = Batches(corpora.data_dir(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
                       device=torch.device("cpu"))  # another seed: the same eval windows
     with torch.no_grad():
         losses = torch.tensor([model(*batches.eval("val", i))[1].item() for i in range(6)], dtype=torch.float64)
@@ -81,8 +81,8 @@ def test_eval_records_the_standard_error_of_its_batches(make_run):
 def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     run_dir = make_run(arch=arch)
     assert train(run_dir) == "done"
-    cfg, doc = load_config(run_dir)
-    cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+    cfg, doc = rundir.read_config(run_dir)
+    cfg = resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer))
 
     evals = read_lines(run_dir / rundir.EVALS)
     assert [e["step"] for e in evals] == [0, 10, 20, 30, 40]
@@ -129,8 +129,8 @@ def test_ngpt_weights_stay_on_the_sphere(make_run):
 
     run_dir = make_run(arch="ngpt", max_iters=12, eval_interval=12, ckpt_interval=0)
     assert train(run_dir) == "done"
-    cfg, _ = load_config(run_dir)
-    cfg = resolve(cfg, data.vocab_size(cfg.dataset, cfg.tokenizer))
+    cfg, _ = rundir.read_config(run_dir)
+    cfg = resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, "cpu")
     init = {k: v.clone() for k, v in model.state_dict().items()}
@@ -244,7 +244,7 @@ def test_data_module_does_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, ablate.train.data, ablate.train.tokenizer; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, ablate.data.corpora, ablate.data.tokenizer; assert 'torch' not in sys.modules, 'torch imported'"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
@@ -252,15 +252,15 @@ def test_summary_peaks_are_after_warmup_and_over_every_attempt(make_run, monkeyp
     """Peak memory in summary.json is the steady state: counters reset after warm-up, and a
     resumed attempt too short to warm up keeps the earlier attempt's figure instead of reporting
     its own start-up (loading the checkpoint)."""
-    from ablate.train import memory
+    from ablate.train import devices
     from ablate.train import trainer as trainer_mod
 
     fake = {"peak": 900}  # start-up peak until the reset; each attempt's steady peak after it
-    monkeypatch.setattr(memory, "peaks", lambda device: {"peak_alloc": fake["peak"], "peak_reserved": fake["peak"] * 2})
-    monkeypatch.setattr(memory, "reset_peaks", lambda device: fake.update(peak=fake["steady"]))
+    monkeypatch.setattr(devices, "peaks", lambda device: {"peak_alloc": fake["peak"], "peak_reserved": fake["peak"] * 2})
+    monkeypatch.setattr(devices, "reset_peaks", lambda device: fake.update(peak=fake["steady"]))
     stop_at = {"step": 18}
-    real_stop = trainer_mod.Trainer._stop_requested
-    monkeypatch.setattr(trainer_mod.Trainer, "_stop_requested",
+    real_stop = trainer_mod.Trainer.stop_requested
+    monkeypatch.setattr(trainer_mod.Trainer, "stop_requested",
                         lambda self: self.step == stop_at["step"] or real_stop(self))
 
     run_dir = make_run(max_iters=20, ckpt_interval=0)

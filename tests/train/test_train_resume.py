@@ -7,8 +7,8 @@ import time
 import pytest
 import torch
 
-from ablate.errors import AblateError
-from ablate.plan import rundir
+from ablate.core.errors import AblateError
+from ablate.core import rundir
 from ablate.train.signals import EXIT_PREEMPTED
 from ablate.train.job import train
 from train_helpers import evals_of, log_of, read_lines, train_subprocess

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ablate.plan import rundir
+from ablate.core import rundir
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ("the king and queen of the castle walk in the garden at night while the fool sings a song "

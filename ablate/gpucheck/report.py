@@ -84,7 +84,7 @@ def markdown(r: dict) -> str:
             f"flash-attn {env.get('flash_attn') or 'absent'}; {r['started']}, ablate {r['git_sha']}, "
             f"{r.get('elapsed_s', 0):.0f} s of a {r['budget_s']:.0f} s budget")
     out = [head, "", f"MFU against {_f(env.get('peak_bf16_flops'), '.0f', 1e-12)} TFLOP/s (the dense bf16 peak of "
-           "ablate.train.memory's table); estimate = ablate.plan.estimate.memory_breakdown; simulated = the step's tensors under "
+           "ablate.train.devices's table); estimate = ablate.core.estimate.memory_breakdown; simulated = the step's tensors under "
            "FakeTensorMode (ablate.train.memtrack, fake CUDA tensors on a CUDA build: no allocator rounding); first step = "
            "model build excluded, compile included ((warm): compiled once while the tests ran, so from warm caches).", "", table(r["cells"]), "",
            "Targets:"]

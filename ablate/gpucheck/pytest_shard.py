@@ -1,4 +1,4 @@
-"""A pytest plugin for the GPU check (loaded with `-p gpu_check_pytest`, benchmarks/ on sys.path).
+"""A pytest plugin for the GPU check (loaded with `-p ablate.gpucheck.pytest_shard`).
 
 GPU_CHECK_RESULTS=FILE: one JSON line per finished test, appended as it finishes, so a run
 killed at its time cap still says which tests passed, failed or were skipped (and, from the

@@ -1,9 +1,10 @@
-"""Simulated peak training memory per cell (`ablate plan --memory`), cached per shape on disk.
+"""The cache of simulated peak training memory per cell (`ablate plan --memory`), per shape on disk.
 
 A cell's memory depends on its shape only (model, batch, dtype, knobs, micro-batches per
 process, device type), not on its lr, budget or seed, so a 10,000-cell grid has a handful of
-shapes. Each shape not in the cache is simulated once (ablate.train.memtrack.simulate_step:
-one training step under FakeTensorMode, tensor by tensor) in worker processes; the result goes
+shapes. Each shape not in the cache is simulated once, in worker processes, by the function the
+caller hands over as `Measure.step` (ablate.train.memtrack.simulate_config: one training step
+under FakeTensorMode, tensor by tensor; the plan itself never imports torch); the result goes
 to runs/.cache/memory-sim.json, keyed by the shape, the device type simulated, the torch
 version and a hash of the code that decides what a step allocates. A plan whose shapes are all
 cached never imports torch; the report reads the same cache for cells that have not run.
@@ -18,23 +19,25 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import multiprocessing
 import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Callable, NamedTuple
 
-from ablate.plan import plugin_keys
-from ablate.plan.grid import runs_root
-from ablate.plan.rundir import read_json, write_json_atomic
+from ablate.core import plugin_keys
+from ablate.core.paths import runs_root
+from ablate.core.rundir import read_json, write_json_atomic
 
 CATEGORIES = ("params", "buffers", "grads", "optimizer", "activations", "temps", "other")  # memtrack's
 # the fields that decide what one step allocates (lr, budget, seed, cadence do not), and the
 # plugins a cell uses with their keys (plugin_keys.identity: the plugin's content id included)
-SHAPE_KEYS = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
+MEMORY_SHAPE = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
               "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
 # the code whose change changes what a step allocates
-CODE = ("model", "train/step.py", "train/memtrack.py")
+CODE = ("model", "train/step.py", "train/memtrack.py", "train/optim.py", "train/build.py")
 CACHE_VERSION = 1
 
 # GPU memory as torch reports it (total_memory, GiB), by a name found in resources' constraint or
@@ -44,6 +47,19 @@ GPU_GIB = (("h200", 139.8), ("gh200", 94.5), ("b200", 178.4), ("h100nvl", 93.1),
            ("a6000", 47.5), ("rtx6000", 47.5), ("a40", 44.4), ("4090", 23.6), ("3090", 23.6), ("a10", 22.0),
            ("l4", 22.0), ("v100-32", 31.7), ("v100", 15.8), ("t4", 14.6))
 HEADROOM = 0.9  # a cell "fits" when its tensors take at most 90% of the GPU: the CUDA context and the allocator's rounding
+
+
+class Measure(NamedTuple):
+    """What the plan asks of the model and trainer for what no formula knows, handed over by the
+    caller (the CLI wires ablate.train's functions in; the plan never imports torch itself):
+
+        step(args) -> dict    one shape's simulated step, args = (config dict, device, world size):
+                              {category: bytes, "total"} or {"error", ["plugin_error"]}; picklable,
+                              it runs in worker processes
+        sizes(cfg) -> dict    param_counts() + ckpt_bytes of a cell's model, built on the meta device
+    """
+    step: Callable[[tuple], dict]
+    sizes: Callable[[object], dict]
 
 
 def gpu_memory_gib(resources) -> tuple[float, str] | None:
@@ -94,8 +110,8 @@ def _torch_version() -> str:
 
 
 def shape_of(config: dict) -> dict:
-    """What decides a step's tensors: SHAPE_KEYS and the plugins the cell uses (keys, content)."""
-    return {**{k: config.get(k) for k in SHAPE_KEYS}, **(plugin_keys.identity(config) if config.get("plugins") else {})}
+    """What decides a step's tensors: MEMORY_SHAPE and the plugins the cell uses (keys, content)."""
+    return {**{k: config.get(k) for k in MEMORY_SHAPE}, **(plugin_keys.identity(config) if config.get("plugins") else {})}
 
 
 class Cache:
@@ -128,34 +144,11 @@ class Cache:
         self.entries = merged
 
 
-def _simulate(args) -> dict:
-    """One shape, in a worker process (or this one): imports torch."""
-    config, device, world_size = args
-    from ablate.errors import AblateError
-    from ablate.plan.config import make_config
-    from ablate.train.memtrack import simulate_step
-
-    cfg = None
-    try:
-        cfg = make_config(config)
-        return simulate_step(cfg, device, world_size)
-    except Exception as e:
-        from ablate import plugin
-
-        blamed = plugin.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
-        if blamed is not None:  # the plugin's code is wrong: plugin_sizes refuses the grid
-            return {"error": str(blamed), "plugin_error": True}
-        if not isinstance(e, (AblateError, NotImplementedError, RuntimeError)):
-            raise
-        # a cell this device cannot run
-        return {"error": str(e).splitlines()[0][:200] if str(e) else type(e).__name__}
-
-
-def simulate(cells, gpus: int, cached_only: bool = False, workers: int | None = None, cache: Cache | None = None,
-             log=None) -> dict:
+def simulate(cells, gpus: int, step: Callable[[tuple], dict] | None = None, workers: int | None = None,
+             cache: Cache | None = None, log=None) -> dict:
     """{run_id: {category: bytes, "total", "device" (simulated), "target" (where it will run)}, or
-    {"error", ...}} for the cells; shapes not cached are simulated (in parallel) unless
-    cached_only, then cached."""
+    {"error", ...}} for the cells; shapes not cached are simulated by `step` (Measure.step, in
+    parallel), then cached. Without `step`, only what the cache holds."""
     cache = cache or Cache()
     can_cuda = cuda_build()
     keys, todo = {}, {}
@@ -168,7 +161,7 @@ def simulate(cells, gpus: int, cached_only: bool = False, workers: int | None = 
         if cache.get(key) is None and key not in todo:
             todo[key] = (config, device, max(1, gpus))
     results = {}
-    if todo and not cached_only:
+    if todo and step is not None:
         # a worker process costs a torch import (seconds): worth it from two shapes each
         n = max(1, min(len(todo) // 2, workers or os.cpu_count() or 1))
         t0 = time.perf_counter()
@@ -176,12 +169,10 @@ def simulate(cells, gpus: int, cached_only: bool = False, workers: int | None = 
             log(f"simulating {len(todo)} shape{'s' * (len(todo) > 1)} of {len({k[0] for k in keys.values()})} "
                 f"under FakeTensorMode ({n} process{'es' * (n > 1)}) ...")
         if n == 1:
-            results = {key: _simulate(args) for key, args in todo.items()}
+            results = {key: step(args) for key, args in todo.items()}
         else:
-            import multiprocessing
-
             with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn")) as pool:
-                results = dict(zip(todo, pool.map(_simulate, todo.values())))
+                results = dict(zip(todo, pool.map(step, todo.values())))
         if log:
             log(f"simulated in {time.perf_counter() - t0:.0f} s; cached in {cache.path}")
         cache.save({k: v for k, v in results.items() if "total" in v})

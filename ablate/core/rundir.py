@@ -33,7 +33,8 @@ import time
 import uuid
 from pathlib import Path
 
-from ablate.errors import AblateError
+from ablate.core.config import RunConfig, make_config
+from ablate.core.errors import AblateError
 
 STATES = ("pending", "queued", "running", "done", "failed", "diverged", "oom", "cancelled")
 TERMINAL = ("done", "failed", "diverged", "oom", "cancelled")
@@ -188,8 +189,6 @@ def identity_problem(run_dir, missing_ok: bool = False) -> str | None:
     """Why run_dir cannot be trusted as the run its name says, or None when it can: config.json's
     run_id and the hash of its config must both equal the directory name. missing_ok: a run dir
     without config.json (not written yet) is not a problem."""
-    from ablate.plan.config import make_config  # here: config is the heavier module
-
     path = Path(run_dir) / CONFIG
     try:
         st = path.stat()
@@ -211,6 +210,16 @@ def identity_problem(run_dir, missing_ok: bool = False) -> str | None:
                 problem = f"config.json's config is not valid here: {e}"
         _IDENTITY[key] = problem
     return _IDENTITY[key]
+
+
+def read_config(run_dir) -> tuple[RunConfig, dict]:
+    """The run's RunConfig, as planned (resolved against its data when the grid was read), and the
+    whole config.json document (grid, run_id, varied keys, versions, resources)."""
+    path = Path(run_dir) / CONFIG
+    doc = read_json(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise AblateError(f"{path} is missing, unreadable or has no 'config' mapping")
+    return make_config(doc["config"]), doc
 
 
 class Busy(AblateError):

@@ -1,6 +1,6 @@
-"""The GPU check's measurements, one per process: `python gpu_check_jobs.py JOB SPEC.json OUT.json`.
+"""The GPU check's measurements, one per process: `python -m ablate.gpucheck.jobs JOB SPEC.json OUT.json`.
 
-benchmarks/gpu_check.py (the driver, no torch) starts each job as its own process, so that
+driver.py (no torch) starts each job as its own process, so that
 a hung compile or a CUDA error is killed at its stage's time cap and the next job starts on
 a clean device (and clean peak-memory counters). Jobs:
 
@@ -21,13 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-
-from ablate.plan import estimate, rundir  # noqa: E402
-from ablate.plan.config import make_config  # noqa: E402
+from ablate.core import estimate, rundir
+from ablate.core.config import make_config, resolve
+from ablate.data import corpora, prepare
+from ablate.model import backends
+from ablate.train import devices, distributed
+from ablate.train.memtrack import simulate_step
+from ablate.train.signals import StopFlag
+from ablate.train.trainer import Trainer
 
 
 def _sync(device) -> float:
@@ -39,16 +43,13 @@ def _sync(device) -> float:
 # ---------------------------------------------------------------- env
 
 def env(spec: dict) -> dict:
-    from ablate.model import backends
-    from ablate.train import memory
-
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    name = memory.device_name(device)
+    name = devices.device_name(device)
     out = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": torch.version.cuda,
            "cudnn": torch.backends.cudnn.version() if cuda else None, "device_name": name,
-           "peak_bf16_flops": memory.peak_flops(name), "flex": backends._has_flex(),
-           "flash_attn": ".".join(map(str, backends._flash_probe()[1])) if backends._flash_probe() else None}
+           "peak_bf16_flops": devices.peak_flops(name), "flex": backends.has_flex(),
+           "flash_attn": backends.capabilities()["flash"]}
     for module in ("triton", "numpy", "tiktoken"):
         try:
             out[module] = __import__(module).__version__
@@ -58,20 +59,17 @@ def env(spec: dict) -> dict:
         props = torch.cuda.get_device_properties(device)
         out.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / 2 ** 30, 1),
                    sm_count=props.multi_processor_count)
-    order = getattr(torch._C, "_get_sdp_priority_order", None)  # private; absent in some versions
+    order = backends.sdpa_priority_order()
     if order is not None:
-        names = {int(b.value): n for n, b in torch.nn.attention.SDPBackend.__members__.items()}
-        out["sdpa_priority"] = [names.get(int(b), str(b)) for b in order()]
+        out["sdpa_priority"] = order
     return out
 
 
 # ---------------------------------------------------------------- data
 
 def data(spec: dict) -> dict:
-    from ablate.train import data as data_mod
-
     t0 = time.perf_counter()
-    path = data_mod.prepare(spec["dataset"], spec["tokenizer"])
+    path = prepare.prepare(spec["dataset"], spec["tokenizer"])
     meta = json.loads((path / "meta.json").read_text())
     return {"path": str(path), "seconds": time.perf_counter() - t0,
             **{k: meta.get(k) for k in ("vocab_size", "train_tokens", "val_tokens", "source")}}
@@ -82,11 +80,6 @@ def data(spec: dict) -> dict:
 def cell(spec: dict) -> dict:
     """Warm-up + timed steps of the real Trainer on a run dir (no evals, no checkpoints: those
     are the trainer's business and are measured by the resume stage)."""
-    from ablate.model import backends
-    from ablate.train import distributed, memory
-    from ablate.train.signals import StopFlag
-    from ablate.train.trainer import Trainer
-
     run_dir = Path(spec["run_dir"])
     doc = {"config": spec["config"], "grid": "gpu-check", "run_id": run_dir.name}
     rundir.write_json_atomic(run_dir / rundir.CONFIG, doc)
@@ -96,7 +89,7 @@ def cell(spec: dict) -> dict:
         trainer = Trainer(run_dir, make_config(spec["config"]), doc, d, stop)
         cfg = trainer.cfg  # resolved
         out = {"attn_backend": trainer.raw.attn_backend, "build_s": time.perf_counter() - t0,
-               "device_name": memory.device_name(d.device), "tokens_per_step": cfg.tokens_per_step,
+               "device_name": devices.device_name(d.device), "tokens_per_step": cfg.tokens_per_step,
                "params": trainer.raw.param_counts()["total"]}
         t0 = _sync(d.device)
         loss0 = trainer.train_step().item()  # compiles when compile: true
@@ -106,7 +99,7 @@ def cell(spec: dict) -> dict:
         if spec["steps"] == 0:  # a warm-up job: it only fills the compile caches
             return out
         _sync(d.device)
-        memory.reset_peaks(d.device)
+        devices.reset_peaks(d.device)
         t0 = time.perf_counter()
         for _ in range(spec["steps"]):
             loss = trainer.train_step()
@@ -115,9 +108,9 @@ def cell(spec: dict) -> dict:
         fpt = estimate.flops_per_token(cfg)
         breakdown = estimate.memory_breakdown(cfg)
         out.update(ms_per_step=1000 * seconds, tokens_per_s=tps, loss_first=loss0, loss_last=loss.item(),
-                   mfu_causal=memory.mfu(fpt["causal"], tps, out["device_name"], 1),
-                   mfu_nanogpt=memory.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
-                   peak_flops=memory.peak_flops(out["device_name"]), **memory.peaks(d.device),
+                   mfu_causal=devices.mfu(fpt["causal"], tps, out["device_name"], 1),
+                   mfu_nanogpt=devices.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
+                   peak_flops=devices.peak_flops(out["device_name"]), **devices.peaks(d.device),
                    est_peak=breakdown["total"], est_breakdown=breakdown,
                    attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device))
     return out
@@ -131,10 +124,6 @@ def simulate(spec: dict, emit=lambda result: None) -> dict:
     cell simulates the same eager step as its eager twin). {"sims": {cell: {category: bytes,
     "total", "device"} or {"error"}}}, written cell by cell: it runs in the background while the
     tests and the bench run, and what it finished before the check ends is kept."""
-    from ablate.plan.config import resolve
-    from ablate.train import data as data_mod
-    from ablate.train.memtrack import simulate_step
-
     sims, by_shape = {}, {}
     for c in spec["cells"]:
         config = {**c["config"], "compile": False}
@@ -143,7 +132,7 @@ def simulate(spec: dict, emit=lambda result: None) -> dict:
             device = "cuda" if config["device"] == "cuda" and torch.backends.cuda.is_built() else "cpu"
             t0 = time.perf_counter()
             try:
-                cfg = resolve(make_config(config), data_mod.vocab_size(config["dataset"], config["tokenizer"]))
+                cfg = resolve(make_config(config), corpora.vocab_size(config["dataset"], config["tokenizer"]))
                 by_shape[shape] = {**simulate_step(cfg, device), "device": device,
                                    "seconds": round(time.perf_counter() - t0, 1)}
             except Exception as e:  # a shape the simulation cannot run is this cell's result
@@ -160,11 +149,6 @@ def kernels(spec: dict, emit=lambda result: None) -> dict:
     named (attention_kernel / SDPA's dispatcher) and the kernel seen (profiler), milliseconds
     and peak memory. 'pre-fix' replays the call attend() made before issue 14 (enable_gqa
     with a boolean mask), to measure what the routing avoids."""
-    import torch.nn.functional as F
-
-    from ablate.model import backends
-    from ablate.plan.config import resolve
-
     device = torch.device(spec["device"])
     B, T, H, hd, W, kv = (spec[k] for k in ("batch", "context", "n_head", "head_dim", "window", "n_kv_head"))
     rows = []
@@ -184,8 +168,7 @@ def kernels(spec: dict, emit=lambda result: None) -> dict:
             if case.get("prefix"):  # the old call: enable_gqa with a mask, whatever the kernels take
                 mask = backends.window_mask(T, W, device)
                 qt, kt, vt = (t.transpose(1, 2) for t in (q, k, v))
-                choice = torch._fused_sdp_choice(qt, kt, vt, attn_mask=mask, enable_gqa=True)
-                row["named"] = backends.SDPA_KERNELS.get(int(choice), str(choice))
+                row["named"] = backends.sdpa_kernel(qt, kt, vt, attn_mask=mask, enable_gqa=True)
 
                 def fwd():
                     return F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, enable_gqa=True, scale=hd ** -0.5)
@@ -225,8 +208,17 @@ def kernels(spec: dict, emit=lambda result: None) -> dict:
 
 JOBS = {"env": env, "data": data, "cell": cell, "simulate": simulate, "kernels": kernels}
 
-if __name__ == "__main__":
-    job, spec_path, out_path = sys.argv[1:4]
+
+def main(argv=None) -> int:
+    job, spec_path, out_path = (sys.argv[1:] if argv is None else argv)[:3]
     spec = json.loads(Path(spec_path).read_text())
-    emit = lambda result: rundir.write_json_atomic(out_path, result)  # noqa: E731
+
+    def emit(result):
+        rundir.write_json_atomic(out_path, result)
+
     emit(JOBS[job](spec, emit) if job in ("kernels", "simulate") else JOBS[job](spec))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,8 @@
 """Plugin keys inside a config: what a cell records about the plugins of its grid, torch-free.
 
+A plugin declares its keys with `Key` (ablate/plugin.py re-exports it for plugin files) and fills
+some of the extension POINTS; ablate/plan/plugins.py loads plugins, this module only describes them.
+
 A cell of a grid that names plugins carries, besides RunConfig's fields, one value per plugin
 key, and in its `plugins` field the declaration of every plugin of the grid:
 
@@ -17,9 +20,14 @@ from __future__ import annotations
 
 import math
 import re
+import traceback
+from dataclasses import dataclass, field
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
+# the extension points a plugin may fill: names here (the loader checks them, torch-free), the
+# signatures and the built-in parts in ablate/model/points.py
+POINTS = ("norm", "qk", "mlp", "residual", "model")
 TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # a YAML key, a Python attribute and a DuckDB column
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -62,6 +70,55 @@ def _allowed(spec: dict) -> str:
         if lo is not None or hi is not None:
             text += f" in [{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
     return text + (" or null" if spec["default"] is None else "")
+
+
+@dataclass(frozen=True)
+class Key:
+    """A plugin's config key: its type (bool, int, float or str), a default that leaves the model
+    unchanged (None: the key may be null), a one-line help, and either the allowed values
+    (`choices`) or an inclusive numeric `range` (lo, hi; None for no bound)."""
+    type: type
+    default: object
+    help: str
+    choices: tuple | None = None
+    range: tuple | None = None
+    where: str = field(default="", compare=False, repr=False)  # file:line of the declaration
+
+    def __post_init__(self):
+        if not self.where:
+            caller = traceback.extract_stack(limit=3)[0]  # the plugin's line <- __init__ <- __post_init__
+            object.__setattr__(self, "where", f"{caller.filename}:{caller.lineno}")
+
+    def spec(self) -> dict:
+        """The declaration as config.json records it (the `keys` of a declaration, below)."""
+        name = {bool: "bool", int: "int", float: "float", str: "str"}.get(self.type)
+        return {"type": name, "default": self.default, "choices": list(self.choices) if self.choices else None,
+                "range": list(self.range) if self.range else None}
+
+    def problem(self) -> str | None:
+        """Why this declaration is not valid, or None."""
+        if self.type not in (bool, int, float, str):
+            return f"type must be bool, int, float or str, got {self.type!r}"
+        if not isinstance(self.help, str) or not self.help.strip() or "\n" in self.help.strip():
+            return "help must be one line of text"
+        if self.choices is not None and (not isinstance(self.choices, (tuple, list)) or not self.choices):
+            return f"choices must be a non-empty tuple of values, got {self.choices!r}"
+        if self.range is not None:
+            if self.type not in (int, float) or not isinstance(self.range, (tuple, list)) or len(self.range) != 2:
+                return f"range must be (lo, hi) for an int or float key, got {self.range!r}"
+            lo, hi = self.range
+            if any(b is not None and (isinstance(b, bool) or not isinstance(b, (int, float)) or not math.isfinite(b))
+                   for b in (lo, hi)) or (lo is not None and hi is not None and lo > hi):
+                return f"range must be (lo, hi) with finite lo <= hi (None: no bound), got {self.range!r}"
+        if self.choices is not None and self.range is not None:
+            return "give choices or a range, not both"
+        spec = self.spec()
+        for c in self.choices or ():
+            problem = value_problem({**spec, "choices": None}, c)
+            if problem or c is None:
+                return f"choice {c!r}: {problem or 'null is not a choice (a null default makes the key nullable)'}"
+        problem = value_problem(spec, self.default)
+        return f"default {problem}" if problem else None
 
 
 def coerce(spec: dict, value):

@@ -9,7 +9,7 @@ A field added after runs existed (`meta(..., added=True)`) is left out of the ha
 holds its default, so adding it kept every earlier run id (data_id: only text:PATH data sets
 have one; the memory knobs: only cells that use them).
 
-Plugin keys (ablate/plugin.py): a cell of a grid that names plugins also carries each plugin
+Plugin keys (ablate/plan/plugins.py loads them): a cell of a grid that names plugins also carries each plugin
 key as an attribute of the same name (`cfg.qk_norm`), beside the fields, and the plugins'
 declarations in its `plugins` field, so that its dict (config.json) describes itself. A plugin
 key enters the run id only when it is not at its default, together with the content id of its
@@ -17,6 +17,7 @@ plugin (plugin_keys.py): a cell that leaves a plugin's keys alone keeps its buil
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,14 +25,18 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
-from ablate.errors import AblateError, closest
-from ablate.plan import plugin_keys
+from ablate.core import plugin_keys
+from ablate.core.errors import AblateError, closest
 
-ARCH_DEFAULTS = {
+ARCHS = ("gpt", "ngpt")  # the built-in architectures: every other place takes their names from here
+ARCH_DEFAULTS = dict(zip(ARCHS, (
     # NVIDIA launcher.sh recipe: GPT gets weight decay and warmup; nGPT neither.
-    "gpt": {"weight_decay": 0.1, "warmup_frac": 0.2},
-    "ngpt": {"weight_decay": 0.0, "warmup_frac": 0.0},
-}
+    {"weight_decay": 0.1, "warmup_frac": 0.2},
+    {"weight_decay": 0.0, "warmup_frac": 0.0},
+)))
+# swept inside a variant, never comparison groups: the lr sweep (min_lr goes with it; a variant
+# stands at its best lr) and the budget axis (budgets in one group give budget-mode speedup)
+SWEPT = ("lr", "min_lr", "max_iters")
 
 
 def meta(default, doc: str, hashed: bool = True, added: bool = False):
@@ -43,7 +48,7 @@ def meta(default, doc: str, hashed: bool = True, added: bool = False):
 @dataclass(frozen=True, eq=False)  # __eq__ below: plugin keys are attributes, not fields
 class RunConfig:
     # ---- architecture
-    arch: Literal["gpt", "ngpt"] = meta("gpt", "baseline GPT (RMSNorm, pre-norm) or nGPT (hypersphere)")
+    arch: Literal[ARCHS] = meta("gpt", "baseline GPT (RMSNorm, pre-norm) or nGPT (hypersphere)")
     n_layer: int = meta(4, "number of transformer blocks")
     n_head: int = meta(4, "query heads per layer")
     n_embd: int = meta(128, "model width d")
@@ -135,11 +140,11 @@ class RunConfig:
 
 
 FIELDS = {f.name: f for f in fields(RunConfig)}
-_HINTS = typing.get_type_hints(RunConfig)
+FIELD_TYPES = typing.get_type_hints(RunConfig)  # name -> type hint
 
 
 def _allowed(name: str) -> str:
-    hint = _HINTS[name]
+    hint = FIELD_TYPES[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     if typing.get_origin(hint) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(hint)))
@@ -151,7 +156,7 @@ def _allowed(name: str) -> str:
 
 def _checker(name: str):
     """A fast (value -> ok) predicate for one field, built once from its type hint."""
-    hint = _HINTS[name]
+    hint = FIELD_TYPES[name]
     optional = type(None) in typing.get_args(hint)
     base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if typing.get_origin(base) is Literal:
@@ -190,9 +195,9 @@ def identity(config: dict, names=HASHED_NAMES) -> dict:
     return dict(sorted({**out, **extra}.items())) if extra else out
 
 
-_FLOAT_FIELDS = {n for n in FIELDS if _HINTS[n] in (float, Optional[float])}
-_NUMERIC = tuple(n for n in FIELDS if _HINTS[n] in (int, float, Optional[int], Optional[float]))
-_IN_RANGE = {n: set() for n in _NUMERIC}  # values already found in range, per field (types are checked before)
+_FLOAT_FIELDS = {n for n in FIELDS if FIELD_TYPES[n] in (float, Optional[float])}
+NUMERIC_FIELDS = tuple(n for n in FIELDS if FIELD_TYPES[n] in (int, float, Optional[int], Optional[float]))
+_IN_RANGE = {n: set() for n in NUMERIC_FIELDS}  # values already found in range, per field (types are checked before)
 _DEFAULT_CONFIG = RunConfig()
 
 
@@ -204,7 +209,7 @@ def _check_type(f, value) -> None:
         raise AblateError(f"key '{f.name}': null is not allowed, expected {_allowed(f.name)}")
     if ok(value):
         return
-    if typing.get_origin(_HINTS[f.name]) is Literal or "Literal" in str(_HINTS[f.name]):
+    if typing.get_origin(FIELD_TYPES[f.name]) is Literal or "Literal" in str(FIELD_TYPES[f.name]):
         raise AblateError(f"key '{f.name}': {value!r} is not allowed, expected {_allowed(f.name)}")
     raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
 
@@ -250,7 +255,7 @@ def make_config(values: dict) -> RunConfig:
         clean[key] = value
     missing = [k for k in declared if k not in clean]  # a plugin key left out: its default
     clean.update({k: declared[k]["default"] for k in missing})
-    return _derived(_DEFAULT_CONFIG, **clean)
+    return derive(_DEFAULT_CONFIG, **clean)
 
 
 def pad_vocab(n: int, multiple: int = 64) -> int:
@@ -266,7 +271,7 @@ def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
     vocab = cfg.vocab_size
     if vocab is None and data_vocab is not None:
         vocab = pad_vocab(data_vocab)
-    out = _derived(
+    out = derive(
         cfg,
         n_kv_head=cfg.n_head if cfg.n_kv_head is None else cfg.n_kv_head,  # 0 is an error, not "unset"
         share_attn=cfg.n_layer if cfg.share_attn is None else cfg.share_attn,
@@ -279,9 +284,10 @@ def resolve(cfg: RunConfig, data_vocab: Optional[int] = None) -> RunConfig:
     return out
 
 
-def _derived(cfg: RunConfig, **changes) -> RunConfig:
-    """dataclasses.replace without re-checking types: every change is computed here from
-    already-checked values (a 10,000-cell plan spends most of its time in __init__)."""
+def derive(cfg: RunConfig, **changes) -> RunConfig:
+    """dataclasses.replace without re-checking types, for changes computed from already-checked
+    values (resolved defaults, a data id, a canonical twin): a 10,000-cell plan would spend most
+    of its time in __init__. Never for a user's values: make_config checks those."""
     out = object.__new__(RunConfig)
     out.__dict__.update(cfg.__dict__)
     out.__dict__.update(changes)
@@ -357,3 +363,24 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
         bad("key 'param_dtype': bf16 weights need dtype: bf16 (autocast); fp32 activations cannot meet bf16 weights")
     if c.param_dtype == "bf16" and c.device == "cpu":
         bad("key 'param_dtype': bf16 block matrices need CUDA, but device is cpu (use param_dtype: fp32)")
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one job asks of the scheduler (translated per executor in ablate/launch/resources.py)."""
+    gpus: int = 0                     # GPUs per job (>1 runs DDP)
+    nodes: int = 1
+    cpus: int = 0                     # CPUs per task; 0 = executor default
+    mem_gb: float = 0                 # 0 = executor default
+    time_min: int = 60
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    max_requeue: int = 3
+
+    def signature(self) -> tuple:
+        return dataclasses.astuple(self)
+
+
+RESOURCE_KEYS = {f.name: f.type for f in dataclasses.fields(Resources)}

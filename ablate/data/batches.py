@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablate.errors import AblateError
+from ablate.core.errors import AblateError
 
 TRAIN, VAL, TRAIN_EVAL = 0, 1, 2  # PRNG streams
 EVAL_CHUNK = 1024  # eval window offsets are drawn in chunks of this many: window j lives in chunk j // 1024

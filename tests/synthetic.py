@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from ablate.plan import estimate, rundir
-from ablate.plan.config import make_config, resolve
+from ablate.core import estimate, rundir
+from ablate.core.config import make_config, resolve
 
 CHAR_VOCAB = 65  # character-level Shakespeare
 

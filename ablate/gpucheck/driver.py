@@ -22,7 +22,7 @@ gpu-check.log (every job's output), rewritten after each stage and cell, so a ru
 outside still leaves what it measured. The targets are reported as pass / miss, never asserted.
 --cpu runs the same stages at a tiny size on the CPU (compile disabled): the test suite runs it
 so that the check cannot rot while no GPU is around. No torch here: jobs run in child
-processes (gpu_check_jobs.py); this file only imports ablate.plan, which never imports torch.
+processes (jobs.py); this file imports only torch-free modules (core, the check's own).
 """
 from __future__ import annotations
 
@@ -38,13 +38,13 @@ import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(ROOT), str(HERE)]
+from ablate.core import rundir
+from ablate.core.provenance import git_sha
+from ablate.gpucheck.profiles import PROFILES, cells, kernel_cases
+from ablate.gpucheck.report import markdown, targets
+from ablate.gpucheck.resume import resume
 
-from ablate.plan import rundir  # noqa: E402
-from gpu_check_report import markdown, targets  # noqa: E402
-from gpu_check_profiles import PROFILES, cells, kernel_cases  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: pytest runs its tests/, jobs run from here
 
 STAGES = ("env", "data", "tests", "kernels", "bench", "resume")
 MIN_STAGE_S = 5.0  # a stage with less time than this left is skipped, not started
@@ -74,8 +74,8 @@ class StageError(Exception):
 
 
 class Check:
-    StageError, kill = StageError, staticmethod(kill)  # for gpu_check_resume
-    jobs = [sys.executable, str(HERE / "gpu_check_jobs.py")]  # + JOB SPEC OUT: the measuring side
+    StageError, kill = StageError, staticmethod(kill)  # for resume.py
+    jobs = [sys.executable, "-m", "ablate.gpucheck.jobs"]  # + JOB SPEC OUT: the measuring side
 
     def __init__(self, out: Path, profile: str, only: tuple, cell_names: tuple, budget: float | None, work: Path):
         self.out, self.work, self.p = out, work, PROFILES[profile]
@@ -87,10 +87,10 @@ class Check:
         self.sim_thread, self.sim_proc = None, None
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "ABLATE_DATA_DIR": str(work / "data"),
                     "ABLATE_RUNS_DIR": str(work / "runs"), "PYTHONPATH": os.pathsep.join(
-                        [str(ROOT), str(HERE)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
+                        [str(ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
         self.env.update(self.p.get("env", {}))
         self.result = {"profile": profile, "budget_s": budget or self.p["budget"],
-                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_sha": _git_sha(),
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "git_sha": git_sha(ROOT),
                        "env": {}, "stages": {}, "tests": {}, "kernels": [], "cells": [], "resume": {}, "targets": []}
 
     # ---- time
@@ -178,7 +178,7 @@ class Check:
 
     def _tests(self, deadline):
         results = self.work / "tests.jsonl"
-        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "gpu_check_pytest", "-p", "no:cacheprovider", "-m", "cuda"]
+        pytest = [sys.executable, "-m", "pytest", "-q", "-p", "ablate.gpucheck.pytest_shard", "-p", "no:cacheprovider", "-m", "cuda"]
         env = {"GPU_CHECK_RESULTS": str(results)}
         start, k, rcs = time.monotonic(), self.p["shards"], {}
         model_deadline = start + self.p["model_tests_share"] * (deadline - start)
@@ -289,8 +289,6 @@ class Check:
             self.write()
 
     def stage_resume(self, deadline):
-        from gpu_check_resume import resume  # the driver side of the resume stage (no torch)
-
         self.result["resume"] = resume(self, deadline)
 
     # ---- output
@@ -325,14 +323,6 @@ class Check:
 def _last_line(text: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     return lines[-1][:300] if lines else "(no output)"
-
-
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def _test_summary(lines: list[dict]) -> dict:

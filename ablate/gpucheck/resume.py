@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 
-from ablate.plan import rundir
+from ablate.core import rundir
 
 RUNS = ("once", "again", "killed")
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from ablate.errors import AblateError
-from ablate.plan import plugin_keys
-from ablate.plan.config import RunConfig
+from ablate.core.errors import AblateError
+from ablate.core import plugin_keys
+from ablate.core.config import RunConfig
 
 BYTES = {"fp32": 4, "bf16": 2}
 

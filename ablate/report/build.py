@@ -1,0 +1,217 @@
+"""`ablate report`: what each change buys, from the store. No torch.
+
+    make_report(store, "quickstart", {"baseline": {"arch": "gpt"}, "group_by": ["context"]},
+                "reports/quickstart", plan_estimates={run_id: memory_breakdown},
+                planned=[{"run_id": ..., **config}], simulated={run_id: memtrack breakdown})
+
+writes, into out_dir: loss_curves, loss_vs_tokens, speedup, memory, size, throughput and (when
+the grid sweeps lr) lr_sweep, each as .png and .svg; speedup.csv, memory.csv, size.csv (raw
+numbers, bytes); summary.md (every table); index.html (every chart and table, JavaScript
+inlined, opens offline). Works on a grid that is still running (curves so far, "not reached
+yet") or empty (a report that says what is missing). The speedup table is also stored in
+the DuckDB table `speedup` for `ablate query`.
+
+The report's parts: compare (groups, variants, baseline), speedup (curve and budget modes),
+tables (memory, size, throughput, lr sweep, status), charts (altair), render (files); this
+module puts them together.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from ablate.core import plugin_keys
+from ablate.report import charts, render, tables
+from ablate.report import compare as cmp
+from ablate.report import speedup as spd
+
+MAX_CHART_ROWS = 4500  # under altair's 5,000-row limit, whatever the grid size
+
+
+def _runs(store, grid: str) -> pd.DataFrame:
+    """Every run of the grid with its final loss / step / tokens / seconds (the `final` view's)."""
+    return store.query("""
+        select r.* replace (f.final_val_loss as final_val_loss, f.final_train_loss as final_train_loss),
+               f.final_step, f.final_tokens, f.final_elapsed
+        from runs r join final f on r.grid = f.grid and r.run_id = f.run_id
+        where r.grid = ? order by r.run_id""", [grid])
+
+
+def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The curves to draw (each cell's representative, downsampled in SQL so that all of them
+    fit under MAX_CHART_ROWS) and a note when there were too many to draw them all."""
+    reps = cells[cells.rep]
+    note = ""
+    if len(reps) > MAX_CHART_ROWS // 2:  # two points a curve at least
+        note = f"first {MAX_CHART_ROWS // 2} of {len(reps)} curves drawn"
+        reps = reps.head(MAX_CHART_ROWS // 2)
+    if not len(reps):
+        return pd.DataFrame(columns=["cell_id", "step", "tokens", "val_loss", "group", "variant", "series",
+                                     "max_iters", "lr"]), note
+    per_curve = max(2, min(300, MAX_CHART_ROWS // len(reps)))
+    cur = store.curves(grid, reps.cell_id.tolist(), max_points=per_curve)
+    # the legend names each curve's lr whenever lrs differ (per-arch lrs, or a sweep's best lrs)
+    named = (cells.n_lrs > 1).any() or reps.lr.nunique() > 1
+    reps = reps.assign(series=[f"{v}, lr {lr:g}" if named else v for v, lr in zip(reps.variant, reps.lr)])
+    cur = cur.merge(reps[["cell_id", "group", "variant", "series", "max_iters", "lr", "gorder", "vorder"]],
+                    on="cell_id")
+    return cur.sort_values(["gorder", "vorder", "max_iters", "cell_id", "step"], ignore_index=True), note
+
+
+def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
+    """How the comparison was made, in words: baseline, groups, variants, lr sweep, budgets, eval."""
+    base = " ".join(f"{k}={'none' if v is None else v}" for k, v in comp.baseline.items())
+    lines = [f"Baseline: {base}. " + (f"Compared within each {', '.join(comp.group_by)}" if comp.group_by else
+                                     "All cells form one comparison group")
+             + (f"; variants differ in {', '.join(comp.variant_keys)}." if comp.variant_keys else ".")]
+    if len(cells) and (cells.n_lrs > 1).any():
+        lines.append("lr sweep: each variant stands at its best lr (lowest mean final val loss) at each budget, "
+                     "as in the nGPT paper; the lr sweep chart shows every lr.")
+    if len(cells) and (cells.groupby("group").max_iters.nunique() > 1).any():
+        lines.append("Several budgets (max_iters, each with its own full lr schedule) in a group: budget-mode "
+                     "speedup = the budget the baseline needs to match a variant's final loss / the variant's.")
+    windows = (runs.eval_iters * runs.batch_size).dropna()
+    if len(windows):
+        n = f"{int(windows.min()):,}" + (f"-{int(windows.max()):,}" if windows.nunique() > 1 else "")
+        lines.append(f"Val loss: {n} fixed windows of the val split per eval, the same for every cell of a "
+                     "context whatever its seed; a gap under 2 eval standard errors is reported as "
+                     "within eval noise, not as a result.")
+    return lines
+
+
+def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """The result in plain words: per group and variant, its speedups by budget (budget mode,
+    the paper's, when the grid has it), and what the seeds can and cannot say."""
+    lines = []
+    for (group, variant), rows in sp.groupby(["group", "variant"], sort=False):
+        mode = "budget" if (rows["mode"] == "budget").any() else "curve"
+        rows = rows[rows["mode"] == mode].sort_values("budget")
+        base = cells[(cells.group == group) & cells.is_baseline].variant
+        lines.append(f"Result{'' if group == 'all' else f' ({group})'}: {variant} vs "
+                     f"{base.iloc[0] if len(base) else 'the baseline'}, {mode}-mode speedup: "
+                     + "; ".join(f"{d} at {b:,} steps" for d, b in zip(rows.display, rows.budget)) + ".")
+    done = runs[runs.state == "done"]
+    if lines and len(done) and done.groupby("cell_id").seed.nunique().max() == 1:
+        lines.append("One seed per cell: ± and noise ranges are the eval's standard errors only; how much "
+                     "another seed would move a result is not measured by this grid.")
+    return lines
+
+
+def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
+           sp: pd.DataFrame) -> list[str]:
+    n = status["n_runs"]
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
+    lines = [f"{n} runs in the store ({counts})." if n else
+             f"No runs of grid '{grid}' in the store: nothing has been submitted yet (or runs/ is elsewhere)."]
+    if status["missing"]:
+        lines.append(f"{len(status['missing'])} planned runs have no run dir yet (not submitted): "
+                     + ", ".join(status["missing"][:10]) + (" ..." if len(status["missing"]) > 10 else ""))
+    running = status["counts"].get("running", 0) + status["counts"].get("queued", 0) + status["counts"].get("pending", 0)
+    if running:
+        lines.append(f"{running} runs not finished: their curves are shown so far; losses, speedups and sizes "
+                     "count finished seeds only.")
+    if comp is not None:
+        lines += _answer(sp, cells, runs) + _method(runs, comp, cells) + comp.notes
+    used = sorted(set(runs.plugins.dropna())) if "plugins" in runs and len(runs) else []
+    if used:
+        lines.append(f"Plugins used: {', '.join(used)}. No formula knows a plugin: the memory estimate of a cell "
+                     "that uses one is the plan's simulated step, its size before it runs unknown.")
+    return lines
+
+
+def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None) -> pd.DataFrame:
+    """The runs plus the grid's cells that have no run yet (state "planned"), labelled together:
+    the memory chart shows what the plan simulated for those."""
+    have = set(runs.run_id)
+    todo = [p for p in planned or [] if p["run_id"] not in have]
+    if not todo:
+        return None
+    rows = pd.DataFrame([{**p, "state": "planned", "config_json": json.dumps(
+        {k: v for k, v in p.items() if k != "run_id"}, sort_keys=True, default=str),
+        "plugins": plugin_keys.used_text(p) if p.get("plugins") else None} for p in todo])  # as ingest
+    rows = rows.reindex(columns=list(dict.fromkeys([*runs.columns, *rows.columns])))  # every column a run has
+    both = cmp.plain(pd.concat([runs, rows], ignore_index=True) if len(runs) else rows)
+    return cmp.annotate(both, cmp.resolve(both, compare))
+
+
+def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
+                log_x: bool = False, planned: list | None = None, simulated: dict | None = None) -> dict:
+    """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis;
+    planned: every cell of the grid as {"run_id", **config}; simulated: the plan's cached memory
+    simulations by run_id, shown for the cells that have not run); returns {"paths": {name: Path},
+    "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep" (DataFrames),
+    "status" (dict), "comparison"}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = cmp.plain(_runs(store, grid_name))
+    mem_runs = _with_planned(runs, planned, compare)  # None: every planned cell has run
+    comp = cmp.resolve(runs, compare) if len(runs) else None
+    if comp is not None:
+        runs = cmp.annotate(runs, comp)
+    else:
+        runs = runs.assign(group=[], mgroup=[], variant=[], is_baseline=[], budget_tokens=[], gorder=[], morder=[], vorder=[])
+    stats = store.query(f"select cell_id, {', '.join(cmp.CELL_STATS)} from cells where grid = ?", [grid_name])
+    cells = cmp.cells(runs, stats)
+    sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
+    mem_runs = runs if mem_runs is None else mem_runs
+    mem, sz, th = tables.memory(mem_runs, plan_estimates, simulated), tables.size(runs), tables.throughput(runs)
+    kn = tables.knobs(mem_runs, mem, th)
+    lr = tables.lr_sweep(cells)
+    status = tables.status(runs, plan_estimates)
+    curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
+
+    swept = bool(len(cells)) and bool((cells.n_lrs > 1).any())
+    figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x, swept),
+            "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note, log_x, swept),
+            "speedup": charts.speedup(sp), "memory": charts.memory(mem), "size": charts.size(sz),
+            "throughput": charts.throughput(th)}
+    if len(lr):
+        figs["lr_sweep"] = charts.lr_sweep(lr)
+    else:  # a previous report's lr chart would describe other runs
+        for suffix in (".png", ".svg"):
+            (out / f"lr_sweep{suffix}").unlink(missing_ok=True)
+    specs = render.write_charts(figs, out)
+
+    paths = {name: out / f"{name}.png" for name in figs}
+    for name, df in (("speedup", sp), ("memory", mem), ("size", sz), ("knobs", kn)):
+        df.to_csv(out / f"{name}.csv", index=False)
+        paths[f"{name}.csv"] = out / f"{name}.csv"
+
+    intro = _intro(grid_name, runs, comp, status, cells, sp)
+    broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
+    if len(broken):
+        intro.append(f"{len(broken)} run dirs are broken and were not read: "
+                     + "; ".join(f"{r.run_id} ({r.problem})" for r in broken.head(5).itertuples())
+                     + (" ..." if len(broken) > 5 else ""))
+        status["problems"] += [{"run_id": r.run_id, "state": "broken", "error": r.problem} for r in broken.itertuples()]
+    problems = pd.DataFrame(status["problems"])
+    sections = [
+        ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),
+        ("Validation loss curves", "loss_curves", None),
+        ("Validation loss vs tokens", "loss_vs_tokens", None),
+        ("Final validation loss per cell (mean ± standard error over seeds; eval s.e.: the eval sample's own)",
+         "lr_sweep",
+         render.loss_table(cells) if len(cells) else None),
+        ("Peak memory", "memory", render.memory_table(mem) if len(mem) else None),
+        ("Memory knobs: memory saved and step time paid", None, render.knobs_table(kn) if len(kn) else None),
+        ("Model size", "size", render.size_table(sz) if len(sz) else None),
+        ("Throughput", "throughput", render.throughput_table(th) if len(th) else None),
+        ("Runs that did not finish cleanly", None, problems if len(problems) else None),
+    ]
+    sections = [(h, c, t) for h, c, t in sections if t is not None or c in figs]  # nothing to show: no heading
+    md = [f"# ablate report: {grid_name}\n", *[f"{l}\n" for l in intro]]
+    for heading, chart, table in sections:
+        md.append(f"\n## {heading}\n")
+        if chart in figs:
+            md.append(f"![{chart}]({chart}.png)\n")
+        if table is not None:
+            md.append("\n" + render.markdown(table))
+    (out / "summary.md").write_text("".join(md))
+    html_sections = [(h, c, render.html_table(t) if t is not None else "") for h, c, t in sections]
+    (out / "index.html").write_text(render.index_html(f"ablate report: {grid_name}", intro, html_sections, specs))
+    paths.update({"summary.md": out / "summary.md", "index.html": out / "index.html"})
+    store.put_table("speedup", grid_name, sp)  # an empty table still clears the grid's old rows
+    return {"paths": paths, "speedup": sp, "memory": mem, "knobs": kn, "size": sz, "throughput": th, "cells": cells,
+            "lr_sweep": lr, "status": status, "comparison": comp}

@@ -1,0 +1,44 @@
+"""A cell's model, for whoever builds one: the trainer, the memory simulation, the plan's sizing.
+
+    model = model_for(cfg, "cpu", run_dir)     # the parts of the plugins the cell uses, resolved here
+    sizes = sizes_for(cfg)                     # its parameter counts and checkpoint bytes (meta device)
+
+The plugins a cell uses are loaded here, once per build (from the run dir's copies for a job:
+ablate/plan/plugins.py `parts`), and their parts handed to ablate.model.build_model, which never
+loads a plugin itself. An exception raised in a plugin's own code while building becomes one
+line naming the plugin's file and line.
+"""
+from __future__ import annotations
+
+from ablate.core import plugin_keys
+from ablate.model import GPT, build_model, model_sizes
+from ablate.plan import plugins
+
+
+def _plugin_parts(cfg, run_dir=None) -> dict | None:
+    return plugins.parts(cfg, run_dir) if cfg.plugins and plugin_keys.used(cfg) else None
+
+
+def _blaming_plugins(cfg, parts, build):
+    """build(), with an exception raised in a plugin's code turned into one line naming it."""
+    try:
+        return build()
+    except Exception as e:
+        blamed = plugins.blame(cfg, e, "building the model") if parts else None
+        if blamed is None:
+            raise
+        raise blamed from None
+
+
+def model_for(cfg, device_type: str | None = None, run_dir=None) -> GPT:
+    """build_model(cfg, device_type) with the parts of the plugins cfg uses (from run_dir's copies
+    when given)."""
+    parts = _plugin_parts(cfg, run_dir)
+    return _blaming_plugins(cfg, parts, lambda: build_model(cfg, device_type, parts))
+
+
+def sizes_for(cfg) -> dict:
+    """model_sizes (param counts and ckpt_bytes, built on the meta device) of cfg's model, plugins
+    included: how the plan sizes a cell that no formula knows."""
+    parts = _plugin_parts(cfg)
+    return _blaming_plugins(cfg, parts, lambda: model_sizes(cfg, parts))
