@@ -250,3 +250,16 @@ def test_the_floor_check_sees_an_upward_import():
     assert floor_of("ablate.plan.grid") == ("ablate.plan", 3)
     assert floor_of("ablate.model.gpt")[1] > floor_of("ablate.plan.grid")[1]  # so plan -> model would be refused
     assert floor_of("ablate.core.config")[1] == 0
+
+
+def test_executors_are_chosen_by_interface_not_by_comparing_their_names():
+    """An executor's name is looked up once (launch/executors.py); nothing else compares it."""
+    names = {"slurm", "local", "debug"}
+    compared = []
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                if names & {c for c in consts if isinstance(c, str)}:
+                    compared.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert compared == [], "\n".join(compared)

@@ -425,3 +425,24 @@ def test_a_plugin_can_be_an_importable_module(env, monkeypatch):
     mine = ids(grid)
     assert mine[("gpt", True)] != as_file[("gpt", True)]
     assert {k: v for k, v in mine.items() if k[1] is False} == {k: v for k, v in as_file.items() if k[1] is False}
+
+
+def test_the_model_builder_is_handed_a_plugins_parts_and_never_loads_one(env):
+    """model/ never imports the loader: a cell that uses a plugin cannot be built without the
+    parts its caller resolved (ablate.train.build does it for every caller)."""
+    import torch
+
+    from ablate.model import build_model
+    from ablate.plan.plugins import parts
+    from ablate.train.build import model_for
+
+    grid = load_grid(env.grid())
+    cfg = next(c.config for c in grid.cells if c.config.qk_norm)
+    with pytest.raises(AblateError, match=r"uses plugins \(qk_norm@[0-9a-f]{16}\): resolve their parts"):
+        build_model(cfg, "cpu")
+    torch.manual_seed(0)
+    handed = build_model(cfg, "cpu", parts(cfg))
+    torch.manual_seed(0)
+    resolved = model_for(cfg, "cpu")
+    assert type(handed.blocks[0].qk).__name__ == type(resolved.blocks[0].qk).__name__ == "QKNorm"
+    assert all(torch.equal(a, b) for a, b in zip(handed.state_dict().values(), resolved.state_dict().values()))

@@ -128,7 +128,7 @@ class Runner:
         signal.signal(signal.SIGINT, self._on_signal)
         me = os.getpid()
         for run_dir, attempt in self.queue:
-            rundir.update_status(run_dir, state="queued", executor="local", runner_pid=me, job_id=None,
+            rundir.update_status(run_dir, state="queued", executor=LocalExecutor.name, runner_pid=me, job_id=None,
                                  attempt_id=attempt, submitit_folder=str(self.folder), submitted=time.time(),
                                  error=None, note=None, ended=None, scheduler_state=None)
         (self.folder / "ready").touch()
@@ -196,7 +196,7 @@ def run_debug(cells, folder: Path, echo=print) -> None:
         ex = submitit.DebugExecutor(folder=str(folder / cell.run_id))
         job = ex.submit(CellJob(str(cell.run_dir.resolve()), None, attempt))
         # job_id: this process, which is where the cell runs (procs.local_view checks it is alive)
-        rundir.update_status(cell.run_dir, state="queued", executor="debug", job_id=str(os.getpid()),
+        rundir.update_status(cell.run_dir, state="queued", executor=DebugExecutor.name, job_id=str(os.getpid()),
                              runner_pid=None, attempt_id=attempt, submitit_folder=str(ex.folder),
                              submitted=time.time(), error=None, note=None, ended=None, scheduler_state=None)
         echo(f"running {cell.run_id} in-process (debug)")

@@ -81,7 +81,7 @@ def submit_arrays(grid, cells, folder, resources_of=None, array_parallelism=None
             now = time.time()
             for i, (cell, job, attempt) in enumerate(zip(part, jobs, attempts)):
                 rundir.update_status(
-                    cell.run_dir, state="queued", executor="slurm", job_id=str(job.job_id), attempt_id=attempt,
+                    cell.run_dir, state="queued", executor=SlurmExecutor.name, job_id=str(job.job_id), attempt_id=attempt,
                     array_job_id=base,
                     array_index=i if "_" in job.job_id else None, submitit_folder=str(sub), submitted=now,
                     stdout=str(job.paths.stdout), stderr=str(job.paths.stderr), error=None, note=None, ended=None,
