@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from typing import Literal, Optional
 
 from ablate.core import plugin_keys
-from ablate.core.errors import AblateError, closest
+from ablate.core.errors import AblateError, closest, type_name
 
 ARCHS = ("gpt", "ngpt")  # the built-in architectures: every other place takes their names from here
 ARCH_DEFAULTS = dict(zip(ARCHS, (
@@ -161,7 +161,7 @@ def _checker(name: str):
     base = [a for a in typing.get_args(hint) if a is not type(None)][0] if optional else hint
     if typing.get_origin(base) is Literal:
         choices = set(typing.get_args(base))
-        ok = lambda v: v in choices
+        ok = lambda v: isinstance(v, (str, int, float)) and v in choices  # a list or mapping is no choice (nor hashable)
     elif base is bool:
         ok = lambda v: v is True or v is False
     elif base is int:
@@ -211,7 +211,7 @@ def _check_type(f, value) -> None:
         return
     if typing.get_origin(FIELD_TYPES[f.name]) is Literal or "Literal" in str(FIELD_TYPES[f.name]):
         raise AblateError(f"key '{f.name}': {value!r} is not allowed, expected {_allowed(f.name)}")
-    raise AblateError(f"key '{f.name}': {value!r} has type {type(value).__name__}, expected {_allowed(f.name)}")
+    raise AblateError(f"key '{f.name}': {value!r} has type {type_name(value)}, expected {_allowed(f.name)}")
 
 
 _CHECKED: set = set()  # (key, type, value) already type-checked: a grid repeats each axis value many times
@@ -248,6 +248,8 @@ def make_config(values: dict) -> RunConfig:
                 value = float(value)
             except ValueError:
                 pass
+        if isinstance(value, (list, dict, set)):  # one value per key: a list or mapping is a type error, never a cache key
+            _check_type(FIELDS[key], value)
         seen = (key, type(value), value)
         if seen not in _CHECKED:
             _check_type(FIELDS[key], value)

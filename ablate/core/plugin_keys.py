@@ -23,7 +23,7 @@ import re
 import traceback
 from dataclasses import dataclass, field
 
-from ablate.core.errors import AblateError
+from ablate.core.errors import AblateError, type_name
 
 # the extension points a plugin may fill: names here (the loader checks them, torch-free), the
 # signatures and the built-in parts in ablate/model/points.py
@@ -47,7 +47,7 @@ def value_problem(spec: dict, value) -> str | None:
     else:
         ok = type(value) is kind
     if not ok:
-        return f"{value!r} has type {type(value).__name__}, expected {_allowed(spec)}"
+        return f"{value!r} has type {type_name(value)}, expected {_allowed(spec)}"
     if spec.get("choices") is not None and value not in spec["choices"]:
         return f"{value!r} is not allowed, expected {_allowed(spec)}"
     if kind in (int, float):

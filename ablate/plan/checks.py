@@ -95,7 +95,8 @@ def origin(doc, base, arch_defaults, ex: dict, include, key: str):
                          None)
                 return line_of(items, i) or line_of(c, key)
     arch = ex.get("arch", base.get("arch", "gpt"))
-    for m in (arch_defaults.get(arch) or {}, doc.get("base") or {}, doc.get("data") or {}):
+    for m in ((arch_defaults.get(arch) if isinstance(arch, str) else None) or {}, doc.get("base") or {},
+              doc.get("data") or {}):
         if isinstance(m, dict) and key in m:
             return line_of(m, key)
     return None

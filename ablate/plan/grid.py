@@ -239,7 +239,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
         for seed in (seeds or [None]):
             ex = dict(explicit) if seed is None else {**explicit, "seed": seed}
             arch = ex.get("arch", base.get("arch", "gpt"))
-            merged = {**base, **(arch_defaults.get(arch) or {}), **ex}
+            merged = {**base, **((arch_defaults.get(arch) if isinstance(arch, str) else None) or {}), **ex}
             hit = [i for i, e in enumerate(excludes) if _matches(e, merged)]
             for i in hit:
                 used_excludes[i] = True

@@ -178,3 +178,28 @@ def test_a_context_longer_than_the_prepared_val_split_fails_at_plan(tmp_path):
     msg = one_line_error(write(tmp_path, text), "key 'context': 64 needs context+2 = 66 tokens")
     assert "val split" in msg and msg.split(":")[1] == "5", msg
     assert len(load_grid(write(tmp_path, text.replace(", 64]", "]"), "ok.yaml")).cells) == 1
+
+
+LISTS = """\
+name: g
+data: {dataset: shakespeare, tokenizer: char}
+base: {n_layer: 2, n_head: 2, n_embd: 32, context: 16, max_iters: 10, %s}
+grid: {%s}
+include: [%s]
+"""
+
+
+@pytest.mark.parametrize("base, grid, include, match", [
+    ("lr: [1.0e-3, 3.0e-3]", "seed: [0]", "", "key 'lr': [0.001, 0.003] has type list, expected float"),
+    ("arch: {a: 1}", "seed: [0]", "", "key 'arch': {'a': 1} is not allowed, expected one of gpt, ngpt"),
+    ("seed: 0", "arch: [{a: 1}]", "", "key 'arch': {'a': 1} is not allowed"),
+    ("seed: 0", "n_layer: [[1], {}]", "", "key 'n_layer': [1] has type list, expected int"),
+    ("seed: 0", "seed: [0]", "{n_layer: [3, 4]}", "key 'n_layer': [3, 4] has type list, expected int"),
+    ("seed: 0", "dtype: [[bf16]]", "", "key 'dtype': ['bf16'] is not allowed, expected one of fp32, bf16"),
+    ("seed: 0", "window: [{w: 4}]", "", "key 'window': {'w': 4} has type mapping, expected int or null"),
+])
+def test_a_list_or_mapping_where_one_value_belongs_is_one_line(tmp_path, base, grid, include, match):
+    """A value that is a list or a mapping used to reach a cache keyed by the value (unhashable:
+    a traceback); it is a type error at its line like any other wrong type."""
+    msg = one_line_error(write(tmp_path, LISTS % (base, grid, include)), match)
+    assert msg.startswith(f"{tmp_path / 'g.yaml'}:"), msg  # file:line
