@@ -30,16 +30,27 @@ from ablate.report import speedup as spd
 MAX_CHART_ROWS = 4500  # under altair's 5,000-row limit, whatever the grid size
 
 
-def _runs(store, grid: str) -> pd.DataFrame:
-    """Every run of the grid with its final loss / step / tokens / seconds (the `final` view's)."""
-    return store.query("""
+def _runs(store, grid: str, run_ids=None) -> pd.DataFrame:
+    """Every run of the grid (of `run_ids` only, when given) with its final loss / step / tokens /
+    seconds (the `final` view's)."""
+    only = "" if run_ids is None else "and r.run_id in (select unnest(?::VARCHAR[]))"
+    return store.query(f"""
         select r.* replace (f.final_val_loss as final_val_loss, f.final_train_loss as final_train_loss),
                f.final_step, f.final_tokens, f.final_elapsed
         from runs r join final f on r.grid = f.grid and r.run_id = f.run_id
-        where r.grid = ? order by r.run_id""", [grid])
+        where r.grid = ? {only} order by r.run_id""", [grid] + ([list(run_ids)] if run_ids is not None else []))
 
 
-def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+def _not_planned(store, grid: str, run_ids) -> list:
+    """The run ids of the grid's name in the store that its file does not plan (another version
+    of the file, another file with the same name): left out of the report, and said so."""
+    if run_ids is None:
+        return []
+    return store.query("select run_id from runs where grid = ? and run_id not in (select unnest(?::VARCHAR[])) "
+                       "order by run_id", [grid, list(run_ids)]).run_id.tolist()
+
+
+def _curves(store, grid: str, cells: pd.DataFrame, run_ids=None) -> tuple[pd.DataFrame, str]:
     """The curves to draw (each cell's representative, downsampled in SQL so that all of them
     fit under MAX_CHART_ROWS) and a note when there were too many to draw them all."""
     reps = cells[cells.rep]
@@ -51,7 +62,7 @@ def _curves(store, grid: str, cells: pd.DataFrame) -> tuple[pd.DataFrame, str]:
         return pd.DataFrame(columns=["cell_id", "step", "tokens", "val_loss", "group", "variant", "series",
                                      "max_iters", "lr"]), note
     per_curve = max(2, min(300, MAX_CHART_ROWS // len(reps)))
-    cur = store.curves(grid, reps.cell_id.tolist(), max_points=per_curve)
+    cur = store.curves(grid, reps.cell_id.tolist(), max_points=per_curve, run_ids=run_ids)
     # the legend names each curve's lr whenever lrs differ (per-arch lrs, or a sweep's best lrs)
     named = (cells.n_lrs > 1).any() or reps.lr.nunique() > 1
     reps = reps.assign(series=[f"{v}, lr {lr:g}" if named else v for v, lr in zip(reps.variant, reps.lr)])
@@ -100,11 +111,15 @@ def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[s
 
 
 def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
-           sp: pd.DataFrame) -> list[str]:
+           sp: pd.DataFrame, ignored: list) -> list[str]:
     n = status["n_runs"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
     lines = [f"{n} runs in the store ({counts})." if n else
              f"No runs of grid '{grid}' in the store: nothing has been submitted yet (or runs/ is elsewhere)."]
+    if ignored:
+        lines.append(f"{len(ignored)} other runs of grid '{grid}' in the store are not cells of this grid file "
+                     "(another version of it, or another file with the same name) and were left out: "
+                     + ", ".join(ignored[:10]) + (" ..." if len(ignored) > 10 else ""))
     if status["missing"]:
         lines.append(f"{len(status['missing'])} planned runs have no run dir yet (not submitted): "
                      + ", ".join(status["missing"][:10]) + (" ..." if len(status["missing"]) > 10 else ""))
@@ -139,20 +154,22 @@ def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None
 def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
                 log_x: bool = False, planned: list | None = None, simulated: dict | None = None) -> dict:
     """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis;
-    planned: every cell of the grid as {"run_id", **config}; simulated: the plan's cached memory
+    planned: every cell of the grid file as {"run_id", **config}, and the runs the report covers (other
+    runs of the same grid name in the store are left out, and counted); simulated: the plan's cached memory
     simulations by run_id, shown for the cells that have not run); returns {"paths": {name: Path},
     "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep" (DataFrames),
     "status" (dict), "comparison"}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = cmp.plain(_runs(store, grid_name))
+    run_ids = None if planned is None else [p["run_id"] for p in planned]  # the report covers exactly these
+    runs = cmp.plain(_runs(store, grid_name, run_ids))
     mem_runs = _with_planned(runs, planned, compare)  # None: every planned cell has run
     comp = cmp.resolve(runs, compare) if len(runs) else None
     if comp is not None:
         runs = cmp.annotate(runs, comp)
     else:
         runs = runs.assign(group=[], mgroup=[], variant=[], is_baseline=[], budget_tokens=[], gorder=[], morder=[], vorder=[])
-    stats = store.query(f"select cell_id, {', '.join(cmp.CELL_STATS)} from cells where grid = ?", [grid_name])
+    stats = store.cell_stats(grid_name, run_ids)[["cell_id", *cmp.CELL_STATS]]
     cells = cmp.cells(runs, stats)
     sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
     mem_runs = runs if mem_runs is None else mem_runs
@@ -160,7 +177,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     kn = tables.knobs(mem_runs, mem, th)
     lr = tables.lr_sweep(cells)
     status = tables.status(runs, plan_estimates)
-    curves, curve_note = _curves(store, grid_name, cells) if len(runs) else (pd.DataFrame(), "")
+    curves, curve_note = _curves(store, grid_name, cells, run_ids) if len(runs) else (pd.DataFrame(), "")
 
     swept = bool(len(cells)) and bool((cells.n_lrs > 1).any())
     figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x, swept),
@@ -179,8 +196,10 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
-    intro = _intro(grid_name, runs, comp, status, cells, sp)
+    intro = _intro(grid_name, runs, comp, status, cells, sp, _not_planned(store, grid_name, run_ids))
     broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
+    if run_ids is not None:
+        broken = broken[broken.run_id.isin(run_ids)]
     if len(broken):
         intro.append(f"{len(broken)} run dirs are broken and were not read: "
                      + "; ".join(f"{r.run_id} ({r.problem})" for r in broken.head(5).itertuples())

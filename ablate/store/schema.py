@@ -152,6 +152,22 @@ TABLE_COLUMNS = {
 }
 TABLES = {name: _table(name, cols) for name, cols in TABLE_COLUMNS.items()}
 
+# a cell's statistics over its runs (rows of `final`): the `cells` view's, and the report's over
+# exactly the runs its grid file plans (Store.cell_stats)
+CELL_STATS_SQL = """\
+       count(*) AS n_runs,
+       count(*) FILTER (WHERE finished) AS n_done,
+       list(run_id ORDER BY seed) AS run_ids,
+       list(DISTINCT state) AS states,
+       avg(final_val_loss) FILTER (WHERE finished) AS mean_val_loss,
+       stddev_samp(final_val_loss) FILTER (WHERE finished)
+           / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
+       -- the eval sample's own noise: seeds are scored on the same windows, so their eval errors
+       -- do not average out over seeds; the mean of their standard errors
+       avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
+       avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss"""
+
+
 def views(extra: tuple = ()) -> dict:
     """The views' SQL; `extra`: plugin key columns of `runs`, carried through like config keys."""
     cell = ", ".join([_CELL, *(f'"{c}"' for c in extra)])
@@ -170,17 +186,7 @@ FROM runs;""",
         # one row per cell (config without the seed): mean and standard error over finished seeds
         "cells": f"""CREATE VIEW cells AS
 SELECT grid, cell_id, {cell},
-       count(*) AS n_runs,
-       count(*) FILTER (WHERE finished) AS n_done,
-       list(run_id ORDER BY seed) AS run_ids,
-       list(DISTINCT state) AS states,
-       avg(final_val_loss) FILTER (WHERE finished) AS mean_val_loss,
-       stddev_samp(final_val_loss) FILTER (WHERE finished)
-           / sqrt(count(final_val_loss) FILTER (WHERE finished)) AS se_val_loss,
-       -- the eval sample's own noise: seeds are scored on the same windows, so their eval errors
-       -- do not average out over seeds; the mean of their standard errors
-       avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
-       avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
+{CELL_STATS_SQL}
 FROM final
 GROUP BY grid, cell_id, {cell};""",
     }

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ablate.core.errors import AblateError
 from ablate.store import ingest as ing
-from ablate.store.schema import RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
+from ablate.store.schema import CELL_STATS_SQL, RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
 
 BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
 # a reader's connection: nothing outside the database file, no extensions, settings locked
@@ -234,13 +234,27 @@ class Store:
         except duckdb.Error as e:
             raise AblateError(f"query failed: {str(e).splitlines()[0]}") from None
 
-    def curves(self, grid: str, cell_ids=None, max_points: int = 200) -> pd.DataFrame:
-        """Val loss curves, one per cell (mean over its seeds at each eval step), at most
-        max_points rows per cell: every k-th eval counted back from the last one, so the final
-        eval is always kept and k = ceil(n / max_points). Done in SQL: a 1,000-run grid with
-        1,000 evals each never reaches pandas at full size."""
-        cells = "" if cell_ids is None else "and r.cell_id in (select unnest(?::VARCHAR[]))"
-        args = [grid] + ([list(cell_ids)] if cell_ids is not None else []) + [max(1, int(max_points))]
+    @staticmethod
+    def _only(column: str, values) -> tuple[str, list]:
+        """(an `and column in (...)` clause, its argument) keeping the given values; nothing for None."""
+        return ("", []) if values is None else (f"and {column} in (select unnest(?::VARCHAR[]))", [list(values)])
+
+    def cell_stats(self, grid: str, run_ids=None) -> pd.DataFrame:
+        """The `cells` view's statistics of a grid's cells, over `run_ids` only (all of the grid's
+        runs when None): a report covers exactly the runs its grid file plans."""
+        only, args = self._only("run_id", run_ids)
+        return self.query(f"select cell_id,\n{CELL_STATS_SQL}\nfrom final where grid = ? {only} group by cell_id",
+                          [grid, *args])
+
+    def curves(self, grid: str, cell_ids=None, max_points: int = 200, run_ids=None) -> pd.DataFrame:
+        """Val loss curves, one per cell (mean over its seeds at each eval step; over `run_ids`
+        only when given), at most max_points rows per cell: every k-th eval counted back from the
+        last one, so the final eval is always kept and k = ceil(n / max_points). Done in SQL: a
+        1,000-run grid with 1,000 evals each never reaches pandas at full size."""
+        cells, cell_args = self._only("r.cell_id", cell_ids)
+        runs, run_args = self._only("r.run_id", run_ids)
+        cells += " " + runs
+        args = [grid, *cell_args, *run_args, max(1, int(max_points))]
         return self.query(f"""
             with c as (
                 select r.cell_id, e.step, avg(e.tokens) as tokens, avg(e.elapsed) as elapsed,

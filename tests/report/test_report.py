@@ -389,3 +389,25 @@ def test_lr_sweep_chart_has_a_log_lr_axis_and_marks_diverged_lrs(env):
     assert '"values": [0.001, 0.002, 0.004]' in text  # ticks at the swept lrs, the diverged one too
     best = [r for r in rows if r["kind"] == "loss" and r["mark"]]
     assert [(r["lr"], r["lr_edge"]) for r in best] == [(2e-3, "")]  # bracketed by the diverged lr
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_a_report_covers_exactly_the_cells_its_grid_file_plans(env):
+    """Runs of another version of the grid (same name, another lr list) live beside its own in
+    the store: the report of this file leaves them out of every table and number (they would be
+    the "best lr" and change every speedup), and says what it left out."""
+    runs, store, report = env
+    mine = [{"arch": "gpt", "lr": 0.01, "max_iters": 400}, {"arch": "ngpt", "lr": 0.01, "max_iters": 400}]
+    for over, slope in zip(mine, (0.001, 0.002)):
+        write_run(runs, "g", over, lambda s, k=slope: 3 - k * s)
+    other = write_run(runs, "g", {"arch": "ngpt", "lr": 0.02, "max_iters": 400}, lambda s: 3 - 0.004 * s)
+    planned = [{"run_id": c.run_id(), **c.to_dict()} for c in map(config_for, mine)]
+    out = report(planned=planned)
+    assert sorted(out["cells"].lr) == [0.01, 0.01] and out["status"]["n_runs"] == 2
+    curve = out["speedup"][out["speedup"]["mode"] == "curve"].iloc[0]
+    assert curve.lr == 0.01 and curve.speedup == pytest.approx(2.0, rel=0.02)  # 0.002 vs 0.001 per step: not 4x
+    md = out["paths"]["summary.md"].read_text()
+    assert "2 runs in the store (2 done)." in md
+    assert f"1 other runs of grid 'g' in the store are not cells of this grid file" in md and other.name in md
+    everything = report()  # without a plan (the API's default): every run of the grid name
+    assert everything["status"]["n_runs"] == 3 and 0.02 in set(everything["cells"].lr)
