@@ -446,3 +446,49 @@ def test_the_model_builder_is_handed_a_plugins_parts_and_never_loads_one(env):
     resolved = model_for(cfg, "cpu")
     assert type(handed.blocks[0].qk).__name__ == type(resolved.blocks[0].qk).__name__ == "QKNorm"
     assert all(torch.equal(a, b) for a, b in zip(handed.state_dict().values(), resolved.state_dict().values()))
+
+
+F64_PLUGIN = '''import torch
+
+from ablate.model.points import MLP
+from ablate.plugin import Key
+
+KEYS = {"wide": Key(bool, False, "an MLP that sets torch's default dtype on the way")}
+
+
+class Wide(MLP):
+    def __init__(self, cfg):
+        torch.set_default_dtype(torch.float64)  # a careless part: process-wide state
+        torch.use_deterministic_algorithms(True)
+        super().__init__(cfg)
+
+
+POINTS = {"mlp": Wide}
+'''
+
+
+def test_a_parts_global_torch_state_never_reaches_the_next_cells_figures(env, tmp_path):
+    """One process simulates many shapes (and sizes many models): a part that sets torch's
+    default dtype (or deterministic algorithms) must not change the figures of the cells
+    simulated after it, nor the process; and the cache records the state its figures come from."""
+    import torch
+
+    from ablate.plan.simcache import TORCH_STATE, Cache, simulate
+    from ablate.train.build import sizes_for
+    from ablate.train.memtrack import simulate_config
+
+    plug = env.plugin_file(F64_PLUGIN)
+    grid = load_grid(env.grid("grid: {arch: [gpt], wide: [true, false]}", plugins=[plug]))
+    careless, plain = grid.cells  # simulated in this order, in this process
+    clean = simulate([plain], 0, step=simulate_config, cache=Cache(tmp_path / "alone.json"))[plain.run_id]
+    both = simulate([careless, plain], 0, step=simulate_config, workers=1, cache=Cache(tmp_path / "both.json"))
+    assert both[plain.run_id] == clean
+    assert both[careless.run_id]["total"] > clean["total"]  # the careless cell's own step is fp64 (its business)
+    assert torch.get_default_dtype() == torch.float32 and not torch.are_deterministic_algorithms_enabled()
+    sizes_for(careless.config)
+    assert torch.get_default_dtype() == torch.float32
+    entries = json.loads((tmp_path / "both.json").read_text())
+    assert [e["torch_state"] for e in entries.values()] == [TORCH_STATE, TORCH_STATE]
+    stale = {k: {c: v for c, v in e.items() if c != "torch_state"} for k, e in entries.items()}
+    (tmp_path / "both.json").write_text(json.dumps(stale))  # an entry that does not say its state
+    assert simulate([plain], 0, cache=Cache(tmp_path / "both.json")) == {}  # is not trusted

@@ -38,7 +38,11 @@ MEMORY_SHAPE = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddi
               "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
 # the code whose change changes what a step allocates
 CODE = ("model", "train/step.py", "train/memtrack.py", "train/optim.py", "train/build.py")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: entries record the torch state they were simulated under
+# the torch state every simulated step starts from (ablate.train.build.clean_torch_state sets it,
+# and undoes whatever a part changes); an entry records it, and one without it is not trusted
+TORCH_STATE = {"default_dtype": "float32", "grad_enabled": True, "deterministic_algorithms": False,
+               "float32_matmul_precision": "highest"}
 
 # GPU memory as torch reports it (total_memory, GiB), by a name found in resources' constraint or
 # partition; first match wins, so longer names come first. Approximate: --gpu-mem overrides.
@@ -131,7 +135,8 @@ class Cache:
 
     def get(self, key: str) -> dict | None:
         entry = self.entries.get(key)
-        return entry if isinstance(entry, dict) and "total" in entry else None
+        ok = isinstance(entry, dict) and "total" in entry and entry.get("torch_state") == TORCH_STATE
+        return {k: v for k, v in entry.items() if k != "torch_state"} if ok else None
 
     def save(self, new: dict) -> None:
         if not new:
@@ -176,6 +181,7 @@ def simulate(cells, gpus: int, step: Callable[[tuple], dict] | None = None, work
         if log:
             log(f"simulated in {time.perf_counter() - t0:.0f} s; cached in {cache.path}")
         cache.save({k: v for k, v in results.items() if "total" in v})
+        results = {k: {c: n for c, n in v.items() if c != "torch_state"} for k, v in results.items()}
     out = {}
     for run_id, (key, device, target) in keys.items():
         found = cache.get(key) or results.get(key)

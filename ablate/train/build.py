@@ -10,9 +10,14 @@ line naming the plugin's file and line.
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from ablate.core import plugin_keys
 from ablate.model import GPT, build_model, model_sizes
 from ablate.plan import plugins
+from ablate.plan.simcache import TORCH_STATE
 
 
 def _plugin_parts(cfg, run_dir=None) -> dict | None:
@@ -41,4 +46,34 @@ def sizes_for(cfg) -> dict:
     """model_sizes (param counts and ckpt_bytes, built on the meta device) of cfg's model, plugins
     included: how the plan sizes a cell that no formula knows."""
     parts = _plugin_parts(cfg)
-    return _blaming_plugins(cfg, parts, lambda: model_sizes(cfg, parts))
+    with clean_torch_state():
+        return _blaming_plugins(cfg, parts, lambda: model_sizes(cfg, parts))
+
+
+def torch_state() -> dict:
+    """The process-wide torch settings a model's parts could change, as plan/simcache.py names them."""
+    return {"default_dtype": str(torch.get_default_dtype()).removeprefix("torch."),
+            "grad_enabled": torch.is_grad_enabled(),
+            "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+@contextlib.contextmanager
+def clean_torch_state():
+    """Build or simulate a cell from torch's defaults (TORCH_STATE), in a long-lived process that
+    builds many: whatever a part sets (a default dtype, grad mode, deterministic algorithms, the
+    matmul precision, the RNG) is undone when the block ends, so it never reaches the next cell."""
+    saved = (torch.get_default_dtype(), torch.is_grad_enabled(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(), torch.get_float32_matmul_precision())
+    with torch.random.fork_rng(devices=[]):  # the CPU generator; fake or meta tensors draw nothing on a GPU
+        torch.set_default_dtype(getattr(torch, TORCH_STATE["default_dtype"]))
+        torch.set_grad_enabled(TORCH_STATE["grad_enabled"])
+        torch.use_deterministic_algorithms(TORCH_STATE["deterministic_algorithms"])
+        torch.set_float32_matmul_precision(TORCH_STATE["float32_matmul_precision"])
+        try:
+            yield
+        finally:
+            torch.set_default_dtype(saved[0])
+            torch.set_grad_enabled(saved[1])
+            torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+            torch.set_float32_matmul_precision(saved[4])

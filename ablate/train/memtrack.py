@@ -37,7 +37,7 @@ from ablate.core.config import make_config
 from ablate.core.errors import AblateError
 from ablate.model import backends
 from ablate.plan import plugins
-from ablate.train.build import model_for
+from ablate.train.build import clean_torch_state, model_for, torch_state
 from ablate.train.optim import build_optimizer
 from ablate.train.step import optimizer_step
 
@@ -165,7 +165,8 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
 
     device_type "cuda" needs a CUDA build of torch (a CPU-only build cannot run CUDA autocast).
     The step is eager even when cfg.compile is set, and DDP's gradient buckets (one more copy
-    of the gradients when world_size > 1) are not counted."""
+    of the gradients when world_size > 1) are not counted. It starts from torch's defaults and
+    leaves the process as it found it (build.clean_torch_state), whatever a plugin's part sets."""
     if device_type == "cuda" and not torch.backends.cuda.is_built():
         raise AblateError(f"simulating CUDA needs a CUDA build of torch; this one ({torch.__version__}) is CPU-only")
     if device_type not in ("cpu", "cuda"):
@@ -185,7 +186,7 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
         buf = torch.zeros((B, T + 1), dtype=torch.long, device=device)
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
-    with _fresh_attention_masks(), FakeTensorMode():
+    with clean_torch_state(), _fresh_attention_masks(), FakeTensorMode():
         model = model_for(cfg, device_type)
         _to_fake_device(model, device_type)
         optimizer = build_optimizer(model, cfg, device)
@@ -207,7 +208,9 @@ def simulate_config(args: tuple) -> dict:
     cfg = None
     try:
         cfg = make_config(config)
-        return simulate_step(cfg, device, world_size)
+        with clean_torch_state():
+            state = torch_state()  # what the step is simulated under: recorded with the figures
+            return {**simulate_step(cfg, device, world_size), "torch_state": state}
     except Exception as e:
         blamed = plugins.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
         if blamed is not None:
