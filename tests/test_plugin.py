@@ -5,6 +5,7 @@ line each. The shipped plugin's own model is tested in tests/plugins/test_qk_nor
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,35 @@ def test_a_job_runs_the_code_its_cell_was_planned_with(env):
         (cell.run_dir / name).unlink()
     r = ablate_cli("train", cell.run_dir)
     assert r.returncode == 2 and "changed since this cell was planned" in r.stderr.splitlines()[-1], r.stderr
+
+
+@pytest.mark.parametrize("as_module", [False, True])
+def test_a_queued_job_runs_its_copy_when_the_plugin_moved_or_changed(env, tmp_path, as_module):
+    """The run dir holds the plugin's code: a job never looks for the source again, so moving a
+    file plugin away, or editing a module plugin while the job waits, changes nothing (README's
+    promise); a module's copy still runs inside its package (relative imports work)."""
+    from ablate.launch.submit import write_config
+
+    pkg = tmp_path / "site" / "mypkg"
+    if as_module:
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text("")
+        (pkg / "helpers.py").write_text("EPS = 1e-6\n")
+        (pkg / "qk.py").write_text(env.plugin.read_text() + "\nfrom .helpers import EPS  # a relative import\n")
+        sys.path.insert(0, str(pkg.parent))
+    try:
+        grid = load_grid(env.grid(plugins=["mypkg.qk"] if as_module else None))
+    finally:
+        if as_module:
+            sys.path.remove(str(pkg.parent))
+    cell = next(c for c in grid.cells if c.config.qk_norm)
+    write_config(grid, cell, "sha")
+    if as_module:
+        (pkg / "qk.py").write_text("raise RuntimeError('edited while the job waited')\n")
+    else:
+        env.plugin.rename(tmp_path / "moved.py")
+    r = ablate_cli("train", cell.run_dir, env={"PYTHONPATH": str(pkg.parent)} if as_module else None)
+    assert r.returncode == 0 and "ablate train: done" in r.stderr, r.stderr[-2000:]
 
 
 # ---------------------------------------------------------------- store and report

@@ -74,12 +74,17 @@ def _where(path: Path, e: BaseException) -> str:
     return f"{path}:{line}" if line else str(path)
 
 
+def is_path(spec: str) -> bool:
+    """A grid's plugin entry names a file (else an importable module)."""
+    return spec.endswith(".py") or "/" in spec or "\\" in spec
+
+
 def locate(spec: str) -> tuple[str, Path]:
     """(source, file) of a grid's plugin entry: (absolute path, itself) for a path to a .py
     file, (module name, its source file) for an importable module."""
     if not isinstance(spec, str) or not spec.strip():
         raise AblateError(f"plugin {spec!r}: expected a path to a .py file or a module name")
-    if spec.endswith(".py") or "/" in spec or "\\" in spec:
+    if is_path(spec):
         path = Path(spec).expanduser()
         if not path.is_file():
             raise AblateError(f"plugin {spec}: no such file (a path is relative to the current directory)")
@@ -96,14 +101,17 @@ def locate(spec: str) -> tuple[str, Path]:
 def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plugin:
     """Load a plugin, checked (KEYS, POINTS, check), once per content per process.
     spec: a grid's entry, or the source a cell recorded; expect: the content id the cell
-    recorded (a plugin that no longer has it is refused); copy: the run dir's copy of a file
-    plugin, executed instead of the source when it is there (a module is always imported)."""
+    recorded (a plugin that no longer has it is refused); copy: the run dir's copy of the
+    plugin, executed instead of the source whenever it is there, so a job runs the code it was
+    given even if the file moved or was edited while it waited (a module's copy runs inside its
+    package, so its relative imports still work)."""
     if expect is not None and (spec, expect) in _LOADED:  # that version is loaded (a job: from its run dir)
         return _LOADED[spec, expect]
-    source, path = locate(spec)
-    is_file = source == str(path)
-    if is_file and copy is not None and copy.is_file():
-        path = copy
+    if copy is not None and copy.is_file():  # never look at the source: it may be gone, or another version
+        source, path, from_copy = spec, copy, True
+    else:
+        (source, path), from_copy = locate(spec), False
+    is_file = is_path(source)
     raw = path.read_bytes()
     cid = content_id(raw)
     if expect is not None and cid != expect:
@@ -114,9 +122,11 @@ def load(spec: str, expect: str | None = None, copy: Path | None = None) -> Plug
     name = Path(source).stem if is_file else source.rsplit(".", 1)[-1]
     module_name = f"ablate_plugin_{name}_{cid}"
     try:
-        if is_file:  # registered under a name of its own, as importlib's recipe does (dataclasses, pickle need it)
+        if is_file or from_copy:  # registered under a name of its own, as importlib's recipe does (pickle needs it)
             module_spec = importlib.util.spec_from_file_location(module_name, path)
             module = sys.modules[module_name] = importlib.util.module_from_spec(module_spec)
+            if not is_file:  # a module's copy: its relative imports resolve in its own package
+                module.__package__ = source.rpartition(".")[0]
             module_spec.loader.exec_module(module)
         elif source in sys.modules:  # imported before, in another version: this one
             module = importlib.reload(sys.modules[source])
