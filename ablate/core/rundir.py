@@ -10,7 +10,10 @@
 
 JSON files are written to a temp file and renamed, so a reader never sees half a file; a
 torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`, and so is any
-line that is not UTF-8 JSON (counted: `read_jsonl_counted`). Files get the user's umask.
+line that is not UTF-8 JSON, and any record whose fields are not what the trainer writes
+(EVAL_FIELDS, METRIC_FIELDS: a step that is not a step skips the line; a bad value of another
+field reads as null): counted, `read_jsonl_counted`. Only regular files are read (a FIFO would
+block a reader, a device never end). Files get the user's umask.
 
 Who may write status.json: every writer of a run's state names the attempt it acts for
 (`attempt_id`, minted by `ablate submit` per dispatch, or by a trainer started by hand), and
@@ -26,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import math
 import os
 import socket
+import stat
 import tempfile
 import time
 import uuid
@@ -44,6 +49,16 @@ CONFIG, STATUS, METRICS, EVALS, SUMMARY, CKPT = (
     "config.json", "status.json", "metrics.jsonl", "evals.jsonl", "summary.json", "ckpt.pt")
 STATUS_LOCK, TRAIN_LOCK = ".status.lock", ".train.lock"
 BROKEN = "broken"  # not a state a job writes: a run dir whose config.json is not its own
+
+# what each line of a run's .jsonl files holds, field by field: "step" (the key of a line: an int
+# in [0, MAX_COUNT]), "count" (the same range), "float" (a finite number); as the trainer writes them
+MAX_COUNT = 2 ** 53  # exact in a double, and far inside DuckDB's BIGINT
+EVAL_FIELDS = {"step": "step", "tokens": "count", "elapsed": "float", "val_loss": "float", "val_loss_se": "float",
+               "train_loss": "float"}
+METRIC_FIELDS = {"step": "step", "tokens": "count", "loss": "float", "lr": "float", "step_time": "float",
+                 "tokens_per_s": "float", "mem_alloc": "count", "mem_peak": "count", "mem_reserved": "count",
+                 "mem_peak_reserved": "count"}
+RECORD_FIELDS = {EVALS: EVAL_FIELDS, METRICS: METRIC_FIELDS}
 
 
 def _umask() -> int:
@@ -85,15 +100,56 @@ def write_json_atomic(path, obj) -> None:
         f.write("\n")
 
 
-def read_json(path, default=None):
-    """The file's JSON, or default when it is missing or not UTF-8 JSON (never a traceback)."""
+def open_regular(path):
+    """open(path, "rb") when path is a regular file; None when it is missing or anything else (a
+    FIFO would block its reader until a writer came, a link to a device would never end)."""
     try:
-        with open(path, "rb") as f:
-            return json.loads(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO opens at once, to be refused below
     except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def read_json(path, default=None):
+    """The file's JSON, or default when it is missing, not a regular file or not UTF-8 JSON
+    (never a traceback)."""
+    f = open_regular(path)
+    if f is None:
         return default
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError
-        return default
+    with f:
+        try:
+            return json.loads(f.read())
+        except ValueError:  # JSONDecodeError, UnicodeDecodeError
+            return default
+
+
+def is_count(value) -> bool:
+    """An int in [0, MAX_COUNT] (a JSON step, token or byte count; bool is not one)."""
+    return type(value) is int and 0 <= value <= MAX_COUNT
+
+
+def valid_record(record, fields: dict) -> dict | None:
+    """The record with each field of `fields` checked as the trainer writes it: None when its step
+    is not a step (the line is skipped), else a copy in which a bad value of another field (a
+    string, a bool, NaN, out of range) reads as null. Fields not in `fields` pass as they are."""
+    if not isinstance(record, dict) or not is_count(record.get("step")):
+        return None
+    out = dict(record)
+    for name, kind in fields.items():
+        value = out.get(name)
+        if value is None or name == "step":
+            continue
+        if kind == "count":
+            ok = is_count(value)
+        else:
+            ok = type(value) in (int, float) and math.isfinite(value) and abs(value) < 1e300
+        if not ok:
+            out[name] = None
+    return out
 
 
 def append_jsonl(path, record: dict) -> None:
@@ -109,31 +165,36 @@ def read_jsonl(path) -> list[dict]:
 
 def read_jsonl_counted(path) -> tuple[list[dict], int]:
     """(records, lines skipped): a torn last line (the writer was interrupted), a line that is not
-    UTF-8, not JSON or not a JSON object is skipped and counted, never an exception."""
+    UTF-8, not JSON or not a JSON object, and (in a run's evals.jsonl / metrics.jsonl) a record
+    whose step is not a step is skipped and counted, never an exception; a file that is there
+    but is not a regular file counts as one skipped line."""
+    fields = RECORD_FIELDS.get(Path(path).name)
     out, skipped = [], 0
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if not line.endswith(b"\n"):
-                    skipped += 1  # torn last line
-                    break
-                try:
-                    record = json.loads(line)
-                except ValueError:  # JSONDecodeError, UnicodeDecodeError
-                    record = None
-                if isinstance(record, dict):
-                    out.append(record)
-                elif line.strip():
-                    skipped += 1
-    except FileNotFoundError:
-        pass
+    f = open_regular(path)
+    if f is None:
+        return [], int(os.path.lexists(path))
+    with f:
+        for line in f:
+            if not line.endswith(b"\n"):
+                skipped += 1  # torn last line
+                break
+            try:
+                record = json.loads(line)
+            except ValueError:  # JSONDecodeError, UnicodeDecodeError
+                record = None
+            if fields is not None:
+                record = valid_record(record, fields)
+            if isinstance(record, dict):
+                out.append(record)
+            elif line.strip():
+                skipped += 1
     return out, skipped
 
 
 def truncate_jsonl_after(path, key: str, last: int) -> None:
     """Drop records with record[key] > last (and any torn tail): used on resume so that the
     steps replayed after a checkpoint are not logged twice."""
-    keep = [r for r in read_jsonl(path) if r.get(key, -1) <= last]
+    keep = [r for r in read_jsonl(path) if is_count(r.get(key)) and r[key] <= last]
     if not Path(path).exists():
         return
     with atomic_file(path) as f:

@@ -113,7 +113,10 @@ def stderr_tail(path) -> str:
     if not path:
         return ""
     try:
-        with open(path, "rb") as f:
+        f = rundir.open_regular(path)
+        if f is None:
+            return ""
+        with f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 2048))
             lines = [l.strip() for l in f.read().decode(errors="replace").splitlines() if l.strip()]

@@ -39,10 +39,12 @@ def _cells(grid: Grid | None) -> list:
 
 
 def _last_metrics(run_dir) -> dict:
-    """The last metrics line, read from the end of the file (it can be long)."""
-    path = Path(run_dir) / rundir.METRICS
+    """The last valid metrics line, read from the end of the file (it can be long)."""
     try:
-        with open(path, "rb") as f:
+        f = rundir.open_regular(Path(run_dir) / rundir.METRICS)
+        if f is None:
+            return {}
+        with f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 4096))
             lines = f.read().decode(errors="replace").splitlines(keepends=True)
@@ -51,9 +53,11 @@ def _last_metrics(run_dir) -> dict:
     for line in reversed(lines):
         if line.endswith("\n"):
             try:
-                return json.loads(line)
+                record = rundir.valid_record(json.loads(line), rundir.METRIC_FIELDS)
             except json.JSONDecodeError:
                 continue
+            if record is not None:
+                return record
     return {}
 
 

@@ -46,7 +46,7 @@ COLUMNS = ["group", "variant", "mode", "budget", "baseline_budget", "lr", "basel
 
 
 def _mean_se(values) -> tuple[float, float]:
-    v = [x for x in values if x is not None and math.isfinite(x)]
+    v = [x for x in map(_num, values) if math.isfinite(x)]  # null (None, NaN, pd.NA) and inf left out
     if not v:
         return math.nan, math.nan
     return float(np.mean(v)), (float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
@@ -55,10 +55,10 @@ def _mean_se(values) -> tuple[float, float]:
 def _interp(row, col: str) -> float:
     """Value of `col` where the val loss crosses the target, between the previous eval and this one."""
     if row["prev_val_loss"] is None or pd.isna(row["prev_val_loss"]) or pd.isna(row[f"prev_{col}"]):
-        return float(row[col])
+        return _num(row[col])  # a null (an eval whose tokens or seconds were unreadable) is nan
     l0, l1 = row["prev_val_loss"], row["val_loss"]
     frac = 1.0 if l0 == l1 else (l0 - row["target"]) / (l0 - l1)
-    return float(row[f"prev_{col}"] + frac * (row[col] - row[f"prev_{col}"]))
+    return _num(row[f"prev_{col}"]) + frac * (_num(row[col]) - _num(row[f"prev_{col}"]))
 
 
 def _fmt(x: float, se: float = math.nan) -> str:

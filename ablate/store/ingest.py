@@ -94,8 +94,11 @@ def _column(values: list, sql_type: str) -> pd.Series:
     if t == "BOOLEAN":
         return pd.Series([coerce(v, t) for v in values], dtype="boolean")
     x = pd.to_numeric(pd.Series(values, dtype=object).reset_index(drop=True), errors="coerce").astype("float64")
-    x[~np.isfinite(x)] = np.nan
-    return x.round().astype("Int64") if t == "BIGINT" else x
+    x[~np.isfinite(x) | (x.abs() >= 1e300)] = np.nan
+    if t == "BIGINT":  # counts: rundir.is_count's range (a 1e300 "step" cannot even be cast to int64)
+        x[(x < 0) | (x > rundir.MAX_COUNT)] = np.nan
+        return x.round().astype("Int64")
+    return x
 
 
 def frame(columns: dict, types: dict) -> pd.DataFrame:
@@ -111,16 +114,19 @@ def cell_id(config: dict) -> str:
 
 def read_jsonl(path: Path) -> tuple[list, int]:
     """rundir.read_jsonl_counted's (records, lines skipped): a torn last line, a line that is not
-    UTF-8 or not a JSON object is skipped and counted. Parsed in one json call when every line is
-    whole: ~5x faster on a 1,000-line file."""
-    try:
-        raw = path.read_bytes()
-    except (FileNotFoundError, NotADirectoryError):
-        return [], 0
+    UTF-8 or not a JSON object, a record whose step is not a step is skipped and counted; only a
+    regular file is read. Parsed in one json call when every line is whole and every step is
+    valid (the common case: ~5x faster on a 1,000-line file); the other fields are typed column
+    by column in `frame`, by the same rules (rundir.valid_record)."""
+    f = rundir.open_regular(path)
+    if f is None:
+        return rundir.read_jsonl_counted(path)  # missing (nothing) or not a regular file (counted)
+    with f:
+        raw = f.read()
     try:
         lines = raw.decode("utf-8").split("\n")
         records = json.loads("[" + ",".join(lines[:-1]) + "]")  # a blank line fails here, then is skipped below
-        if all(isinstance(r, dict) for r in records):
+        if all(isinstance(r, dict) and rundir.is_count(r.get("step")) for r in records):
             return records, int(lines[-1] != "")  # the last piece is "" or a torn line
     except ValueError:  # UnicodeDecodeError, JSONDecodeError
         pass
@@ -130,19 +136,11 @@ def read_jsonl(path: Path) -> tuple[list, int]:
 def _records(path: Path, columns: dict) -> tuple[list[dict], int]:
     """(the jsonl records, one per step (the last one wins: a resumed job may repeat a step),
     with raw values: typing happens column-wise in `frame`; the number of lines skipped)."""
-    records, skipped = read_jsonl(path)
-    try:  # the common case, steps already increasing: nothing to do
-        steps = [r["step"] for r in records]
-        if all(type(x) is int for x in steps) and all(a < b for a, b in zip(steps, steps[1:])):
-            return records, skipped
-    except (TypeError, KeyError):
-        pass
-    by_step = {}
-    for r in records:
-        if isinstance(r, dict):
-            step = r.get("step")
-            if isinstance(step, (int, float)) and not isinstance(step, bool) and math.isfinite(step):
-                by_step[int(step)] = r
+    records, skipped = read_jsonl(path)  # every step is a valid step (rundir.is_count)
+    steps = [r["step"] for r in records]
+    if all(a < b for a, b in zip(steps, steps[1:])):  # the common case, steps already increasing
+        return records, skipped
+    by_step = {r["step"]: r for r in records}
     return [by_step[s] for s in sorted(by_step)], skipped
 
 

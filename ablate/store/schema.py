@@ -20,6 +20,7 @@ import typing
 from typing import Literal
 
 from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES
+from ablate.core.rundir import EVAL_FIELDS, METRIC_FIELDS
 
 SCHEMA_VERSION = "8"  # 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
@@ -79,12 +80,11 @@ SUMMARY_COLUMNS = {
 # config.json top-level keys (beside "config") -> runs column
 DOC_COLUMNS = {"version": ("version", "VARCHAR"), "git_sha": ("git_sha", "VARCHAR")}
 
-# jsonl key -> column, in file order; the same names in the files and the tables
-EVAL_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "elapsed": "DOUBLE", "val_loss": "DOUBLE",
-                "val_loss_se": "DOUBLE", "train_loss": "DOUBLE"}
-TRAIN_COLUMNS = {"step": "BIGINT", "tokens": "BIGINT", "loss": "DOUBLE", "lr": "DOUBLE", "step_time": "DOUBLE",
-                 "tokens_per_s": "DOUBLE", "mem_alloc": "BIGINT", "mem_peak": "BIGINT", "mem_reserved": "BIGINT",
-                 "mem_peak_reserved": "BIGINT"}
+# jsonl key -> column, in file order; the same names in the files and the tables, typed from the
+# run-dir contract's field kinds (core/rundir.py: what every line is checked against)
+_SQL_KIND = {"step": "BIGINT", "count": "BIGINT", "float": "DOUBLE"}
+EVAL_COLUMNS = {name: _SQL_KIND[kind] for name, kind in EVAL_FIELDS.items()}
+TRAIN_COLUMNS = {name: _SQL_KIND[kind] for name, kind in METRIC_FIELDS.items()}
 
 # computed at ingest from the jsonl files: what a running job has reached so far
 PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from ablate.core import rundir
@@ -157,3 +158,61 @@ def test_bytes_that_are_not_utf8_are_skipped_and_counted(tmp_path):
     with Store(runs / "ablate.duckdb", read_only=True) as s:
         row = s.query(f"select skipped_lines, n_evals, has_summary from runs where run_id = '{gpt.name}'").iloc[0]
     assert (row.skipped_lines, row.n_evals, bool(row.has_summary)) == (3, 11, False)
+
+
+BAD_LINES = [
+    '{"step": 1e300, "val_loss": 1.0}',       # a float step past int64: killed every query
+    '{"step": null, "val_loss": 1.0}',
+    '{"step": "7", "val_loss": 1.0}',
+    '{"step": true, "val_loss": 1.0}',
+    '{"step": -3, "val_loss": 1.0}',
+    '{"val_loss": 1.0}',
+    '[1, 2]',
+]
+
+
+def test_a_valid_json_line_with_a_bad_field_is_skipped_and_counted_not_fatal(tmp_path):
+    """evals.jsonl / metrics.jsonl lines are checked field by field (core/rundir.py EVAL_FIELDS,
+    METRIC_FIELDS): a line whose step is not a step is skipped and counted; a bad value of any
+    other field reads as null. Every query and the report of that grid work."""
+    runs = tmp_path / "runs"
+    gpt, ngpt = _two_runs(runs)
+    with open(gpt / rundir.EVALS, "a") as f:
+        f.write("\n".join(BAD_LINES) + "\n" + '{"step": 1001, "val_loss": "low", "tokens": 1e300, "elapsed": NaN}\n')
+    with open(ngpt / rundir.METRICS, "a") as f:
+        f.write("\n".join(BAD_LINES) + "\n")
+    for args in (("query", "select run_id, skipped_lines, n_evals from runs order by run_id"),
+                 ("query", "select max(step) from evals"), ("report", _grid_file(tmp_path), "--quiet")):
+        r = cli(*args)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    with Store(runs / "ablate.duckdb", read_only=True) as s:
+        rows = s.query("select run_id, skipped_lines, n_evals from runs order by run_id").set_index("run_id")
+        last = s.query(f"select * from evals where run_id = '{gpt.name}' and step = 1001").iloc[0]
+    assert rows.loc[gpt.name, "skipped_lines"] == rows.loc[ngpt.name, "skipped_lines"] == len(BAD_LINES)
+    assert rows.loc[gpt.name, "n_evals"] == 12  # steps 0..1000 and 1001
+    assert pd.isna(last.val_loss) and pd.isna(last.tokens)  # null, not a cast error
+    records, skipped = rundir.read_jsonl_counted(gpt / rundir.EVALS)
+    assert skipped == len(BAD_LINES) and records[-1] == {"step": 1001, "val_loss": None, "tokens": None,
+                                                         "elapsed": None}
+
+
+def test_a_fifo_or_a_device_in_a_run_dir_is_not_read(tmp_path):
+    """A reader of run dirs never blocks on a FIFO named metrics.jsonl nor reads a link to an
+    endless device: such a file counts as one skipped line, and status.json / summary.json as absent."""
+    import os
+
+    runs = tmp_path / "runs"
+    gpt, ngpt = _two_runs(runs)
+    (gpt / rundir.METRICS).unlink()
+    os.mkfifo(gpt / rundir.METRICS)
+    (ngpt / rundir.EVALS).unlink()
+    (ngpt / rundir.EVALS).symlink_to("/dev/zero")
+    (ngpt / rundir.SUMMARY).unlink()
+    os.mkfifo(ngpt / rundir.SUMMARY)
+    r = cli("query", "select run_id, skipped_lines, n_evals, n_train, has_summary from runs order by run_id",
+            timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert rundir.read_jsonl_counted(gpt / rundir.METRICS) == ([], 1)
+    assert rundir.read_json(ngpt / rundir.SUMMARY, default="absent") == "absent"
+    r = cli("status", _grid_file(tmp_path), timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr

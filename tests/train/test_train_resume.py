@@ -113,3 +113,24 @@ def test_a_checkpoint_from_another_config_is_refused(make_run):
     with pytest.raises(AblateError, match="belongs to another config"):
         train(run_dir)
     assert rundir.read_status(run_dir)["state"] == "failed"
+
+
+@pytest.mark.parametrize("bad", ['{"step": null, "loss": 1.0}', '{"step": "7", "loss": 1.0}', '{"loss": 1.0}',
+                                 '{"step": 1e300, "loss": 1.0}'])
+def test_a_bad_line_in_the_logs_does_not_stop_a_resume(make_run, monkeypatch, bad):
+    """Resuming truncates the logs after the checkpoint's step: a line whose step is not a step
+    (hand-edited, another tool) is dropped there, not a crash of every retry."""
+    from ablate.train import trainer as trainer_mod
+
+    run_dir = make_run(max_iters=20, ckpt_interval=10, log_interval=5, eval_interval=10)
+    monkeypatch.setattr(trainer_mod.Trainer, "stop_requested", lambda self: self.step == 10)
+    with pytest.raises(trainer_mod.Preempted):
+        train(run_dir)
+    monkeypatch.undo()
+    for name in (rundir.METRICS, rundir.EVALS):
+        with open(run_dir / name, "a") as f:
+            f.write(bad + "\n")
+    assert train(run_dir) == "done"
+    steps = [r["step"] for r in read_lines(run_dir / rundir.METRICS)]
+    assert steps == [5, 10, 15, 20], steps
+    assert [e["step"] for e in evals_of(run_dir)] == [0, 10, 20]
