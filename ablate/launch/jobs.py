@@ -20,6 +20,8 @@ import sys
 
 import submitit
 
+from ablate.train.signals import StopFlag
+
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -34,19 +36,22 @@ class CellJob(submitit.helpers.Checkpointable):
         self.attempt = attempt
 
     def __call__(self) -> str:
-        if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
-            for var in THREAD_VARS:
-                os.environ[var] = str(self.threads)
-        print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
-              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
-              file=sys.stderr, flush=True)
-        from ablate.train.job import train  # torch: imported in the job, never by the command that submits it
+        # first of all: a stop signal (`ablate cancel`, preemption) from now on is the trainer's to
+        # honour, not submitit's to bypass while torch imports for seconds
+        with StopFlag() as stop:
+            if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
+                for var in THREAD_VARS:
+                    os.environ[var] = str(self.threads)
+            print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
+                  f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
+                  file=sys.stderr, flush=True)
+            from ablate.train.job import train  # torch: imported in the job, never by the command that submits it
 
-        if self.threads:
-            import torch  # loaded by the trainer import just above: no cost here
+            if self.threads:
+                import torch  # loaded by the trainer import just above: no cost here
 
-            torch.set_num_threads(self.threads)
-        return train(self.run_dir, getattr(self, "attempt", None))  # getattr: pickles from before attempts
+                torch.set_num_threads(self.threads)
+            return train(self.run_dir, getattr(self, "attempt", None), stop)  # getattr: pickles from before attempts
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
         # The trainer has already saved ckpt.pt (it calls submitit's handler after saving);

@@ -7,7 +7,9 @@ Outcomes (status.json "state", and what train() does):
   oom       CUDA out of memory: records the step and memory; returns "oom"
   failed    any other exception: the traceback's last lines in "error"; re-raises
   pending   a signal (SIGUSR1/SIGUSR2/SIGTERM): checkpoint saved, note "preempted"; raises Preempted
-  cancelled as pending, when `ablate cancel` had marked the run meanwhile; raises Preempted
+  cancelled as pending, when `ablate cancel` had marked the run meanwhile (signal or not: the
+            trainer also reads status.json every few seconds); raises Preempted. A job whose cell
+            was cancelled before it claimed the run trains nothing (Cancelled, a Preempted)
 `python -m ablate.train RUN_DIR` maps these to exit codes 0 / 0 / 0 / 1 / 75 / 75.
 
 One trainer per run dir: rank 0 holds rundir.train_lock for the whole attempt (a second trainer
@@ -31,7 +33,7 @@ from ablate.core import rundir
 from ablate.core.errors import AblateError
 from ablate.train import devices, distributed, summary
 from ablate.train.distributed import Dist
-from ablate.train.signals import EXIT_PREEMPTED, Preempted, StopFlag
+from ablate.train.signals import EXIT_PREEMPTED, Cancelled, Preempted, StopFlag
 from ablate.train.trainer import Trainer
 
 __all__ = ["train", "main", "Preempted", "EXIT_PREEMPTED"]
@@ -51,18 +53,24 @@ def _claim(run_dir: Path, d: Dist | None, attempt: str | None) -> dict:
                   error=None, note=None, **summary.job_fields())
     if d is not None:
         fields.update(device=str(d.device), device_name=devices.device_name(d.device), world_size=d.world_size)
-    expect = {"attempt_id": attempt} if attempt is not None else None
+    if attempt is not None and prev.get("attempt_id") == attempt and prev.get("state") == "cancelled":
+        raise Cancelled(int(prev.get("ckpt_step") or 0))  # `ablate cancel` came first, maybe before our handler
+    expect = {"attempt_id": attempt, "state": prev.get("state")} if attempt is not None else None
     attempt = attempt or rundir.new_attempt()
     if rundir.update_status(run_dir, expect=expect, attempt_id=attempt, **fields) is None:
+        now = rundir.read_status(run_dir)
+        if now.get("attempt_id") == attempt and now.get("state") == "cancelled":  # cancelled as we claimed
+            raise Cancelled(int(now.get("ckpt_step") or 0))
         raise rundir.Superseded(f"{run_dir}: this job is attempt {attempt}, but status.json names attempt "
                                 f"{rundir.read_status(run_dir).get('attempt_id')}: a newer submission owns the run; "
                                 "not training")
     return {"attempt_id": attempt}
 
 
-def train(run_dir, attempt: str | None = None) -> str:
+def train(run_dir, attempt: str | None = None, stop: StopFlag | None = None) -> str:
     """Train (or resume) the run in run_dir; returns the final state. See the module docstring.
-    attempt: the attempt id `ablate submit` gave this job (None when started by hand)."""
+    attempt: the attempt id `ablate submit` gave this job (None when started by hand); stop: a
+    StopFlag the job installed before anything slow (None: train installs its own)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AblateError(f"run dir {run_dir} does not exist")
@@ -74,7 +82,8 @@ def train(run_dir, attempt: str | None = None) -> str:
         if is_main:
             rundir.update_status(run_dir, expect=owner, **fields)
 
-    with rundir.train_lock(run_dir) if is_main else contextlib.nullcontext(), StopFlag() as stop:
+    flag = contextlib.nullcontext(stop) if stop is not None else StopFlag()
+    with rundir.train_lock(run_dir) if is_main else contextlib.nullcontext(), flag as stop:
         try:
             cfg, doc = rundir.read_config(run_dir)
             d = distributed.setup(cfg.device)

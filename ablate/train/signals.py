@@ -23,9 +23,18 @@ class Preempted(Exception):
     """Raised by train() after a signal: ckpt.pt holds `step`, status.json says pending/preempted
     (or cancelled, when `ablate cancel` marked the run while it was stopping)."""
 
-    def __init__(self, step: int, signum: int, state: str = "pending"):
+    def __init__(self, step: int, signum: int, state: str = "pending", why: str | None = None):
         self.step, self.signum, self.state = step, signum, state
-        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved, state {state}")
+        why = why or f"stopped by {signal.Signals(signum).name}"
+        super().__init__(f"{why} at step {step}: checkpoint saved, state {state}")
+
+
+class Cancelled(Preempted):
+    """Raised by train() for a job whose cell was cancelled before it could start training (the
+    signal may have come before any handler of ours was installed): nothing is trained."""
+
+    def __init__(self, step: int):
+        super().__init__(step, signal.SIGTERM, "cancelled", why="cancelled before training started")
 
 
 class StopFlag:

@@ -37,6 +37,7 @@ from ablate.train.signals import Preempted, StopFlag
 from ablate.train.step import optimizer_step
 
 HEARTBEAT_S = 60.0  # status.json heartbeat at least this often, whatever log_interval is
+CANCEL_POLL_S = 2.0  # how often rank 0 reads status.json for a cancel whose signal never came
 
 
 def _finite(x: float) -> float | None:
@@ -216,9 +217,18 @@ class Trainer:
         return loss is None or not math.isfinite(loss) or loss > self.cfg.diverge_loss
 
     def stop_requested(self) -> bool:
-        """Whether any rank was asked to stop (a signal): all ranks stop at the same step. Tests
-        replace it to stop a run at a chosen step."""
-        return distributed.any_rank(self.stop.signum is not None, self.d)
+        """Whether any rank was asked to stop (a signal, or `ablate cancel` marked the run): all
+        ranks stop at the same step. Tests replace it to stop a run at a chosen step."""
+        return distributed.any_rank(self.stop.signum is not None or self._cancel_marked(), self.d)
+
+    def _cancel_marked(self) -> bool:
+        """status.json says cancelled (read at most every CANCEL_POLL_S, by rank 0): a cancel is a
+        cancel even when its SIGTERM arrived before the trainer's handler and was lost."""
+        now = time.monotonic()
+        if not self.d.is_main or now - self._cancel_checked < CANCEL_POLL_S:
+            return False
+        self._cancel_checked = now
+        return rundir.read_status(self.run_dir).get("state") == "cancelled"
 
     # ---- the loop
     def fit(self) -> str:
@@ -226,6 +236,9 @@ class Trainer:
         self._t_start = self._last_t = time.perf_counter()
         self._excluded = self._last_excluded = 0.0
         self._last_step, self._last_beat = self.step, time.time()
+        self._cancel_checked = -math.inf
+        if self.stop_requested():  # stopped while starting (compiling, loading): nothing new to save
+            self.preempt()
         if self.step == 0 and self._diverged(self.evaluate()["val_loss"]):
             return self.finish("diverged", f"val loss {self._last_eval_text()} at init")
         while self.step < cfg.max_iters:

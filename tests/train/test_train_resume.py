@@ -9,7 +9,7 @@ import torch
 
 from ablate.core.errors import AblateError
 from ablate.core import rundir
-from ablate.train.signals import EXIT_PREEMPTED
+from ablate.train.signals import EXIT_PREEMPTED, Preempted
 from ablate.train.job import train
 from train_helpers import evals_of, log_of, read_lines, train_subprocess
 
@@ -134,3 +134,47 @@ def test_a_bad_line_in_the_logs_does_not_stop_a_resume(make_run, monkeypatch, ba
     steps = [r["step"] for r in read_lines(run_dir / rundir.METRICS)]
     assert steps == [5, 10, 15, 20], steps
     assert [e["step"] for e in evals_of(run_dir)] == [0, 10, 20]
+
+
+# ---- a cancel is a cancel at any moment of a job's life
+
+def test_a_job_whose_cell_was_cancelled_before_it_started_trains_nothing(make_run):
+    """`ablate cancel` marked the cell (its SIGTERM came while the job was starting, before any
+    handler of ours): the job must not claim it back as running and train until a SIGKILL."""
+    from ablate.train.signals import Cancelled
+
+    run_dir = make_run(max_iters=20)
+    rundir.update_status(run_dir, state="cancelled", attempt_id="a1", note="cancelled by ablate cancel")
+    with pytest.raises(Cancelled):
+        train(run_dir, "a1")
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "cancelled" and status.get("started") is None
+    assert not (run_dir / rundir.METRICS).exists() and not (run_dir / rundir.CKPT).exists()
+
+
+def test_a_signal_caught_while_the_job_starts_stops_it_before_any_step(make_run):
+    """The job installs its StopFlag first (launch/jobs.py CellJob): a SIGTERM during its slow
+    start-up (importing torch, building the model) is kept, and the trainer stops before step 1."""
+    from ablate.train.signals import StopFlag
+
+    run_dir = make_run(max_iters=20)
+    rundir.update_status(run_dir, state="queued", attempt_id="a1")
+    with StopFlag() as stop:
+        signal.raise_signal(signal.SIGTERM)  # handled: the flag is set, nothing else happens
+        with pytest.raises(Preempted) as e:
+            train(run_dir, "a1", stop)
+    assert e.value.step == 0 and rundir.read_status(run_dir)["state"] == "pending"
+    assert rundir.read_jsonl(run_dir / rundir.METRICS) == [] and rundir.read_jsonl(run_dir / rundir.EVALS) == []
+
+
+def test_a_cancel_whose_signal_was_lost_still_stops_the_trainer(make_run):
+    """status.json marked cancelled, no signal at all: the trainer reads it within a few seconds,
+    saves a checkpoint and ends cancelled (exit 75), never failed."""
+    run_dir = make_run("lost-signal", **{**LONG, "max_iters": 100000})
+    proc = train_subprocess(run_dir)
+    _wait_for_step(proc, run_dir, 10)
+    rundir.update_status(run_dir, state="cancelled", note="cancelled by ablate cancel")
+    assert proc.wait(timeout=60) == EXIT_PREEMPTED, log_of(run_dir)
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "cancelled" and 10 <= status["ckpt_step"] < 100000
+    assert torch.load(run_dir / rundir.CKPT, weights_only=True)["step"] == status["ckpt_step"]
