@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -59,6 +60,7 @@ def cmd_plan(args) -> int:
     if warning := lr_sweep_warning(grid):
         print(f"warning: {warning}", file=sys.stderr)
     memory = getattr(args, "memory", False)
+    capacity = _capacity(grid, args) if memory else None  # a bad --gpu-mem is refused before any work
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
                      measure=MEASURE)
     if args.explain:
@@ -70,18 +72,25 @@ def cmd_plan(args) -> int:
         print(json.dumps(rows, indent=1, default=str))
     else:
         print(f"grid {grid.name}: {grid.path}")
-        print(format_table(grid, rows, _capacity(grid, args) if memory else None))
+        print(format_table(grid, rows, capacity))
     return 0
 
 
 def _capacity(grid, args):
     """(GiB, what) of the GPU to check cells against: --gpu-mem, else a GPU named in resources."""
     if args.gpu_mem is not None:
-        if not args.gpu_mem > 0:
-            raise AblateError(f"--gpu-mem {args.gpu_mem}: expected GiB of GPU memory, a number > 0")
-        return args.gpu_mem, "--gpu-mem"
+        return _number("--gpu-mem", args.gpu_mem, "GiB of GPU memory", above=0), "--gpu-mem"
     found = gpu_memory_gib(grid.resources) if grid.resources.gpus else None
     return (found[0], f"{found[1]} in resources") if found else None
+
+
+def _number(flag: str, value: float, what: str, above: float | None = None, at_least: float | None = None) -> float:
+    """A numeric option's value, refused in one line unless finite and in range (nan compares
+    false with everything, so it would pass a plain `< 0` check)."""
+    if not (math.isfinite(value) and (above is None or value > above) and (at_least is None or value >= at_least)):
+        bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
+        raise AblateError(f"{flag} {value}: expected {what}, a finite number {bound}")
+    return value
 
 
 def _retry(value):
@@ -155,7 +164,8 @@ def cmd_cancel(args) -> int:
     from ablate.launch.status import cancel  # submitit: 0.1 s that plan never needs
 
     grid = _grid(args)
-    cancel(grid, _cells(grid, args), **({"grace_s": args.grace} if args.grace is not None else {}))
+    grace = {} if args.grace is None else {"grace_s": _number("--grace", args.grace, "seconds", at_least=0)}
+    cancel(grid, _cells(grid, args), **grace)
     return 0
 
 

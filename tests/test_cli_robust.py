@@ -131,3 +131,18 @@ def test_every_argument_has_help_and_data_prepare_reads_as_one_command():
     assert missing == [], missing
     usage = " ".join(helps[("data", "prepare")].split("\n\n")[0].split())  # argparse wraps it to the terminal
     assert usage.startswith("usage: ablate data prepare ") and "{shakespeare,openwebtext,text} [FILE]" in usage, usage
+
+
+@pytest.mark.parametrize("args, message", [
+    (("cancel", "--grace", "nan"), "--grace nan: expected seconds, a finite number >= 0"),
+    (("cancel", "--grace", "-1"), "--grace -1.0: expected seconds, a finite number >= 0"),
+    (("cancel", "--grace", "inf"), "--grace inf: expected seconds, a finite number >= 0"),
+    (("plan", "--memory", "--gpu-mem", "inf"), "--gpu-mem inf: expected GiB of GPU memory, a finite number > 0"),
+    (("plan", "--memory", "--gpu-mem", "nan"), "--gpu-mem nan: expected GiB of GPU memory, a finite number > 0"),
+])
+def test_numeric_options_are_finite_and_in_range(tmp_path, args, message):
+    """nan compares false with everything: `--grace nan` passed a `< 0` check and killed jobs at
+    once, without a checkpoint."""
+    grid = write_text_grid(tmp_path, GRID, "g.yaml")
+    r = ablate_cli(args[0], grid, *args[1:])
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"ablate: error: {message}"], r.stderr
