@@ -192,11 +192,17 @@ def cmd_query(args) -> int:
 
     from ablate.store import Store  # DuckDB: only the verbs that read the store
 
+    from ablate.store.connect import reader_limits  # DuckDB, as above
+
+    memory = None if args.memory_limit is None else _number("--memory-limit", args.memory_limit, "GB", above=0)
+    if args.threads is not None and args.threads < 1:
+        raise AblateError(f"--threads {args.threads}: expected a number of threads >= 1")
     db = Path(args.db) if args.db else runs_root() / "ablate.duckdb"
     if not args.no_ingest:
         with Store(db) as store:
             store.ingest(runs_root())
-    with Store(db, read_only=True) as store:  # read-only, no file system access, one statement
+    # read-only, no file system access, one statement, bounded memory and threads
+    with Store(db, read_only=True, limits=reader_limits(memory, args.threads)) as store:
         df = store.read(args.sql)
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
         print(df.to_string(index=False))
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--db", help="DuckDB file (default $ABLATE_RUNS_DIR/ablate.duckdb, i.e. runs/ablate.duckdb)")
     s.add_argument("--no-ingest", action="store_true",
                    help="query the store as it is, without first reading the run dirs that changed")
+    s.add_argument("--memory-limit", type=float, metavar="GB",
+                   help="DuckDB's memory for the query (default: a quarter of this machine's, at most 4 GB)")
+    s.add_argument("--threads", type=int, metavar="N", help="DuckDB's threads for the query (default: up to 4)")
     s.set_defaults(fn=cmd_query)
     return p
 

@@ -92,16 +92,28 @@ def prepare_data(cells) -> None:
         prepare.prepare(*key)
 
 
+LOCK_WAIT_S = 300.0  # a second submit of a grid waits this long for the first to hand its cells over
+
+
 @contextlib.contextmanager
-def grid_lock(grid: Grid):
-    """One `ablate submit` per grid at a time (check-then-submit must not interleave)."""
+def grid_lock(grid: Grid, echo=print, wait_s: float = LOCK_WAIT_S):
+    """One `ablate submit` of a grid at a time (check-then-submit must not interleave): a second
+    one waits its turn, saying so, for as long as the first takes to dispatch (not to train)."""
     grid.runs_dir.mkdir(parents=True, exist_ok=True)
     with open(grid.runs_dir / ".submit.lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AblateError(f"another `ablate submit` of grid {grid.name} is running; try again when it has "
-                              f"returned") from None
+        deadline, told = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise AblateError(f"another `ablate submit` of grid {grid.name} has held its lock for "
+                                      f"{wait_s:.0f} s; try again when it has returned") from None
+                if not told:
+                    echo(f"waiting for another `ablate submit` of grid {grid.name} to hand its cells over...")
+                    told = True
+                time.sleep(0.2)
         yield
 
 
@@ -140,7 +152,7 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
     cells = list(cells)
     by_id = {c.run_id: c for c in cells}
     runner = None
-    with grid_lock(grid):
+    with grid_lock(grid, echo):
         views = st.reconcile(cells)
         st.record_lost(views)
         todo_ids, skipped = select_cells(views, retry, force)

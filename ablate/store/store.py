@@ -14,7 +14,8 @@ recorded when they were read (a row edited or added by anything but ingest makes
 again from its run dir, or leave the store when it has none). Run dirs whose config.json is not
 their own go to the `broken` table, never into `runs`. `ablate query` reads through
 `Store(..., read_only=True)`: a read-only connection with no file system or extension access
-(DuckDB settings, locked), one statement.
+(DuckDB settings, locked), bounded memory and threads, one statement. Opening waits for another
+command's hold on the file and rebuilds a damaged file (connect.py).
 """
 from __future__ import annotations
 
@@ -26,32 +27,24 @@ import pandas as pd
 
 from ablate.core.errors import AblateError
 from ablate.store import ingest as ing
+from ablate.store.connect import connect
 from ablate.store.schema import CELL_STATS_SQL, RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
 
 BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
-# a reader's connection: nothing outside the database file, no extensions, settings locked
-SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": False,
-           "autoload_known_extensions": False, "lock_configuration": True}
 READ_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
 TABLE_KEYS = ("runs", "broken", "evals", "train")  # the tables holding rows of a (grid, run_id)
 
 
 class Store:
-    def __init__(self, db_path, read_only: bool = False):
+    def __init__(self, db_path, read_only: bool = False, limits: dict | None = None):
+        """limits: a reader's DuckDB memory_limit / threads (connect.reader_limits)."""
         self.path = str(db_path)
         if self.path != ":memory:" and not read_only:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         if read_only and not Path(self.path).exists():
             raise AblateError(f"no store at {self.path}: `ablate report` (or `ablate query` without "
                               "--no-ingest) creates it")
-        try:
-            self.con = duckdb.connect(self.path, read_only=read_only, config=SANDBOX if read_only else {})
-        except duckdb.IOException as e:
-            first = str(e).splitlines()[0]
-            if "lock" in first.lower():
-                raise AblateError(f"cannot open the store {self.path}: {first} (DuckDB allows one writing "
-                                  "process: wait for the other ablate command)") from None
-            raise AblateError(f"cannot open the store {self.path}: {first}") from None
+        self.con = connect(self.path, read_only, limits)
         self.read_only = read_only
         if not read_only:
             self._ensure_schema()
@@ -156,7 +149,7 @@ class Store:
         removed += [k for k in untrusted if k not in present and k not in removed]
 
         self.con.execute("BEGIN TRANSACTION")
-        try:
+        try:  # one transaction: an ingest interrupted (or out of disk) leaves the previous state
             stale = pd.DataFrame([(rd.grid, rd.run_id) for rd in changed] + removed, columns=["grid", "run_id"],
                                  dtype=object)
             if len(stale):
@@ -190,8 +183,11 @@ class Store:
                     "fingerprint": [rd.fingerprint for rd in changed],
                     "digest": [digests.get((rd.grid, rd.run_id)) for rd in changed], "ingested_at": now}))
             self.con.execute("COMMIT")
-        except BaseException:
+        except BaseException as e:
             self.con.execute("ROLLBACK")
+            if isinstance(e, duckdb.Error) and "No space left" in str(e):
+                raise AblateError(f"no space left on device at {Path(self.path).parent} while writing the store "
+                                  f"{self.path}: nothing was changed; free space, then run the command again") from None
             raise
         self.last_read = [(rd.grid, rd.run_id) for rd in changed]
         counts = {"scanned": len(found), "read": len(changed), "unchanged": len(found) - len(changed),
@@ -231,6 +227,10 @@ class Store:
     def query(self, sql: str, params=None) -> pd.DataFrame:
         try:
             return self.con.execute(sql, params or []).df()
+        except (duckdb.InterruptException, RuntimeError) as e:  # Ctrl-C while DuckDB ran: "Query interrupted"
+            if isinstance(e, duckdb.InterruptException) or "interrupted" in str(e).lower():
+                raise KeyboardInterrupt from None  # the user's interrupt, not a failed query
+            raise
         except duckdb.Error as e:
             raise AblateError(f"query failed: {str(e).splitlines()[0]}") from None
 

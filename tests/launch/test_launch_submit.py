@@ -161,3 +161,24 @@ def test_default_executor_is_local_without_slurm(monkeypatch, tmp_path):
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch anywhere
     assert default_executor() == "local"
+
+
+def test_a_second_submit_of_a_grid_waits_its_turn(grid_file, capsys):
+    """Two submits of one grid at once take turns on its lock (as README says): the second waits,
+    saying so, and then finds the cells the first took (nothing to submit twice)."""
+    import fcntl
+    import threading
+
+    grid = load_grid(grid_file())
+    grid.runs_dir.mkdir(parents=True, exist_ok=True)
+    with open(grid.runs_dir / ".submit.lock", "w") as held:  # the first submit, dispatching
+        fcntl.flock(held, fcntl.LOCK_EX)
+        second = threading.Thread(target=submit, args=(grid, grid.cells), kwargs={"executor": "debug"})
+        second.start()
+        second.join(timeout=2)
+        assert second.is_alive()  # waiting, not failed
+        fcntl.flock(held, fcntl.LOCK_UN)
+    second.join(timeout=300)
+    out = capsys.readouterr().out
+    assert f"waiting for another `ablate submit` of grid {grid.name} to hand its cells over..." in out
+    assert rundir.state_of(grid.cells[0].run_dir) == "done"

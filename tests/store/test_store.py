@@ -228,15 +228,38 @@ def test_put_table_replaces_one_grid(store):
     assert store.query("select grid, x from speedup order by x").values.tolist() == [["b", 3], ["a", 4]]
 
 
-def test_second_writer_gets_a_clear_error(tmp_path):
+def _hold(db, seconds: float, read_only: bool = False) -> subprocess.Popen:
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.store import Store; "
+                               f"s = Store({str(db)!r}, read_only={read_only}); print('ready', flush=True); "
+                               f"time.sleep({seconds}); s.close()"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "ready"
+    return holder
+
+
+@pytest.mark.parametrize("holder_reads", [False, True])
+def test_a_second_command_waits_its_turn(tmp_path, capfd, holder_reads):
+    """DuckDB refuses a second open of a file one process writes (or any writer while another
+    reads); an ablate command waits for it, saying so once, instead of failing."""
     db = tmp_path / "locked.duckdb"
     Store(db).close()
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.store import Store; "
-                               f"s = Store({str(db)!r}); print('ready', flush=True); time.sleep(30)"],
-                              stdout=subprocess.PIPE, text=True)
+    holder = _hold(db, 3, read_only=holder_reads)
     try:
-        assert holder.stdout.readline().strip() == "ready"
-        with pytest.raises(AblateError, match="one writing process"):
+        with Store(db) as store:  # a writer: waits for the holder to let go
+            assert store.query("select count(*) as n from runs").n[0] == 0
+        assert holder.poll() == 0  # it only got the store once the holder was done
+    finally:
+        holder.kill()
+        holder.wait()
+    assert capfd.readouterr().err.count(f"waiting for the store {db}: another ablate command is using it") == 1
+
+
+def test_a_store_held_too_long_is_one_line(tmp_path, monkeypatch):
+    db = tmp_path / "locked.duckdb"
+    Store(db).close()
+    holder = _hold(db, 60)
+    monkeypatch.setenv("ABLATE_STORE_WAIT_S", "1")
+    try:
+        with pytest.raises(AblateError, match=r"is still in use after 1 s .*ABLATE_STORE_WAIT_S"):
             Store(db)
     finally:
         holder.kill()

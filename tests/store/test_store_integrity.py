@@ -216,3 +216,57 @@ def test_a_fifo_or_a_device_in_a_run_dir_is_not_read(tmp_path):
     assert rundir.read_json(ngpt / rundir.SUMMARY, default="absent") == "absent"
     r = cli("status", _grid_file(tmp_path), timeout=120)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_three_reports_at_once_all_finish(tmp_path):
+    """Two of three concurrent reports used to exit 2 ("Could not set lock"): each waits its turn."""
+    runs = tmp_path / "runs"
+    _two_runs(runs)
+    grid = _grid_file(tmp_path)
+    procs = [subprocess.Popen([sys.executable, "-m", "ablate.cli", "report", str(grid), "--quiet"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err for _, err in outs]
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty"])
+def test_a_damaged_store_is_moved_aside_and_rebuilt(tmp_path, damage):
+    """The store is a cache of runs/: a writer moves a file that is not a DuckDB database aside,
+    says so, and builds the store again; a reader (query --no-ingest) names the way out."""
+    import os
+
+    runs = tmp_path / "runs"
+    gpt, ngpt = _two_runs(runs)
+    assert cli("query", "select count(*) from runs").returncode == 0
+    db = runs / "ablate.duckdb"
+    good = db.read_bytes()
+    db.write_bytes({"random": os.urandom(20000), "truncated": good[:1000], "empty": b""}[damage])
+    r = cli("query", "--no-ingest", "select count(*) from runs")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is damaged" in r.stderr, r.stderr
+    assert "--rebuild" in r.stderr
+    r = cli("report", _grid_file(tmp_path), "--rebuild", "--quiet")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"warning: the store {db} was damaged" in r.stderr and "moved aside to" in r.stderr
+    assert len(list(runs.glob("ablate.duckdb.damaged-*"))) == 1
+    r = cli("query", "select run_id from runs order by run_id")
+    assert r.returncode == 0 and gpt.name in r.stdout and ngpt.name in r.stdout, r.stderr
+
+
+def test_a_query_is_bounded_and_ctrl_c_is_not_a_traceback(tmp_path):
+    import signal
+    import time
+
+    runs = tmp_path / "runs"
+    _two_runs(runs)
+    r = cli("query", "--memory-limit", "0.05", "select list(range) from range(100000000)")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert "query failed: Out of Memory Error" in r.stderr
+    r = cli("query", "--threads", "1", "select current_setting('threads') as t, current_setting('memory_limit') as m")
+    assert r.returncode == 0 and r.stdout.split()[2] == "1", r.stdout
+    proc = subprocess.Popen([sys.executable, "-m", "ablate.cli", "query", "--no-ingest",
+                             "select count(*) from range(100000000000) a"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(5)  # the query is running
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and err.strip() == "ablate: interrupted", err
