@@ -27,6 +27,7 @@ hash of its config (`identity_problem`); anything else is "broken", never data.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -75,10 +76,22 @@ def _umask() -> int:
     return mask
 
 
+def no_space(e: BaseException, path) -> AblateError | None:
+    """One line naming a full disk (or quota) when `e`, or the error it was raised from (torch's
+    "unexpected pos" of a short write), is one; else None."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return AblateError(f"no space left on device at {Path(path).parent} (writing {Path(path).name}): "
+                               "free space, then run it again; the previous file is kept")
+        e = e.__cause__ or e.__context__
+    return None
+
+
 @contextlib.contextmanager
 def atomic_file(path, mode: str = "w"):
     """Open a temp file beside `path`; on success fsync and rename it over `path`, on any error
-    delete it. Readers see the old file or the whole new one, never half of one."""
+    delete it. Readers see the old file or the whole new one, never half of one; a full disk is
+    one line naming it (no_space)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -89,8 +102,11 @@ def atomic_file(path, mode: str = "w"):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        full = no_space(e, path)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -153,9 +169,12 @@ def valid_record(record, fields: dict) -> dict | None:
 
 
 def append_jsonl(path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record, default=float) + "\n")
-        f.flush()
+    try:
+        with open(path, "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+    except OSError as e:
+        raise (no_space(e, path) or e) from None
 
 
 def read_jsonl(path) -> list[dict]:

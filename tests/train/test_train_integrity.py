@@ -172,3 +172,54 @@ def test_files_from_the_atomic_helper_respect_the_umask(tmp_path, corpus, umask)
         os.umask(old)
     for p in (tmp_path / "status.json", tmp_path / "ckpt.pt", path / "train.bin", path / "meta.json"):
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask, (p, oct(p.stat().st_mode))
+
+
+# ---- a full disk
+
+class _FullDisk:
+    """A file whose writes fail with ENOSPC past `room` bytes, as a full disk's do."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(28, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+
+def test_a_full_disk_is_named_and_the_previous_checkpoint_kept(make_run, monkeypatch):
+    """torch.save into a full disk says "enforce fail at inline_container.cc ... unexpected pos":
+    the run fails with one line naming the full disk, and the last good checkpoint is intact."""
+    import torch
+
+    run_dir = make_run(max_iters=20, ckpt_interval=5)
+    real_fdopen, saves = os.fdopen, []
+
+    def fdopen(fd, mode="r", *args, **kwargs):
+        f = real_fdopen(fd, mode, *args, **kwargs)
+        if ".ckpt.pt." in os.readlink(f"/proc/self/fd/{fd}"):
+            saves.append(fd)
+            if len(saves) >= 2:  # the first checkpoint (step 5) fits; the disk is full from the next one on
+                return _FullDisk(f, room=1000)
+        return f
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    with pytest.raises(AblateError, match=rf"no space left on device at {run_dir} \(writing ckpt.pt\)"):
+        train(run_dir)
+    monkeypatch.undo()
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed" and status["error"].splitlines()[-1].endswith(
+        "free space, then run it again; the previous file is kept"), status["error"]
+    assert torch.load(run_dir / rundir.CKPT, weights_only=True)["step"] == 5
+    assert not list(run_dir.glob(".ckpt.pt.*.tmp"))
+    assert train(run_dir) == "done"  # space again: it resumes from step 5
