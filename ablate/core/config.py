@@ -297,6 +297,7 @@ def derive(cfg: RunConfig, **changes) -> RunConfig:
 
 
 INT_MAX = 2 ** 31 - 1
+FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32 (numpy.finfo(numpy.float32).max)
 # Every numeric field's allowed range, checked at plan time (lo, hi, whether lo itself is allowed);
 # floats must also be finite. A numeric field missing here gets DEFAULT_RANGE (tests require an entry).
 RANGES = {
@@ -306,8 +307,10 @@ RANGES = {
         "loss_chunk")},
     "warmup_iters": (0, INT_MAX, True), "ckpt_interval": (0, INT_MAX, True),
     "seed": (0, 2 ** 32 - 1, True),  # numpy seeds are 32-bit
-    "lr": (0.0, math.inf, False), "min_lr": (0.0, math.inf, True), "weight_decay": (0.0, math.inf, True),
-    "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, math.inf, True),
+    # the optimizer's numbers meet float32 tensors: what float32 cannot hold is refused here, not
+    # by every cell at its first step
+    "lr": (0.0, FLOAT32_MAX, False), "min_lr": (0.0, FLOAT32_MAX, True), "weight_decay": (0.0, FLOAT32_MAX, True),
+    "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, FLOAT32_MAX, True),
     "diverge_loss": (0.0, math.inf, False),
 }
 DEFAULT_RANGE = (0, math.inf, True)
@@ -324,7 +327,8 @@ def _range_problem(name: str, value) -> Optional[str]:
     if value < lo or (value == lo and not lo_ok):
         return f"{value} must be {'>=' if lo_ok else '>'} {lo}"
     if value > hi or (name in _HALF_OPEN and value >= hi):
-        return f"{value} must be {'<' if name in _HALF_OPEN else '<='} {hi}"
+        why = " (the largest float32: the value is used in float32 tensors)" if hi == FLOAT32_MAX else ""
+        return f"{value} must be {'<' if name in _HALF_OPEN else '<='} {hi if isinstance(hi, int) else format(hi, '.8g')}{why}"
     return None
 
 
@@ -350,6 +354,12 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
         bad(f"key 'share_attn': {c.share_attn} must divide n_layer={c.n_layer} (1 = one attention for all layers)")
     if c.min_lr > c.lr:
         bad(f"key 'min_lr': {c.min_lr} must be between 0 and lr={c.lr}")
+    # AdamW's first step moves a weight by lr / (1 - beta1) and decays it by lr * weight_decay,
+    # both in float32: past its range the step itself overflows (a result can be a divergence, not a crash)
+    step, decay = c.lr / (1 - c.beta1) if c.beta1 < 1 else math.inf, c.lr * (c.weight_decay or 0.0)
+    if max(step, decay) > FLOAT32_MAX:
+        what = f"lr / (1 - beta1) = {step:.3g}" if step > FLOAT32_MAX else f"lr * weight_decay = {decay:.3g}"
+        bad(f"key 'lr': {c.lr} overflows float32 in AdamW's update ({what}; float32 holds up to {FLOAT32_MAX:.3g})")
     if c.vocab_size is not None and data_vocab is not None and c.vocab_size < data_vocab:
         bad(f"key 'vocab_size': {c.vocab_size} is smaller than the data's vocabulary ({data_vocab})")
     if c.dataset not in ("shakespeare", "openwebtext") and not c.dataset.startswith("text:"):

@@ -203,3 +203,26 @@ def test_a_list_or_mapping_where_one_value_belongs_is_one_line(tmp_path, base, g
     a traceback); it is a type error at its line like any other wrong type."""
     msg = one_line_error(write(tmp_path, LISTS % (base, grid, include)), match)
     assert msg.startswith(f"{tmp_path / 'g.yaml'}:"), msg  # file:line
+
+
+@pytest.mark.parametrize("values, match", [
+    ("lr: [1.0e+300]", "key 'lr': 1e+300 must be <= 3.4028235e+38 (the largest float32"),
+    ("weight_decay: [1.0e+39]", "key 'weight_decay': 1e+39 must be <= 3.4028235e+38"),
+    ("grad_clip: [1.0e+39]", "key 'grad_clip': 1e+39 must be <= 3.4028235e+38"),
+    ("lr: [1.0e+38]", "key 'lr': 1e+38 overflows float32 in AdamW's update (lr / (1 - beta1) = 1e+39"),
+    ("lr: [1.0e+30]\n  weight_decay: [1.0e+10]", "overflows float32 in AdamW's update (lr * weight_decay = 1e+40"),
+])
+def test_a_number_past_what_its_dtype_holds_is_refused_at_plan(tmp_path, values, match):
+    """lr 1e300 passed the plan and then every cell failed at its first step (a float32
+    overflow): a range respects the dtype its value meets."""
+    one_line_error(write(tmp_path, HEAD + "grid:\n  " + values + "\n"), match)
+
+
+def test_a_huge_lr_that_float32_holds_is_a_divergence_not_a_failure(tmp_path):
+    """Just inside the range the run is a result, diverged, as any too-large lr."""
+    from ablate.launch.submit import submit
+
+    grid = load_grid(write(tmp_path, HEAD.replace("max_iters: 10}", "max_iters: 3, batch_size: 2, eval_iters: 1, "
+                                                                    "device: cpu}") + "grid: {lr: [1.0e+37]}\n"))
+    views = submit(grid, grid.cells, executor="debug", echo=lambda line: None).views
+    assert [v.state for v in views] == ["diverged"]
