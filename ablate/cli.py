@@ -21,7 +21,6 @@ from pathlib import Path
 from ablate.core import estimate
 from ablate.core.errors import AblateError
 from ablate.core.paths import reports_root, runs_root
-from ablate.core.rundir import RETRYABLE
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
 from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
@@ -298,21 +297,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _bare_retry(argv: list[str]) -> list[str]:
-    """`--retry GRID.yaml` means --retry=all then the grid: argparse would take the grid as STATES."""
-    words = {"all", *RETRYABLE}
+    """`--retry GRID.yaml` means --retry=all then the grid: argparse would take the grid as STATES.
+    The word after --retry is the grid when it is a file or looks like one (.yaml / .yml);
+    anything else is STATES, checked there (`--retry failed,bogus` names bogus)."""
     out = list(argv)
     for i, a in enumerate(out[:-1]):
-        if a == "--retry" and not set(out[i + 1].split(",")) <= words and not out[i + 1].startswith("-"):
+        nxt = out[i + 1]
+        if a == "--retry" and not nxt.startswith("-") and (nxt.endswith((".yaml", ".yml")) or Path(nxt).is_file()):
             out[i] = "--retry=all"
     return out
+
+
+ROOTS = "runs/, data/, reports/ or the ABLATE_RUNS_DIR / ABLATE_DATA_DIR / ABLATE_REPORTS_DIR they point at"
 
 
 def _os_error(e: OSError) -> str:
     """One line for a file system error: the path and what was not allowed."""
     path = e.filename if e.filename is not None else "?"
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"{path}: {e.strerror.lower()}: ablate needs write permission there (runs/, data/, reports/ "
-                "or the ABLATE_RUNS_DIR / ABLATE_DATA_DIR / ABLATE_REPORTS_DIR they point at)")
+        return f"{path}: {e.strerror.lower()}: ablate needs write permission there ({ROOTS})"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST) and path != "?":
+        blocker = next((p for p in [Path(path), *Path(path).parents] if p.exists() and not p.is_dir()), None)
+        if blocker is not None:  # a file where ablate needs a directory
+            return f"{blocker} is a file, where ablate needs a directory ({ROOTS})"
     return f"{path}: {e.strerror or e}"
 
 

@@ -146,3 +146,58 @@ def test_numeric_options_are_finite_and_in_range(tmp_path, args, message):
     grid = write_text_grid(tmp_path, GRID, "g.yaml")
     r = ablate_cli(args[0], grid, *args[1:])
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"ablate: error: {message}"], r.stderr
+
+
+@pytest.mark.parametrize("var", ["ABLATE_RUNS_DIR", "ABLATE_REPORTS_DIR", "ABLATE_DATA_DIR"])
+def test_a_root_that_is_a_file_is_named(grid, tmp_path, var):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    r = ablate_cli("run", grid, "--executor", "debug", env={var: str(a_file)})
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1] == (
+        f"ablate: error: {a_file} is a file, where ablate needs a directory (runs/, data/, reports/ or the "
+        "ABLATE_RUNS_DIR / ABLATE_DATA_DIR / ABLATE_REPORTS_DIR they point at)"), r.stderr
+
+
+@pytest.mark.parametrize("argv", [["submit", "--retry", "failed,bogus", "{grid}"], ["submit", "{grid}", "--retry",
+                                                                                  "failed,bogus"]])
+def test_a_wrong_retry_state_is_named_not_taken_for_the_grid(grid, argv):
+    r = ablate_cli(*[a.format(grid=grid) for a in argv], "--executor", "debug")
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "ablate: error: --retry bogus: not a retryable state; allowed: all, failed, diverged, oom, cancelled"), r.stderr
+
+
+@pytest.mark.parametrize("dataset, match", [
+    ("{tmp}/empty.txt", "is empty; text:PATH names a UTF-8 text file with text in it"),
+    ("{tmp}", "is a directory; text:PATH names one UTF-8 text file"),
+    ("/dev/null", "is not a regular file (a device, a FIFO...)"),
+])
+def test_a_text_data_set_that_is_not_a_text_file_is_named(tmp_path, dataset, match):
+    (tmp_path / "empty.txt").write_text("")
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\ndata: {{dataset: 'text:{dataset.format(tmp=tmp_path)}', tokenizer: char}}\n"
+                    "grid: {seed: [0]}\n")
+    r = ablate_cli("plan", path)
+    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_status_shows_where_a_cancelled_cell_stopped_before_its_first_log_line(tmp_path):
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    d = write_run(runs, "g", {"arch": "gpt", "log_interval": 50}, state="cancelled", steps=30, metrics=False)
+    rundir.update_status(d, ckpt_step=30, step=30)
+    r = ablate_cli("status")
+    row = next(l for l in r.stdout.splitlines() if l.startswith(f"g/{d.name}"))
+    assert " cancelled " in row and " 30/1000 " in row, r.stdout
+
+
+def test_submit_refuses_a_context_longer_than_the_data_it_just_prepared(tmp_path):
+    """The plan checks context against the prepared data only once it is prepared; submit
+    prepares it and checks then, before writing any run dir (the cell used to fail)."""
+    text = tmp_path / "small.txt"
+    text.write_text("a short corpus of few characters. " * 30)
+    path = tmp_path / "g.yaml"
+    path.write_text(f"name: g\ndata: {{dataset: 'text:{text}', tokenizer: char}}\n"
+                    "base: {n_layer: 2, n_head: 2, n_embd: 32, max_iters: 3, device: cpu}\ngrid: {context: [16, 512]}\n")
+    assert ablate_cli("plan", path).returncode == 0  # not prepared yet: nothing to check against
+    r = ablate_cli("submit", path, "--executor", "debug")
+    assert r.returncode == 2 and "key 'context': 512 needs context+2 = 514 tokens in each split" in r.stderr, r.stderr
+    assert not list((Path(os.environ["ABLATE_RUNS_DIR"]) / "g").glob("*/config.json"))

@@ -33,9 +33,15 @@ DATASETS = ("shakespeare", "openwebtext", "text:PATH")
 # ---- names and paths
 
 def _text_path(dataset: str) -> Path:
+    """The file a text:PATH data set names: a regular file with at least one byte."""
     path = Path(dataset[len("text:"):]).expanduser()
-    if not path.is_file():
+    if not path.exists():
         raise AblateError(f"dataset '{dataset}': file {path} does not exist")
+    if not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, a FIFO...)"
+        raise AblateError(f"dataset '{dataset}': {path} is {kind}; text:PATH names one UTF-8 text file")
+    if path.stat().st_size == 0:
+        raise AblateError(f"dataset '{dataset}': {path} is empty; text:PATH names a UTF-8 text file with text in it")
     return path.resolve()
 
 

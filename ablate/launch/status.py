@@ -102,7 +102,8 @@ def table(cells: list[st.CellState], states=SHOWN, width: int | None = None) -> 
         s, m = c.status, _last_metrics(c.run_dir)
         job = s.get("job_id") or (c.job.job_id if c.job else "-")
         sched = c.job.state if c.job is not None and c.job.state not in OWN_STATES else ""
-        step = f"{_fmt(m.get('step'), 'd')}/{_max_iters(c.run_dir)}"
+        at = m.get("step", s.get("step", s.get("ckpt_step")))  # no log line yet: where the job said it was
+        step = f"{_fmt(at, 'd')}/{_max_iters(c.run_dir)}"
         rows.append([c.run_id, c.state, step, _fmt(m.get('loss'), '.3f'), _fmt(m.get('tokens_per_s'), ',.0f'),
                      _elapsed(s), str(job), sched or s.get('scheduler_state') or '', last_line(c)])
     if not rows:

@@ -26,11 +26,12 @@ from ablate import __version__
 from ablate.core import rundir
 from ablate.core.errors import AblateError
 from ablate.core.provenance import git_sha
-from ablate.data import prepare
+from ablate.data import corpora, prepare
 from ablate.launch import state as st
 from ablate.launch.executors import default_name, executor_class
 from ablate.launch.status import watch
 from ablate.plan import plugins
+from ablate.plan.checks import check_splits
 from ablate.plan.grid import Cell, Grid
 
 ENDED_BADLY = ("failed", "oom", "diverged")  # `ablate submit` / `run` exit 3 when a cell it waited for ends so
@@ -87,9 +88,16 @@ def reset_run_dir(run_dir: Path) -> None:
 
 
 def prepare_data(cells) -> None:
-    """Prepare each data set once, here, so that concurrent cells never race to do it."""
+    """Prepare each data set once, here, so that concurrent cells never race to do it; then check
+    each cell against it as the plan does once it is prepared (a context longer than a split
+    failed the cell, while the next plan refused it)."""
     for key in sorted({(c.config.dataset, c.config.tokenizer) for c in cells}):
         prepare.prepare(*key)
+    for cell in cells:
+        try:
+            check_splits(cell.config, corpora.read_meta(cell.config.dataset, cell.config.tokenizer))
+        except AblateError as e:
+            raise AblateError(f"cell {cell.run_id}: {e}") from None
 
 
 LOCK_WAIT_S = 300.0  # a second submit of a grid waits this long for the first to hand its cells over
