@@ -158,3 +158,22 @@ def test_the_analytical_estimate_is_within_10_percent_of_the_simulation(shape):
     cfg = resolve(make_config(shape))
     simulated, estimated = simulate_step(cfg)["total"], estimate.memory_breakdown(cfg)["total"]
     assert abs(estimated / simulated - 1) < 0.10, (estimated / 2 ** 20, simulated / 2 ** 20)
+
+
+@pytest.mark.parametrize("arch, dtype", [("gpt", "fp32"), ("ngpt", "fp32"), ("gpt", "bf16")])
+def test_the_estimate_counts_what_gqa_saves_on_k_and_v_exactly(arch, dtype):
+    """GQA keeps n_kv_head key/value heads per layer instead of n_head: the estimate's
+    activations fall by exactly its per-d_kv term (and the bf16 weight copies of the smaller
+    W_k, W_v); a 10% tolerance against the simulation would hide the term missing altogether."""
+    from ablate.core.config import make_config, resolve
+    from ablate.core.estimate import MEMORY_COEF, matrix_params, memory_breakdown
+
+    shape = {"arch": arch, "dtype": dtype, "n_layer": 4, "n_head": 8, "n_embd": 256, "context": 256, "batch_size": 4,
+             "vocab_size": 50304}  # a large vocabulary: the head's moment is the peak for both
+    full, gqa = (resolve(make_config({**shape, "n_kv_head": h})) for h in (8, 2))
+    a, b, w, *_ = MEMORY_COEF[(arch, dtype, "none")]
+    N, L = 4 * 256, 4
+    kv_gone = (full.kv_heads - gqa.kv_heads) * full.head_dim  # d_kv saved per token
+    blocks_gone = matrix_params(full)[0] - matrix_params(gqa)[0]  # W_k, W_v rows
+    saved = memory_breakdown(full)["activations"] - memory_breakdown(gqa)["activations"]
+    assert saved == pytest.approx(L * N * b * kv_gone + w * blocks_gone, rel=1e-12) and saved > 0

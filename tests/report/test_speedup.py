@@ -317,3 +317,31 @@ def test_a_best_lr_inside_the_sweep_has_no_edge_note(env):
         write_run(runs, "g", {"arch": "ngpt", "lr": lr}, linear(3.0, slope))
     r = row(report()["speedup"], "ngpt")
     assert r.display == "2.00x" and r.lr_note == "" and "edge" not in r.note
+
+
+@pytest.mark.parametrize("sigmas, within", [(1.9, True), (2.1, False), (1.2, True), (0.5, True), (3.0, False)])
+def test_the_eval_noise_rule_is_two_combined_standard_errors_on_both_sides_of_it(env, sigmas, within):
+    """A gap is 'within eval noise' under NOISE_SIGMAS = 2 combined standard errors and a result
+    above: tested near the threshold on both sides (a rule at 1 sigma passed every earlier test)."""
+    from ablate.report.speedup import NOISE_SIGMAS
+
+    runs, store, report = env
+    se = 0.01
+    gap = sigmas * math.sqrt(2) * se  # two cells, one s.e. each
+    write_run(runs, "g", {"arch": "gpt"}, linear(3.0, 0.001), eval_se=se)              # L* = 2.0 at step 1000
+    write_run(runs, "g", {"arch": "ngpt"}, linear(3.0, (1.0 + gap) / 1000), eval_se=se)  # 2.0 - gap at step 1000
+    r = row(report()["speedup"], "ngpt")
+    assert NOISE_SIGMAS == 2.0 and bool(r.within_noise) is within
+    assert r.loss_gap == pytest.approx(-gap) and r.gap_se == pytest.approx(math.sqrt(2) * se)
+    assert (r.display == "within eval noise") is within
+
+
+def test_budget_mode_reads_the_baseline_between_its_budgets_on_log_budget():
+    """The baseline's loss between two of its budgets is interpolated on log(budget), not on the
+    budget itself (every earlier test's variant budget was one the baseline trained)."""
+    from ablate.report.speedup import loss_at
+
+    assert loss_at([100, 400], [3.0, 2.0], 200) == pytest.approx(2.5)  # log 200 is halfway: linear says 2.667
+    assert loss_at([100, 400, 1600], [3.0, 2.0, 1.5], 800) == pytest.approx(1.75)
+    budget, where = budget_needed([100, 400], [3.0, 2.0], 2.5)
+    assert where is None and budget == pytest.approx(200.0)  # and back: the inverse on the same line

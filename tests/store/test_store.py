@@ -309,3 +309,20 @@ def test_read_only_store(tmp_path, runs):
         assert s.query("select count(*) n from final").n[0] == 1
         with pytest.raises(AblateError, match="read-only"):
             s.ingest(runs)
+
+
+def test_every_summary_loss_lands_in_its_own_column(runs, store):
+    """final_val_loss, final_train_loss and final_eval_step come from the summary field of the
+    same name (and the `final` / `cells` views carry them): no test read final_train_loss, so
+    reading it from the wrong field went unnoticed."""
+    write_run(runs, "g", {"arch": "gpt", "seed": 0}, summary={"final_val_loss": 2.5, "final_train_loss": 1.234,
+                                                             "final_eval_step": 990})
+    write_run(runs, "g", {"arch": "gpt", "seed": 1}, summary={"final_val_loss": 2.7, "final_train_loss": 1.434})
+    store.ingest(runs)
+    rows = store.query("select seed, final_val_loss, final_train_loss, final_eval_step from runs order by seed")
+    assert rows.final_val_loss.tolist() == [2.5, 2.7] and rows.final_train_loss.tolist() == [1.234, 1.434]
+    assert rows.final_eval_step[0] == 990
+    final = store.query("select final_train_loss, final_step from final order by seed")
+    assert final.final_train_loss.tolist() == [1.234, 1.434] and final.final_step[0] == 990
+    cell = store.query("select mean_train_loss, mean_val_loss from cells").iloc[0]
+    assert cell.mean_train_loss == pytest.approx(1.334) and cell.mean_val_loss == pytest.approx(2.6)
