@@ -348,3 +348,35 @@ def test_a_part_that_returns_none_leaves_the_point_alone():
 def test_a_point_that_takes_one_part_refuses_two():
     with pytest.raises(AblateError, match="2 plugins fill the point 'qk' in this cell, which takes one part"):
         parts_of(tiny_cfg("gpt"), {"qk": (RotaryQK, RotaryQK)})
+
+
+# ---------------------------------------------------------------- CUDA (scripts/gpu-check.sh runs these)
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and HAS_FLEX), reason="needs a CUDA device and FlexAttention")
+@pytest.mark.parametrize("parts", [[Cap()], [Bias(), Cap()], [Bias(), Documents(), Cap()]],
+                         ids=["cap", "bias-cap", "bias-documents-cap"])
+@pytest.mark.parametrize("kv_heads, window", [(4, None), (2, 3)])
+def test_flexattention_on_cuda_runs_the_modification_with_gradients(parts, kv_heads, window):
+    """FlexAttention's compiled CUDA kernel (what auto picks there) against the eager fallback:
+    outputs and the gradients of q, k and v, fp32."""
+    chain = ScoreChain([Scores(), *parts]).cuda()
+
+    def run(backend):
+        q, k, v = (t.transpose(1, 2).cuda().requires_grad_() for t in qkv(kv_heads))
+        y = attend(q, k, v, scale=0.4, window=window, backend=backend, scores=chain)
+        (y * torch.linspace(-1, 1, y.numel(), device="cuda").view_as(y)).sum().backward()
+        return y.detach(), q.grad, k.grad, v.grad
+    for got, want in zip(run("flex"), run("eager")):
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not (torch.cuda.is_available() and (backends.flash_attn_version() or (0,)) >= (2, 6)),
+                    reason="needs CUDA and flash-attn >= 2.6 (softcap)")
+def test_flash_attn_softcap_equals_the_score_mod_on_cuda():
+    chain = ScoreChain([Scores(), Cap()])
+    q, k, v = (t.transpose(1, 2).cuda() for t in qkv(2, dtype=torch.bfloat16))
+    y = attend(q, k, v, scale=0.4, window=5, backend="flash", scores=chain)
+    want = attend(q.float(), k.float(), v.float(), scale=0.4, window=5, backend="eager", scores=chain)
+    torch.testing.assert_close(y.float(), want, atol=2e-2, rtol=2e-2)
