@@ -522,3 +522,102 @@ def test_a_parts_global_torch_state_never_reaches_the_next_cells_figures(env, tm
     stale = {k: {c: v for c, v in e.items() if c != "torch_state"} for k, e in entries.items()}
     (tmp_path / "both.json").write_text(json.dumps(stale))  # an entry that does not say its state
     assert simulate([plain], 0, cache=Cache(tmp_path / "both.json")) == {}  # is not trusted
+
+# ---------------------------------------------------------------- plugins that compose
+
+SOFTCAP, ALIBI, Z_LOSS = (ROOT / "plugins" / f"{n}.py" for n in ("softcap", "alibi", "z_loss"))
+BOTH = "grid: {arch: [gpt], alibi: [false, true], attn_softcap: [null, 0.5]}"
+
+
+def test_plugins_that_fill_one_point_compose_in_the_grids_order(env):
+    """alibi and softcap both fill `scores`: their score_mods run in the order the grid lists the
+    plugins, so that order is part of the identity of a cell that uses both, and of no other."""
+    import torch
+
+    from ablate.train.build import model_for
+
+    first = load_grid(env.grid(BOTH, plugins=[ALIBI, SOFTCAP], name="a.yaml"))
+    second = load_grid(env.grid(BOTH, plugins=[SOFTCAP, ALIBI], name="b.yaml"))
+
+    def by_keys(grid):
+        return {(c.config.alibi, c.config.attn_softcap): c for c in grid.cells}
+    a, b = by_keys(first), by_keys(second)
+    assert [a[k].run_id == b[k].run_id for k in a] == [True, True, True, False]  # only (True, 0.5) uses both
+    assert a[(False, None)].run_id == load_grid(env.grid("grid: {arch: [gpt]}", plugins=[], name="p.yaml")).cells[0].run_id
+    models = {}
+    for name, cell in (("a", a[(True, 0.5)]), ("b", b[(True, 0.5)])):
+        torch.manual_seed(0)
+        models[name] = model_for(cell.config, "cpu")
+    assert [type(p).__name__ for p in models["a"].blocks[0].scores] == ["Scores", "Alibi", "AttnSoftCap"]
+    assert [type(p).__name__ for p in models["b"].blocks[0].scores] == ["Scores", "AttnSoftCap", "Alibi"]
+    from ablate.model.ops import rope_cos_sin
+
+    x, rope = torch.randn(2, 16, 32) * 4, rope_cos_sin(16, 16)
+    block_a, block_b = models["a"].blocks[0], models["b"].blocks[0]
+    y_a, y_b = (blk.attn(x, rope, blk.qk, blk.scores) for blk in (block_a, block_b))
+    assert not torch.allclose(y_a, y_b, atol=1e-3)  # c tanh((s - bias) / c) is not c tanh(s / c) - bias
+
+
+def test_loss_terms_and_head_transforms_of_several_plugins_run_together(env):
+    """Three plugins, four points in one cell (qk, scores twice, head, loss): it plans, builds and trains."""
+    axes = "grid: {arch: [gpt], alibi: [true], attn_softcap: [5.0], logit_softcap: [3.0], z_loss: [1.0e-4]}"
+    grid = load_grid(env.grid(axes, plugins=[ALIBI, SOFTCAP, Z_LOSS]))
+    from ablate.train.build import model_for
+
+    m = model_for(grid.cells[0].config, "cpu")
+    assert [type(p).__name__ for p in m.loss] == ["CrossEntropy", "ZLoss"]
+    assert [type(p).__name__ for p in m.head] == ["Logits", "LogitSoftCap"] and type(m.blocks[0].qk).__name__ == "NoRope"
+
+
+TWO_MODELS = '''from ablate.model.gpt import GPT
+from ablate.plugin import Key
+
+KEYS = {{"{key}": Key(bool, False, "a model of my own")}}
+
+
+class Mine(GPT):
+    pass
+
+
+POINTS = {{"model": Mine}}
+'''
+
+
+def test_two_model_replacements_in_one_cell_are_one_line(env):
+    one, two = (env.plugin_file(TWO_MODELS.format(key=k), f"{k}.py") for k in ("mine", "yours"))
+    grid = env.grid("grid: {arch: [gpt], mine: [true], yours: [true]}", plugins=[one, two])
+    r = ablate_cli("plan", grid)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert re.search(r"key 'yours': plugins mine and yours both fill the point 'model' in this cell, which takes one "
+                     r"part \(points that compose: scores, head, loss\): use one of them per cell", lines[0]), lines[0]
+
+
+WHOLE_SEQUENCE_HEAD = '''import torch.nn as nn
+from ablate.plugin import Key
+
+KEYS = {"smooth": Key(bool, False, "logits averaged with the previous position's")}
+
+
+class Smooth(nn.Module):
+    per_token = False  # it mixes positions: the chunked loss cannot run it
+
+    def __init__(self, cfg):
+        super().__init__()
+
+    def forward(self, logits):
+        return (logits + logits.roll(1, dims=-2)) / 2
+
+
+POINTS = {"head": Smooth}
+'''
+
+
+def test_loss_chunk_with_a_head_that_needs_whole_sequences_is_one_line(env):
+    plug = env.plugin_file(WHOLE_SEQUENCE_HEAD, "smooth.py")
+    grid = env.grid("grid: {arch: [gpt], smooth: [true], loss_chunk: [null, 32]}", plugins=[plug])
+    r = ablate_cli("plan", grid)
+    lines = [l for l in r.stderr.splitlines() if l.strip() and not l.startswith("simulat")]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert lines[0] == (f"ablate: error: key 'loss_chunk': Smooth ({plug}) needs whole sequences (per_token = False), "
+                        "but loss_chunk runs the head and the loss chunk by chunk: set loss_chunk: null for this cell")

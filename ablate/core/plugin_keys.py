@@ -7,7 +7,8 @@ A cell of a grid that names plugins carries, besides RunConfig's fields, one val
 key, and in its `plugins` field the declaration of every plugin of the grid:
 
     {"name": "qk_norm", "source": "/abs/plugins/qk_norm.py", "content_id": "3f0c...",  (16 hex)
-     "keys": {"qk_norm": {"type": "bool", "default": false, "choices": null, "range": null}}}
+     "keys": {"qk_norm": {"type": "bool", "default": false, "choices": null, "range": null}},
+     "points": ["qk"]}                                    (the points it fills; absent in older records)
 
 so that a config.json alone says which of its keys are plugin keys, their types and defaults:
 the run id, the identity check, the store's columns and the report need nothing else (the
@@ -15,6 +16,11 @@ plugin is never imported for that). The rule that keeps cells stable: a plugin i
 cell when one of its keys is not at its default; only then does the cell's identity include
 those key values and the plugin's content id. A cell that leaves every key of a plugin at its
 default is the built-in model: same run id as without the plugin, whatever the plugin's code.
+
+Several plugins may fill one COMPOSABLE point in a cell (score modifications compose, head
+transforms compose, loss terms add), in the order the grid lists them; the other points take one
+part each. Where the order can matter (two plugins of a cell share a point), it is part of the
+cell's identity.
 """
 from __future__ import annotations
 
@@ -27,7 +33,8 @@ from ablate.core.errors import AblateError, type_name
 
 # the extension points a plugin may fill: names here (the loader checks them, torch-free), the
 # signatures and the built-in parts in ablate/model/points.py
-POINTS = ("norm", "qk", "mlp", "residual", "model")
+POINTS = ("norm", "qk", "mlp", "residual", "scores", "head", "loss", "model")
+COMPOSABLE = ("scores", "head", "loss")  # several plugins may fill these in one cell, in the grid's order
 TYPES = {"bool": bool, "int": int, "float": float, "str": str}
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")  # a YAML key, a Python attribute and a DuckDB column
 ID_RE = re.compile(r"^[0-9a-f]{16}$")
@@ -147,9 +154,10 @@ def declarations(value) -> tuple:
         if not (isinstance(keys, dict) and keys and isinstance(d.get("name"), str)
                 and isinstance(d.get("source"), str) and ID_RE.match(str(d.get("content_id")))
                 and all(NAME_RE.match(str(k)) and isinstance(s, dict) and s.get("type") in TYPES and "default" in s
-                        for k, s in keys.items())):
+                        for k, s in keys.items())
+                and (d.get("points") is None or (isinstance(d["points"], list) and all(p in POINTS for p in d["points"])))):
             raise AblateError(f"key 'plugins': {str(d)[:120]} is not a plugin declaration "
-                              "(name, source, content_id, keys: {key: {type, default, choices, range}})")
+                              "(name, source, content_id, keys: {key: {type, default, choices, range}}, points)")
         out.append(d)
     return tuple(out)
 
@@ -186,7 +194,19 @@ def identity(config) -> dict:
         out.update({k: _value(config, k) for k, s in d["keys"].items() if _value(config, k) != s["default"]})
     if out:
         out["plugins"] = sorted(str(d.get("content_id")) for d in used(config))
+        if shared_points(config):  # composed in the grid's order: another order is another model
+            out["plugin_order"] = [str(d.get("content_id")) for d in used(config)]
     return out
+
+
+def shared_points(config) -> list[str]:
+    """The points that two or more of the plugins a cell uses fill (from their declarations'
+    `points`; a record without them fills none we know of)."""
+    counts: dict = {}
+    for d in used(config):
+        for point in d.get("points") or ():
+            counts[point] = counts.get(point, 0) + 1
+    return sorted(p for p, n in counts.items() if n > 1)
 
 
 def used_text(config) -> str | None:

@@ -14,6 +14,14 @@ None = full causal. The predicate lives in one place per backend:
   AblateError. Use it on CPU for inference and for checking agreement with sdpa.
 - flash (flash-attn 2, CUDA, fp16/bf16 only): imported lazily, never required.
   window_size=(W-1, 0): (W, 0) would show W+1 keys, the ngpt_plus fork's off-by-one.
+- eager: the exact fallback for a score modification (a layer's `scores` parts, points.py) that
+  no kernel here can run: the (B, H, T, T) scores in fp32, score_mod and mask_mod on broadcast
+  index tensors, softmax, times v. Any device, any dtype, with gradients; T x T memory.
+
+A score modification (score_mod, mask_mod) runs where a kernel takes it, never silently dropped:
+FlexAttention (score_mod / block_mask) on CUDA, flash-attn's native `softcap` where the
+modification is a lone soft-cap (flash-attn >= 2.6), else eager (CPU: FlexAttention has no CPU
+backward; SDPA takes no score_mod). Scores that are not modified keep the kernels above.
 
 Which SDPA kernel runs is PyTorch's choice, per call, and it fails silently to the slowest:
 on CUDA, `enable_gqa=True` is honoured only by its flash kernel (torch 2.5 to 2.11 at least),
@@ -33,13 +41,15 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention  # torch >= 2.5 (README)
+from torch.nn.attention.flex_attention import and_masks, create_block_mask, flex_attention  # torch >= 2.5 (README)
 from torch.profiler import ProfilerActivity, profile
 
 from ablate.core.errors import AblateError, closest
+from ablate.model.ops import f32
 
-BACKENDS = ("auto", "sdpa", "flex", "flash")
+BACKENDS = ("auto", "sdpa", "flex", "flash")  # what a config may ask for; "eager" is only ever a fallback
 FLASH_WINDOW_VERSION = (2, 3)  # flash-attn gained window_size (sliding windows) in 2.3
+FLASH_SOFTCAP_VERSION = (2, 6)  # ... and softcap in 2.6
 HALF = (torch.float16, torch.bfloat16)
 
 
@@ -92,8 +102,36 @@ def _flash_problem(device_type: str, dtype, window: Optional[int]) -> Optional[s
     return None
 
 
+def _flash_scores_problem(scores) -> Optional[str]:
+    """Why flash-attn cannot run this score modification (a ScoreChain), or None when it can."""
+    if scores.n_mask_mods or scores.softcap is None:
+        return "flash-attn runs no score_mod or mask_mod, only a lone soft-cap (a scores part with softcap = c)"
+    probe = _flash_probe()
+    if probe is not None and probe[1] < FLASH_SOFTCAP_VERSION:
+        return f"soft-capping needs flash-attn >= 2.6, found {'.'.join(map(str, probe[1]))}"
+    return None
+
+
+def _resolve_modified(requested: str, device_type: str, dtype, window: Optional[int], scores) -> str:
+    """The backend for modified scores: flash-attn for a lone soft-cap it runs natively (auto, or
+    asked), FlexAttention on CUDA (auto) or when asked, else the exact eager fallback (sdpa
+    asked: SDPA takes no score_mod; CPU: FlexAttention has no CPU backward)."""
+    problem = _flash_problem(device_type, dtype, window) or _flash_scores_problem(scores)
+    if requested == "flash":
+        if problem:
+            raise AblateError(f"attn_backend flash: {problem}")
+        return "flash"
+    if requested == "auto" and not problem:
+        return "flash"
+    if requested == "flex" or (requested == "auto" and device_type == "cuda" and has_flex()):
+        if not has_flex():
+            raise AblateError(f"attn_backend flex needs torch >= 2.5 (FlexAttention), found {torch.__version__}")
+        return "flex"
+    return "eager"
+
+
 def resolve_backend(requested: str, device_type: str, dtype, window: Optional[int] = None,
-                    context: Optional[int] = None) -> str:
+                    context: Optional[int] = None, scores=None) -> str:
     """The backend actually used for `requested` on this device/dtype/window/context.
 
     "auto" is flash-attn on CUDA when it is installed and can run the cell (bf16, window
@@ -102,9 +140,13 @@ def resolve_backend(requested: str, device_type: str, dtype, window: Optional[in
     else sdpa. Without `context` every window counts as sliding. An explicit "flash" that
     cannot run is a one-line AblateError. An explicit "sdpa" is honoured even for a window on
     CUDA (to measure it); attention_kernel() then names the SDPA kernel that runs.
-    "flex" is allowed on CPU for forward passes only (see the module docstring)."""
+    "flex" is allowed on CPU for forward passes only (see the module docstring).
+    `scores`: a layer's ScoreChain (points.py); where it modifies the scores, _resolve_modified
+    decides, and "eager" is a possible answer."""
     if requested not in BACKENDS:
         raise AblateError(f"attn_backend {requested!r} is not one of {', '.join(BACKENDS)}{closest(requested, BACKENDS)}")
+    if scores is not None and scores.modifies:
+        return _resolve_modified(requested, device_type, dtype, window, scores)
     if requested == "sdpa":
         return "sdpa"
     if requested == "flex":
@@ -129,21 +171,25 @@ def window_mask(T: int, window: int, device=None) -> torch.Tensor:
     return (lag >= 0) & (lag < window)
 
 
-def block_mask(T: int, window: Optional[int], device=None):
-    """FlexAttention's BlockMask for the same predicate as window_mask (None = causal)."""
+def block_mask(T: int, window: Optional[int], device=None, mask_mod=None, B=None, H=None):
+    """FlexAttention's BlockMask for the same predicate as window_mask (None = causal), and a
+    scores part's mask_mod on top (then per batch row and head, B and H: it may depend on them)."""
     def causal(b, h, q_idx, kv_idx):
         return kv_idx <= q_idx
 
     def sliding(b, h, q_idx, kv_idx):
         return (kv_idx <= q_idx) & (q_idx - kv_idx < window)
 
-    return create_block_mask(causal if window is None else sliding, None, None, T, T, device=device)
+    base = causal if window is None else sliding
+    if mask_mod is None:
+        return create_block_mask(base, None, None, T, T, device=device)
+    return create_block_mask(and_masks(base, mask_mod), B, H, T, T, device=device)
 
 
 # Masks depend only on (T, window, device): build each once, not once per layer and step. Under
 # torch.compile the uncached builders are traced instead (dynamo ignores lru_cache anyway).
 _cached_window_mask = functools.lru_cache(maxsize=8)(window_mask)
-_cached_block_mask = functools.lru_cache(maxsize=8)(block_mask)
+_cached_block_mask = functools.lru_cache(maxsize=64)(block_mask)  # with a mask_mod: one per layer
 
 
 def clear_mask_caches() -> None:
@@ -193,34 +239,72 @@ def _sdpa(q, k, v, scale, window):  # (B, H, T, hd) layout
     return F.scaled_dot_product_attention(q, k, v, scale=scale, **kwargs)
 
 
-def _flex(q, k, v, scale, window):  # (B, H, T, hd) layout
+def _flex(q, k, v, scale, window, scores=None):  # (B, H, T, hd) layout
     cpu = q.device.type == "cpu"
     if cpu and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
         raise AblateError("attn_backend flex has no CPU backward in torch: train on CPU with sdpa (flex is forward-only there)")
     # inside a compiled model, flex_attention is traced into the model's graph; eager on CUDA, its own compiled kernel
     fn = flex_attention if cpu or torch.compiler.is_compiling() else _compiled_flex()
-    return fn(q, k, v, block_mask=_mask(block_mask, _cached_block_mask, q.size(2), window, q.device), scale=scale,
-              enable_gqa=k.size(1) != q.size(1))
+    score_mod = scores.score_mod if scores is not None and scores.n_score_mods else None
+    masked = () if scores is None or not scores.n_mask_mods else (scores.mask_mod, q.size(0), q.size(1))
+    mask = _mask(block_mask, _cached_block_mask, q.size(2), window, q.device, *masked)
+    return fn(q, k, v, score_mod=score_mod, block_mask=mask, scale=scale, enable_gqa=k.size(1) != q.size(1))
 
 
-def _flash(q, k, v, scale, window):  # (B, T, H, hd) layout, native to flash-attn
+def _flash(q, k, v, scale, window, softcap=None):  # (B, T, H, hd) layout, native to flash-attn
     probe = _flash_probe()
     if probe is None:
         raise AblateError("attn_backend flash: flash-attn is not installed")
     if q.dtype not in HALF:
         raise AblateError(f"attn_backend flash needs fp16/bf16 activations, got {q.dtype} (set dtype: bf16)")
     window_size = (-1, -1) if window is None else (window - 1, 0)
-    return probe[0](q, k, v, softmax_scale=scale, causal=True, window_size=window_size)
+    capped = {"softcap": softcap} if softcap else {}  # flash-attn: softcap * tanh(q.k * scale / softcap)
+    return probe[0](q, k, v, softmax_scale=scale, causal=True, window_size=window_size, **capped)
 
 
-def attend(q, k, v, *, scale: float, window: Optional[int] = None, backend: str = "sdpa") -> torch.Tensor:
-    """Causal (optionally sliding-window) attention. q (B, T, H, hd), k/v (B, T, H_kv, hd) -> (B, T, H, hd)."""
+def eager_attention(q, k, v, scale: float, window: Optional[int] = None, scores=None) -> torch.Tensor:
+    """The exact fallback, (B, H, T, hd) layout: the (B, H, T, T) scores q.k * scale in fp32 (also
+    under autocast), a ScoreChain's score_mod and mask_mod called on broadcast index tensors (the
+    same elementwise code FlexAttention calls on scalars), causal and window masking, softmax,
+    times v. A query left with no key gets zeros, as in FlexAttention."""
+    B, H, T, _ = q.shape
+    if k.size(1) != H:  # query head h reads K/V head h // (H / H_kv), as enable_gqa does
+        k, v = k.repeat_interleave(H // k.size(1), dim=1), v.repeat_interleave(H // k.size(1), dim=1)
+    keep = _mask(window_mask, _cached_window_mask, T, window or T, q.device)  # (T, T): causal, within the window
+    with torch.autocast(q.device.type, enabled=False):
+        s = torch.matmul(f32(q), f32(k).transpose(-2, -1)) * scale  # (B, H, T, T)
+        if scores is not None and scores.modifies:
+            idx = [torch.arange(n, device=q.device, dtype=torch.int32).view([n if d == i else 1 for d in range(4)])
+                   for i, n in enumerate((B, H, T, T))]  # b (B,1,1,1), h (1,H,1,1), q_idx (1,1,T,1), kv_idx (1,1,1,T)
+            if scores.n_score_mods:
+                s = torch.broadcast_to(scores.score_mod(s, *idx), s.shape)
+            if scores.n_mask_mods:
+                keep = keep & scores.mask_mod(*idx)
+        p = torch.softmax(s.masked_fill(~keep, float("-inf")), dim=-1)
+        if scores is not None and scores.n_mask_mods:
+            p = p.masked_fill(~keep.any(-1, keepdim=True), 0.0)  # softmax over no key is NaN: zeros instead
+        return torch.matmul(p.to(v.dtype), v)
+
+
+def attend(q, k, v, *, scale: float, window: Optional[int] = None, backend: str = "sdpa",
+           scores=None) -> torch.Tensor:
+    """Causal (optionally sliding-window) attention. q (B, T, H, hd), k/v (B, T, H_kv, hd) -> (B, T, H, hd).
+    scores: the layer's ScoreChain (points.py); its modification needs backend flex, flash (a lone
+    soft-cap) or eager, which resolve_backend picks."""
+    modified = scores is not None and scores.modifies
     if backend == "flash":
-        return _flash(q, k, v, scale, window)
-    if backend not in ("sdpa", "flex"):
-        raise AblateError(f"unknown attention backend {backend!r} (expected sdpa, flex or flash)")
+        if modified and _flash_scores_problem(scores):
+            raise AblateError(f"attn_backend flash: {_flash_scores_problem(scores)}")
+        return _flash(q, k, v, scale, window, scores.softcap if modified else None)
+    if backend not in ("sdpa", "flex", "eager"):
+        raise AblateError(f"unknown attention backend {backend!r} (expected sdpa, flex, flash or eager)")
+    if backend == "sdpa" and modified:
+        raise AblateError("attn_backend sdpa takes no score modification: resolve_backend picks flex, flash or eager")
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, T, hd): SDPA's and flex's layout
-    y = (_sdpa if backend == "sdpa" else _flex)(q, k, v, scale, window)
+    if backend == "sdpa":
+        y = _sdpa(q, k, v, scale, window)
+    else:
+        y = (_flex if backend == "flex" else eager_attention)(q, k, v, scale, window, scores if modified else None)
     return y.transpose(1, 2)  # (B, T, H, hd)
 
 

@@ -29,6 +29,7 @@ not write (transformers' Mistral, NVIDIA's nGPT).
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -39,9 +40,9 @@ from ablate.core import plugin_keys
 from ablate.core.config import ARCHS
 from ablate.core.errors import AblateError
 from ablate.model.backends import attend, resolve_backend
-from ablate.model.loss import chunked_cross_entropy
+from ablate.model.loss import chunked_head_loss
 from ablate.model.ops import f32, rope_cos_sin
-from ablate.model.points import BUILT_IN, Scale, parts_of
+from ablate.model.points import Scale, parts_of, whole_sequence_parts
 from ablate.model.recompute import run_blocks
 
 
@@ -52,7 +53,8 @@ class Attention(nn.Module):
 
     Holds only W_q, W_k, W_v, W_o (c_proj), so ALBERT sharing is simply several blocks
     holding this one module; what happens to q and k between the projection and the kernel
-    (RoPE, nGPT's Norm and s_qk) is the layer's own `qk` part, passed in."""
+    (RoPE, nGPT's Norm and s_qk) is the layer's own `qk` part, and what happens to the scores
+    inside the kernel its own `scores` parts, both passed in."""
 
     def __init__(self, cfg, backend: str):
         super().__init__()
@@ -71,10 +73,11 @@ class Attention(nn.Module):
         w = torch.cat([self.c_q.weight, self.c_k.weight, self.c_v.weight])  # one matmul for q, k and v
         return F.linear(x, w).view(B, T, H + 2 * H_kv, self.head_dim).split([H + H_kv, H_kv], dim=2)
 
-    def forward(self, x, rope, qk):
+    def forward(self, x, rope, qk, scores=None):
         heads, v = self.qkv(x)
         q, k = qk(heads, rope)  # the layer's qk part: RoPE and whatever its arch does to q and k
-        y = attend(q, k, v, scale=qk.softmax_scale, window=self.window, backend=self.backend)  # (B, T, H, hd)
+        y = attend(q, k, v, scale=qk.softmax_scale, window=self.window, backend=self.backend,
+                   scores=scores)  # (B, T, H, hd)
         return self.c_proj(y.flatten(2))  # (B, T, d)
 
 
@@ -85,12 +88,13 @@ class Block(nn.Module):
         super().__init__()
         self.attn = attn  # possibly the same module as in the other blocks of its sharing group
         self.qk = parts["qk"](cfg)  # per layer, also under sharing (nGPT's s_qk)
+        self.scores = parts["scores"](cfg)  # per layer: a ScoreChain, plain unless a plugin modifies the scores
         self.mlp = parts["mlp"](cfg)
         self.norm_A, self.norm_M = parts["norm"](cfg), parts["norm"](cfg)
         self.res_A, self.res_M = parts["residual"](cfg), parts["residual"](cfg)
 
     def forward(self, h, rope, first: bool = False):
-        h = self.res_A(h, self.attn(self.norm_A(h), rope, self.qk), first)
+        h = self.res_A(h, self.attn(self.norm_A(h), rope, self.qk, self.scores), first)
         h = self.res_M(h, self.mlp(self.norm_M(h)))
         return h
 
@@ -107,13 +111,20 @@ class GPT(nn.Module):
         self.config = cfg
         self.ngpt = cfg.arch == "ngpt"
         self.attn_backend = attn_backend
-        parts = BUILT_IN[cfg.arch] if parts is None else parts
+        parts = parts_of(cfg) if parts is None else parts
         d, V, L, G = cfg.n_embd, cfg.vocab_size, cfg.n_layer, cfg.attn_groups
         self.wte = nn.Embedding(V, d)
         groups = [Attention(cfg, attn_backend) for _ in range(G)]
         self.blocks = nn.ModuleList(Block(cfg, groups[layer // (L // G)], parts) for layer in range(L))
         self.norm_f = parts["norm"](cfg)
         self.lm_head = nn.Linear(d, V, bias=False)
+        self.head = parts["head"](cfg)  # transforms of the logits (a HeadChain; the built-in one changes nothing)
+        self.loss = parts["loss"](cfg)  # a LossChain: cross-entropy, plus a plugin's terms
+        whole = whole_sequence_parts(self.head, self.loss) if cfg.loss_chunk else []
+        if whole:
+            raise AblateError(f"key 'loss_chunk': {type(whole[0]).__qualname__} ({inspect.getfile(type(whole[0]))}) "
+                              "needs whole sequences (per_token = False), but loss_chunk runs the head and the loss "
+                              "chunk by chunk: set loss_chunk: null for this cell")
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight  # one Parameter: (V, d) either way
         self.s_z = Scale(V, 1.0, d ** -0.5) if self.ngpt else None
@@ -122,16 +133,15 @@ class GPT(nn.Module):
         self.normalize_()
 
     def forward(self, idx, targets=None):
-        B, T = idx.shape
+        T = idx.size(1)
         rope = rope_cos_sin(T, self.config.head_dim, idx.device, f32(self.wte.weight).dtype)
         h = self.wte(idx)  # (B, T, d); nGPT: unit rows
         h = run_blocks(self.blocks, h, rope, self.config.act_ckpt)  # act_ckpt: recompute in backward
-        if targets is not None and self.config.loss_chunk:  # the (B, T, V) logits never exist
-            return None, chunked_cross_entropy(self.norm_f(h), self.head_weight(), targets, None, self.config.loss_chunk)
-        logits = F.linear(self.norm_f(h), self.head_weight())  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(f32(logits).reshape(B * T, -1), targets.reshape(B * T), ignore_index=-1)
+        h = self.norm_f(h)
+        if targets is not None and self.config.loss_chunk:  # the head and the loss per chunk: no (B, T, V) logits
+            return None, chunked_head_loss(h, self.head_weight(), targets, self.config.loss_chunk, self.head, self.loss)
+        logits = self.head(F.linear(h, self.head_weight()))  # (B, T, V)
+        loss = None if targets is None else self.loss(logits, targets, h)
         return logits, loss
 
     def head_weight(self) -> torch.Tensor:
@@ -240,11 +250,19 @@ def build_model(cfg, device_type: str | None = None, plugin_parts: dict | None =
         raise AblateError(f"this cell uses plugins ({plugin_keys.used_text(cfg)}): resolve their parts "
                           "(ablate.plan.plugins.parts(cfg)) and pass them as plugin_parts")
     parts = parts_of(cfg, plugin_parts)
-    backend = resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context)
-    model = parts.get("model", GPT)(cfg, backend, parts)
+    backend = attention_backend(cfg, device_type, parts)
+    model = parts["model"](cfg, backend, parts) if "model" in parts else None
+    model = GPT(cfg, backend, parts) if model is None else model
     if cfg.param_dtype == "bf16":
         store_block_matrices(model, torch.bfloat16)
     return model
+
+
+def attention_backend(cfg, device_type: str, parts: dict) -> str:
+    """The attention backend cfg's model runs on device_type (see backends.resolve_backend), given
+    its parts (points.parts_of): a score modification needs a kernel that takes it."""
+    return resolve_backend(cfg.attn_backend, device_type, cfg.dtype, cfg.window, cfg.context,
+                           scores=parts["scores"](cfg))  # one layer's scores parts: what every layer's are
 
 
 def model_sizes(cfg, plugin_parts: dict | None = None) -> dict:

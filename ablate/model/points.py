@@ -5,15 +5,20 @@ builds the model, ablate/plan/plugins.py `parts`, and handed to build_model). gp
 a model from the parts and never asks which arch it is building, except at the model level.
 
 A part is built by calling it with the resolved config, `part(cfg)` (a class whose __init__
-takes cfg, or any function cfg -> nn.Module), once per place it is used:
+takes cfg, or any function cfg -> nn.Module, which may return None: this plugin leaves the point
+alone in this cell), once per place it is used:
 
     point     where (per layer unless said)     called as                          gpt          ngpt
     norm      before attention, before the MLP, norm(x) -> x, x (B, T, d)          RMSNorm      none
               and before the head (once)
     qk        between the q/k projection and    qk(heads, rope) -> (q, k)          RotaryQK     SphereQK
               the attention kernel              .softmax_scale: a float
+    scores    on the attention scores, inside   .score_mod(score, b, h, q_idx, kv_idx) -> score     Scores (none)
+              the kernel (composes)             .mask_mod(b, h, q_idx, kv_idx) -> keep, .softcap
     mlp       the feed-forward sublayer         mlp(x) -> out, (B, T, d) each      MLP (SwiGLU; nGPT scales u, v by s_uv)
     residual  after attention, after the MLP    residual(h, out, first) -> h       Add          SphereStep
+    head      on the logits, once (composes)    head(logits) -> logits, (..., V)   Logits (none)
+    loss      the training loss, once (adds)    loss(logits, targets, h, reduction) -> scalar   CrossEntropy
     model     the whole model (replaces gpt.GPT: model(cfg, attn_backend, parts); forward(idx, targets) ->
               (logits, loss), normalize_(), optimizer_groups(weight_decay), param_counts(), attn_backend)
 
@@ -22,14 +27,34 @@ a per-head op (RoPE, a norm) runs once over both; `rope` is the (cos, sin) pair 
 The part returns q (B, T, H, hd) and k (B, T, H_kv, hd) as the kernel takes them, and says the
 softmax scale. RoPE is the part's job: where a change goes relative to RoPE is a choice each
 part makes in plain sight (nGPT normalizes after it, QK-norm before it).
+scores: FlexAttention's forms. score_mod gets score = q.k * softmax_scale (before the softmax)
+and the batch, query-head, query and key indices, and returns the new score; mask_mod says which
+keys a query may see, on top of causality and the window (True = keep). Both are written with
+elementwise torch ops: FlexAttention calls them on scalars, the exact eager fallback on broadcast
+(B, H, T, T) tensors. `softcap = c` declares that score_mod is exactly c * tanh(score / c), which
+flash-attn (>= 2.6) runs natively. Which kernel runs is backends.resolve_backend's choice: a
+plain Scores keeps today's kernels; a score_mod runs in FlexAttention (CUDA), flash-attn (a lone
+softcap) or the eager fallback (everything else, CPU included: the (B, H, T, T) scores exist).
 residual: `first` is True for the attention update of the first block only (nGPT renormalizes
 h there, where h is still an embedding row).
+head: the logits of the LM head (the final norm's output times the (V, d) head matrix; nGPT's
+s_z folded in), transformed. loss: `targets` are -1 where ignored; returns the mean
+(reduction "mean") or the sum ("sum") over the other tokens; `h` (..., d) is the final norm's
+output for the same tokens. Both run per token unless the part says `per_token = False`:
+loss_chunk then runs the head and the loss chunk by chunk (the (B, T, V) logits never exist),
+and refuses a part that needs whole sequences.
+
+Composable points (plugin_keys.COMPOSABLE): the arch's part first, then every plugin's that fills
+the point, in the grid's order: score_mods compose (each gets the previous one's score),
+mask_mods all must keep, head transforms compose, loss terms add. The other points take one
+part: a plugin's replaces the arch's.
 
 What gpt.GPT does to every part: nn.Linear and nn.Embedding weights are initialized N(0, 0.02)
 (modules named c_proj: 0.02 / sqrt(2L), as output projections) after the parts are built; other
 parameters keep the part's own init. nGPT keeps every such matrix unit-norm along n_embd (rows;
 the columns of c_proj modules) after each step. GPT decays parameters with dim >= 2. Parameter
-names are the part's own under its slot: blocks.<l>.norm_A / norm_M / qk / mlp / res_A / res_M, norm_f.
+names are the part's own under its slot: blocks.<l>.norm_A / norm_M / qk / scores.<i> / mlp /
+res_A / res_M, norm_f, head.<i>, loss.<i> (<i>: the part's place in its composition, 0 = the arch's).
 """
 from __future__ import annotations
 
@@ -38,7 +63,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ablate.core.config import ARCHS
-from ablate.core.plugin_keys import POINTS  # the names (torch-free, for the plugin loader); documented here
+from ablate.core.errors import AblateError
+from ablate.core.plugin_keys import COMPOSABLE, POINTS  # the names (torch-free, for the plugin loader); documented here
 from ablate.model.ops import apply_rope, f32, unit
 
 
@@ -174,15 +200,142 @@ class SphereStep(nn.Module):
         return unit(torch.lerp(h, unit(f32(out)), self.alpha().abs()))  # h + |alpha| (Norm(out) - h)
 
 
+# ---------------------------------------------------------------- scores
+
+class Scores(nn.Module):
+    """Attention scores as the kernel computes them: q.k * softmax_scale, causal (and the window),
+    nothing else. A plugin's scores part subclasses it and defines `score_mod` and/or `mask_mod`
+    as methods (FlexAttention's signatures, above), and `softcap` where score_mod is a soft-cap."""
+    score_mod = None
+    mask_mod = None
+    softcap = None
+
+    def __init__(self, cfg=None):
+        super().__init__()
+
+
+class ScoreChain(nn.ModuleList):
+    """One layer's scores parts composed, as the kernel sees them: score_mod applies each part's
+    in order, mask_mod keeps what every part keeps. `modifies` is False for the plain scores
+    (the kernels of a cell without a score modification are the built-in ones)."""
+
+    def __init__(self, parts):
+        super().__init__(parts)
+        self.n_score_mods = sum(p.score_mod is not None for p in self)
+        self.n_mask_mods = sum(p.mask_mod is not None for p in self)
+        self.modifies = bool(self.n_score_mods or self.n_mask_mods)
+        # flash-attn's native soft-cap stands in for score_mod only where it is all there is
+        lone = [p.softcap for p in self if p.score_mod is not None]
+        self.softcap = lone[0] if len(lone) == 1 and lone[0] else None
+
+    def score_mod(self, score, b, h, q_idx, kv_idx):
+        for part in self:
+            if part.score_mod is not None:
+                score = part.score_mod(score, b, h, q_idx, kv_idx)
+        return score
+
+    def mask_mod(self, b, h, q_idx, kv_idx):
+        keep = None
+        for part in self:
+            if part.mask_mod is not None:
+                mine = part.mask_mod(b, h, q_idx, kv_idx)
+                keep = mine if keep is None else keep & mine
+        return keep
+
+
+# ---------------------------------------------------------------- head and loss
+
+class Logits(nn.Module):
+    """The built-in head part: the LM head's logits as they are."""
+    per_token = True
+
+    def __init__(self, cfg=None):
+        super().__init__()
+
+    def forward(self, logits):
+        return logits
+
+
+class HeadChain(nn.ModuleList):
+    """The head parts composed: each transforms the previous one's logits. Parts are called
+    through .forward (no module hooks): under loss_chunk this runs once per chunk, inside the
+    chunk's own autograd pass, which hooks that watch gradients (torch's MemTracker) cannot follow."""
+
+    def forward(self, logits):
+        for part in self:
+            logits = part.forward(logits)
+        return logits
+
+
+class CrossEntropy(nn.Module):
+    """The built-in loss: cross-entropy of the fp32 logits, targets -1 ignored."""
+    per_token = True
+
+    def __init__(self, cfg=None):
+        super().__init__()
+
+    def forward(self, logits, targets, h=None, reduction="mean"):
+        return F.cross_entropy(f32(logits).reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1,
+                               reduction=reduction)
+
+
+class LossChain(nn.ModuleList):
+    """The loss parts composed: the arch's loss plus every term, with one reduction. Parts are
+    called through .forward, as HeadChain's."""
+
+    def forward(self, logits, targets, h, reduction="mean"):
+        total = None
+        for part in self:
+            term = part.forward(logits, targets, h, reduction)
+            total = term if total is None else total + term
+        return total
+
+
+def whole_sequence_parts(*chains) -> list:
+    """The parts of head / loss chains that need whole sequences (`per_token = False`)."""
+    return [part for chain in chains for part in chain if not getattr(part, "per_token", True)]
+
+
 # ---------------------------------------------------------------- the registry
 
 BUILT_IN = dict(zip(ARCHS, (  # each arch's parts, in ARCHS's order; "model" is gpt.GPT for both
-    {"norm": rms_norm, "qk": RotaryQK, "mlp": MLP, "residual": Add},          # gpt
-    {"norm": no_norm, "qk": SphereQK, "mlp": MLP, "residual": SphereStep},    # ngpt
+    {"norm": rms_norm, "qk": RotaryQK, "scores": Scores, "mlp": MLP, "residual": Add,
+     "head": Logits, "loss": CrossEntropy},                                                     # gpt
+    {"norm": no_norm, "qk": SphereQK, "scores": Scores, "mlp": MLP, "residual": SphereStep,
+     "head": Logits, "loss": CrossEntropy},                                                     # ngpt
 )))
+CHAINS = {"scores": ScoreChain, "head": HeadChain, "loss": LossChain}  # how each composable point composes
 
 
 def parts_of(cfg, plugin_parts: dict | None = None) -> dict:
-    """The parts of cfg's model: its arch's, with `plugin_parts` (those of the plugins the cell
-    uses, resolved by the caller) in their place."""
-    return {**BUILT_IN[cfg.arch], **plugin_parts} if plugin_parts else BUILT_IN[cfg.arch]
+    """{point: part(cfg)} of cfg's model: its arch's parts, with `plugin_parts` ({point: (part,
+    ...)} of the plugins the cell uses, in the grid's order, resolved by the caller; a lone part
+    counts as a 1-tuple) replacing them, or composed after them at the composable points."""
+    plugin_parts = {p: v if isinstance(v, tuple) else (v,) for p, v in (plugin_parts or {}).items()}
+    arch = BUILT_IN[cfg.arch]
+    out = {}
+    for point in POINTS:
+        mine = plugin_parts.get(point, ())
+        if point in COMPOSABLE:
+            out[point] = _composed(CHAINS[point], (arch[point], *mine))
+        elif len(mine) > 1:
+            raise AblateError(f"{len(mine)} plugins fill the point '{point}' in this cell, which takes one part")
+        elif mine:
+            out[point] = _or_else(mine[0], arch.get(point))
+        elif point in arch:
+            out[point] = arch[point]
+    return out
+
+
+def _composed(chain, parts):
+    def build(cfg):
+        return chain([made for part in parts if (made := part(cfg)) is not None])
+    return build
+
+
+def _or_else(part, fallback):
+    """A plugin's part; where it returns None (it leaves the point alone in this cell), the arch's."""
+    def build(*args):
+        made = part(*args)
+        return fallback(*args) if made is None and fallback is not None else made
+    return build

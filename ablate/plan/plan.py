@@ -61,10 +61,12 @@ def _as_estimate(sim: dict | None) -> dict:
 
 
 def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool = False) -> dict:
-    """{run_id: (sizes, memory)} for the cells that use a plugin, which no formula knows: the
-    model built on the meta device (measure.sizes: param_counts, ckpt_bytes) and one simulated
-    step (measure.step: memory, as the formula's categories; cached as plan --memory's;
-    cached_only: {} for a shape not in the cache). Only grids with plugins get here (torch)."""
+    """{run_id: (sizes, memory, attention)} for the cells that use a plugin, which no formula
+    knows: the model built on the meta device (measure.sizes: param_counts, ckpt_bytes) and one
+    simulated step (measure.step: memory, as the formula's categories, and the attention backend
+    it ran: "eager" when a score modification forced the T x T fallback; cached as plan
+    --memory's; cached_only: {} for a shape not in the cache). Only grids with plugins get here
+    (torch)."""
     used = [c for c in cells if c.config.plugins and plugin_keys.used(c.config)]
     if not used:
         return {}
@@ -78,7 +80,8 @@ def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool
         key = json.dumps(simcache.shape_of(cell.config.to_dict()), sort_keys=True, default=str)
         if key not in by_shape:
             by_shape[key] = measure.sizes(cell.config)
-        out[cell.run_id] = (by_shape[key], _as_estimate(sims.get(cell.run_id)))
+        sim = sims.get(cell.run_id) or {}
+        out[cell.run_id] = (by_shape[key], _as_estimate(sim), sim.get("attention"))
     return out
 
 
@@ -96,8 +99,9 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
     rows = []
     for cell in cells:
         c = cell.config
+        attention = None  # a plugin cell's, as its simulated step ran it (the built-in cells': their config's)
         if cell.run_id in sized:
-            params, mem = sized[cell.run_id]
+            params, mem, attention = sized[cell.run_id]
             ckpt = params["ckpt_bytes"]
         else:
             params, mem = estimate.param_counts(c), estimate.memory_breakdown(c, max(1, grid.resources.gpus))
@@ -119,6 +123,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
             "est_peak_mem_bytes": mem.get("total"),
             "memory": mem,
             "memory_source": "simulated" if cell.run_id in sized else "formula",
+            "attention": attention,
             "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
             "throughput_device": known[1] if known else None,
             "run_dir": str(cell.run_dir),
@@ -208,6 +213,7 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     if any(r.get("memory_source") == "simulated" for r in rows):
         out += ["", "cells that use a plugin: parameters counted on the model (meta device), estimated memory = "
                     "one simulated step (FakeTensorMode), not the formula"]
+        out += _eager_attention_note(rows, sims, grid.resources.gpus)
     todo = [r for r in rows if r["state"] != "done"]
     hours = [r["est_hours"] for r in todo]
     devices = sorted({str(r["throughput_device"]) for r in todo})
@@ -217,6 +223,20 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     out.append(f"{len(rows)} cells, {len(todo)} to run, {human_count(sum(r['tokens'] for r in todo))} tokens to train, "
                f"cost {cost}")
     return "\n".join(out)
+
+
+def _eager_attention_note(rows: list[dict], sims: list[dict], gpus: int) -> list[str]:
+    """A line on the cells whose simulated step ran attention as the exact eager fallback."""
+    eager = [(r, s) for r, s in zip(rows, sims) if r.get("attention") == "eager" or s.get("attention") == "eager"]
+    if not eager:
+        return []
+    devices = sorted({s.get("device") or "cpu" for _, s in eager})
+    line = (f"cells that modify the attention scores where no kernel on {', '.join(devices)} takes the modification "
+            f"({len(eager)}): their attention runs as the exact eager fallback, and its (B, H, T, T) scores are in "
+            "their memory (summary.json will say attn_backend eager)")
+    if devices == ["cpu"] and any(simcache.target_device(r["config"], gpus) == "cuda" for r, _ in eager):
+        line += "; on CUDA FlexAttention runs a score_mod without them, so there the figure is an upper bound"
+    return [line]
 
 
 def _memory_notes(unit: str, sims: list[dict], capacity) -> list[str]:

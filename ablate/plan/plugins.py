@@ -13,8 +13,10 @@ Each key becomes a grid key like any built-in one (axes, zip, exclude, compare, 
 column of the store) and an attribute of the cell's config (`cfg.qk_norm`). Its default must
 leave the model unchanged: a cell that sets none of a plugin's keys away from their defaults
 does not use the plugin at all (its parts are not built, its run id is the built-in one).
-A cell that does gets the plugin's parts in place of its arch's, and its run id covers the
-plugin's content (a hash of the file's bytes): editing the plugin makes new cells.
+A cell that does gets the plugin's parts in place of its arch's (at the composable points,
+plugin_keys.COMPOSABLE: after its arch's and the other plugins' parts, in the grid's order), and
+its run id covers the plugin's content (a hash of the file's bytes): editing the plugin makes
+new cells.
 
 Loading is torch-free here, but the plugin file itself usually imports torch, so planning a
 grid with plugins imports torch; a grid without plugins never loads any. Every problem is one
@@ -58,7 +60,7 @@ class Plugin:
 
     def declaration(self) -> dict:
         return {"name": self.name, "source": self.source, "content_id": self.content_id,
-                "keys": {k: key.spec() for k, key in self.keys.items()}}
+                "keys": {k: key.spec() for k, key in self.keys.items()}, "points": sorted(self.points)}
 
 
 def content_id(raw: bytes) -> str:
@@ -187,14 +189,16 @@ def check_distinct(earlier: list[Plugin], p: Plugin) -> None:
 
 
 def check_cell(plugins: list[Plugin], cfg) -> None:
-    """A cell's plugins agree: no two of them fill the same point, and each one's check passes."""
+    """A cell's plugins agree: no two of them replace the same part (the composable points take
+    several, plugin_keys.COMPOSABLE), and each one's check passes."""
     used = [p for p in plugins if p.content_id in {d["content_id"] for d in plugin_keys.used(cfg)}]
     filled: dict = {}
     for p in used:
         for point in p.points:
-            if point in filled:
+            if point in filled and point not in plugin_keys.COMPOSABLE:
                 raise AblateError(f"key '{next(iter(p.keys))}': plugins {filled[point]} and {p.name} both fill the "
-                                  f"point '{point}' in this cell: use one of them per cell")
+                                  f"point '{point}' in this cell, which takes one part (points that compose: "
+                                  f"{', '.join(plugin_keys.COMPOSABLE)}): use one of them per cell")
             filled[point] = p.name
         if p.check is not None:
             try:
@@ -208,13 +212,15 @@ def check_cell(plugins: list[Plugin], cfg) -> None:
 
 
 def parts(cfg, run_dir=None) -> dict:
-    """{point: part} of the plugins cfg uses (none for a cell that leaves every plugin key at its
-    default), each checked against the content id the cell records. run_dir: a job's run dir,
-    whose copies of the plugins' code are run instead of their sources (see copy_sources)."""
-    out = {}
+    """{point: (part, ...)} of the plugins cfg uses, in the grid's order (none for a cell that
+    leaves every plugin key at its default), each checked against the content id the cell
+    records. run_dir: a job's run dir, whose copies of the plugins' code are run instead of their
+    sources (see copy_sources)."""
+    out: dict = {}
     for d in plugin_keys.used(cfg):
         copy = Path(run_dir) / RUN_DIR_COPIES / f"{d['content_id']}.py" if run_dir is not None else None
-        out.update(load(d["source"], expect=d["content_id"], copy=copy).points)
+        for point, part in load(d["source"], expect=d["content_id"], copy=copy).points.items():
+            out[point] = (*out.get(point, ()), part)
     return out
 
 

@@ -2,6 +2,7 @@
 
     model = model_for(cfg, "cpu", run_dir)     # the parts of the plugins the cell uses, resolved here
     sizes = sizes_for(cfg)                     # its parameter counts and checkpoint bytes (meta device)
+    backend = attention_for(cfg, "cuda")       # the attention backend it runs there ("eager": T x T scores)
 
 The plugins a cell uses are loaded here, once per build (from the run dir's copies for a job:
 ablate/plan/plugins.py `parts`), and their parts handed to ablate.model.build_model, which never
@@ -16,6 +17,8 @@ import torch
 
 from ablate.core import plugin_keys
 from ablate.model import GPT, build_model, model_sizes
+from ablate.model.gpt import attention_backend
+from ablate.model.points import parts_of
 from ablate.plan import plugins
 from ablate.plan.simcache import TORCH_STATE
 
@@ -77,3 +80,10 @@ def clean_torch_state():
             torch.set_grad_enabled(saved[1])
             torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
             torch.set_float32_matmul_precision(saved[4])
+
+
+def attention_for(cfg, device_type: str) -> str:
+    """The attention backend cfg's model runs on device_type, plugins' score modifications
+    included (sdpa, flex, flash, or eager: the exact fallback that holds the T x T scores)."""
+    parts = _plugin_parts(cfg)
+    return _blaming_plugins(cfg, parts, lambda: attention_backend(cfg, device_type, parts_of(cfg, parts)))

@@ -37,7 +37,7 @@ from ablate.core.config import make_config
 from ablate.core.errors import AblateError
 from ablate.model import backends
 from ablate.plan import plugins
-from ablate.train.build import clean_torch_state, model_for, torch_state
+from ablate.train.build import attention_for, clean_torch_state, model_for, torch_state
 from ablate.train.optim import build_optimizer
 from ablate.train.step import optimizer_step
 
@@ -201,16 +201,19 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
 
 def simulate_config(args: tuple) -> dict:
     """One shape for the plan's simulation cache (ablate/plan/simcache.py), in a worker process or
-    in this one: args = (config dict, device type, world size). Returns simulate_step's breakdown,
-    or {"error": one line} for a cell this device cannot run, or {"error", "plugin_error": True}
-    when a plugin's own code failed (the plan then refuses the grid, naming the plugin's line)."""
+    in this one: args = (config dict, device type, world size). Returns simulate_step's breakdown
+    and "attention", the attention backend the step ran ("eager": a score modification no kernel
+    of this device takes, with its (B, H, T, T) scores in the breakdown), or {"error": one line}
+    for a cell this device cannot run, or {"error", "plugin_error": True} when a plugin's own code
+    failed (the plan then refuses the grid, naming the plugin's line)."""
     config, device, world_size = args
     cfg = None
     try:
         cfg = make_config(config)
         with clean_torch_state():
             state = torch_state()  # what the step is simulated under: recorded with the figures
-            return {**simulate_step(cfg, device, world_size), "torch_state": state}
+            return {**simulate_step(cfg, device, world_size), "attention": attention_for(cfg, device),
+                    "torch_state": state}
     except Exception as e:
         blamed = plugins.blame(cfg, e, "a simulated training step") if cfg is not None and cfg.plugins else None
         if blamed is not None:

@@ -57,8 +57,9 @@ def test_memory_simulates_each_shape_once_caches_it_and_then_stays_torch_free(me
     rows = json.loads(first.stdout)
     assert len(rows) == 12 and all("total" in r["simulated"] for r in rows)
     for r in rows[:2] + rows[-2:]:  # what the workers simulated is what simulate_step gives here
-        assert {k: v for k, v in r["simulated"].items() if k not in ("device", "target")} == \
+        assert {k: v for k, v in r["simulated"].items() if k not in ("device", "target", "attention")} == \
             simulate_step(make_config(r["config"]), "cpu")
+        assert r["simulated"]["attention"] == "sdpa"  # the backend the simulated step ran
     same_shape = [r["simulated"]["total"] for r in rows if r["config"]["arch"] == "gpt"
                   and r["config"]["act_ckpt"] == "none"]
     assert len(same_shape) == 3 and len(set(same_shape)) == 1

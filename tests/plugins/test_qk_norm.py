@@ -10,17 +10,10 @@ from ablate.core.config import make_config, resolve
 from ablate.model.ops import rope_cos_sin
 from ablate.plan import plugins as plugin
 from ablate.train.build import model_for as build_model  # resolves the plugin's parts, as every caller does
+from plugin_helpers import single_thread  # noqa: F401  (an autouse fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
 QK_NORM = ROOT / "plugins" / "qk_norm.py"
-
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cfg_for(qk_norm: bool, arch: str = "gpt", **kw):

@@ -69,12 +69,28 @@ def test_the_global_peak_tracker_equals_torch_memtracker():
     assert _linear_step(ours) == _linear_step(stock)
 
 
+def with_plugins(*names, **keys) -> dict:
+    """The config of a cell whose grid names the shipped plugins `names` and sets `keys`."""
+    from pathlib import Path
+
+    from ablate.plan import plugins
+
+    root = Path(__file__).resolve().parents[2]
+    return {"plugins": [plugins.load(str(root / "plugins" / f"{n}.py")).declaration() for n in names], **keys}
+
+
 CONFIGS = {
     "gpt": {"arch": "gpt"},
     "ngpt-ablations": {"arch": "ngpt", "n_kv_head": 1, "tie_embeddings": True, "share_attn": 1, "window": 8,
                        "grad_accum": 3},
     "gpt-knobs": {"arch": "gpt", "act_ckpt": "selective", "loss_chunk": 50},
     "ngpt-blocks": {"arch": "ngpt", "act_ckpt": "blocks"},
+    # score_mods (the eager T x T fallback on CPU), a head transform and a loss term, composed
+    "gpt-score-mods": {"arch": "gpt", "n_kv_head": 1, "window": 8, "grad_accum": 2,
+                       **with_plugins("alibi", "softcap", "z_loss", alibi=True, attn_softcap=5.0, logit_softcap=3.0,
+                                      z_loss=1e-4)},
+    "gpt-score-mods-knobs": {"arch": "gpt", "act_ckpt": "selective", "loss_chunk": 50,
+                             **with_plugins("softcap", "z_loss", attn_softcap=5.0, logit_softcap=3.0, z_loss=1e-4)},
 }
 
 
@@ -91,6 +107,7 @@ def test_tracked_peak_of_a_real_cpu_step_equals_the_simulated_one(make_run, name
     config = json.loads((run_dir / "config.json").read_text())["config"]
     cfg = resolve(make_config(config), corpora.vocab_size(config["dataset"], config["tokenizer"]))
     assert simulate_step(cfg, "cpu") == tracked
+    assert summary["attn_backend"] == ("eager" if "score-mods" in name else "sdpa")
 
 
 def test_a_run_too_short_to_warm_up_tracks_its_last_step(make_run):
