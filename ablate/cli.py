@@ -123,6 +123,7 @@ def cmd_report(args) -> int:
         raise AblateError("report --where: a report compares the whole grid (baselines, groups, seeds), so it "
                           "takes no --where; `ablate query` answers questions about a subset")
     grid = _grid(args)
+    grid.link_shared()  # cells another grid ran are this grid's too: the report reads them from its folder
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
@@ -133,7 +134,7 @@ def cmd_report(args) -> int:
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
     simulated = simulate(grid.cells, grid.resources.gpus)  # what `plan --memory` cached (no step: nothing new)
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
-                simulated=simulated)
+                simulated=simulated, reused=grid.reused())
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:

@@ -23,6 +23,14 @@ attempt. One trainer per run dir: `train_lock` holds .train.lock for the whole a
 
 A run dir is trusted only when config.json's run_id matches both its directory name and the
 hash of its config (`identity_problem`); anything else is "broken", never data.
+
+One run dir per run id: a run id names a model and its training, whichever grid planned it. The
+run dir lives in the folder of the grid that first ran it; another grid whose cell has that run
+id sees it through a link in its own folder (`runs/<grid>/<run_id>` -> `../<first grid>/<run_id>`,
+made by `link_run` when the grid is submitted or reported), so two grids that share a baseline
+train it once, and every reader of a grid's folder (status, ingest, the report) finds it there.
+runs/ trees from before this are read as they are; a run id that several folders hold as real
+dirs resolves to its best copy (`locate_runs`: done, then live, then the newest).
 """
 from __future__ import annotations
 
@@ -219,6 +227,45 @@ def truncate_jsonl_after(path, key: str, last: int) -> None:
     with atomic_file(path) as f:
         for r in keep:
             f.write(json.dumps(r, default=float) + "\n")
+
+
+RUN_ID_CHARS = frozenset("0123456789abcdef")
+_BEST = {"done": 0, "running": 1, "queued": 2, "pending": 3}  # which copy of a run id a grid uses
+
+
+def locate_runs(root) -> dict:
+    """{run_id: its run dir} over every grid folder under root (`runs/<grid>/<run_id>/`, names
+    that look like run ids); a run id found in several folders resolves to its best copy: done,
+    then running / queued / pending, then the most recently updated."""
+    found: dict = {}
+    try:
+        grids = [e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")]
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    for g in sorted(grids, key=lambda e: e.name):
+        with os.scandir(g.path) as it:
+            for e in it:  # real dirs only: a link is a view of a run that lives elsewhere
+                if len(e.name) == 10 and set(e.name) <= RUN_ID_CHARS and e.is_dir(follow_symlinks=False):
+                    found.setdefault(e.name, []).append(Path(e.path))
+    out = {}
+    for rid, dirs in found.items():
+        if len(dirs) == 1:
+            out[rid] = dirs[0]
+        else:
+            status = {d: read_status(d) for d in dirs}
+            out[rid] = min(dirs, key=lambda d: (_BEST.get(status[d].get("state"), 9),
+                                                -float(status[d].get("updated") or 0)))
+    return out
+
+
+def link_run(real: Path, link: Path) -> None:
+    """Make `link` (a grid's `<folder>/<run_id>`) a relative link to the run dir `real` that
+    another grid's folder holds; nothing when `link` already exists."""
+    link = Path(link)
+    if link.exists() or link.is_symlink():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(os.path.relpath(Path(real).resolve(), link.parent.resolve()), target_is_directory=True)
 
 
 def read_status(run_dir) -> dict:

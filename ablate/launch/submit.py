@@ -161,6 +161,7 @@ def submit(grid: Grid, cells, executor: str | None = None, retry=(), force: bool
     by_id = {c.run_id: c for c in cells}
     runner = None
     with grid_lock(grid, echo):
+        grid.link_shared()  # cells another grid ran (or runs): their run dirs, seen from this grid's folder
         views = st.reconcile(cells)
         st.record_lost(views)
         todo_ids, skipped = select_cells(views, retry, force)

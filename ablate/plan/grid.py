@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ablate.core import plugin_keys
+from ablate.core import plugin_keys, rundir
 from ablate.core.config import (ARCHS, DERIVED, FIELDS, INT_MAX, RESOURCE_KEYS, SWEPT, Resources, derive, make_config,
                                 resolve, validate)
 from ablate.core.errors import AblateError, closest
@@ -60,10 +61,30 @@ class Grid:
     resources: Resources
     warnings: list = field(default_factory=list)
     plugins: list = field(default_factory=list)  # plugins.Plugin, in the grid's order
+    shared: dict = field(default_factory=dict)  # run_id -> run dir in another grid's folder, not linked here yet
 
     @property
     def runs_dir(self) -> Path:
         return runs_root() / self.name
+
+    def link_shared(self) -> None:
+        """Link the cells whose run dir another grid's folder holds into this grid's folder
+        (rundir.link_run), so every reader of the folder finds them; then they are this grid's cells."""
+        for cell in self.cells:
+            if cell.run_id in self.shared:
+                link = self.runs_dir / cell.run_id
+                rundir.link_run(self.shared[cell.run_id], link)
+                cell.run_dir = link
+        self.shared = {}
+
+    def reused(self) -> dict:
+        """{run_id: the grid folder its run dir lives in} for the cells another grid ran (or runs)."""
+        out = {}
+        for cell in self.cells:
+            real = cell.run_dir.resolve().parent if cell.run_dir.exists() else cell.run_dir.parent
+            if real != self.runs_dir.resolve():
+                out[cell.run_id] = real.name
+        return out
 
 
 class _Ctx:
@@ -291,7 +312,11 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
                 warnings=warnings, plugins=loaded)
     runs_dir = grid.runs_dir
-    grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied}, runs_dir / rid) for rid, cfg, _ in cells]
+    where = rundir.locate_runs(runs_root())  # a run id's run dir wherever it lives: one per model and training
+    own = {e.name for e in os.scandir(runs_dir)} if runs_dir.is_dir() else set()  # real dirs and links
+    grid.cells = [Cell(rid, cfg, {k: getattr(cfg, k) for k in varied},
+                       runs_dir / rid if rid in own or rid not in where else where[rid]) for rid, cfg, _ in cells]
+    grid.shared = {c.run_id: c.run_dir for c in grid.cells if c.run_dir.parent != runs_dir}
     return grid
 
 

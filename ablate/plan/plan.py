@@ -95,7 +95,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
     sized = plugin_sizes(cells, grid.resources.gpus, measure, log=log) if measure else _needs_no_measure(cells)
     throughput = measured_throughput()
     # list the grid's run dirs once instead of probing 10,000 missing status files
-    existing = set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()
+    existing = (set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()) | set(grid.shared)
     rows = []
     for cell in cells:
         c = cell.config

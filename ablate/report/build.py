@@ -111,11 +111,16 @@ def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[s
 
 
 def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
-           sp: pd.DataFrame, ignored: list) -> list[str]:
+           sp: pd.DataFrame, ignored: list, reused: dict) -> list[str]:
     n = status["n_runs"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
     lines = [f"{n} runs in the store ({counts})." if n else
              f"No runs of grid '{grid}' in the store: nothing has been submitted yet (or runs/ is elsewhere)."]
+    if reused:
+        by = sorted(set(reused.values()))
+        lines.append(f"{len(reused)} cells are shared with other grids ({', '.join(by)}) that ran them first: "
+                     "reused, not trained again (" + ", ".join(sorted(reused)[:10]) + (" ..." if len(reused) > 10
+                                                                                        else "") + ").")
     if ignored:
         lines.append(f"{len(ignored)} other runs of grid '{grid}' in the store are not cells of this grid file "
                      "(another version of it, or another file with the same name) and were left out: "
@@ -152,11 +157,13 @@ def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None
 
 
 def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
-                log_x: bool = False, planned: list | None = None, simulated: dict | None = None) -> dict:
+                log_x: bool = False, planned: list | None = None, simulated: dict | None = None,
+                reused: dict | None = None) -> dict:
     """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis;
     planned: every cell of the grid file as {"run_id", **config}, and the runs the report covers (other
     runs of the same grid name in the store are left out, and counted); simulated: the plan's cached memory
-    simulations by run_id, shown for the cells that have not run); returns {"paths": {name: Path},
+    simulations by run_id, shown for the cells that have not run; reused: {run_id: grid folder} of the
+    cells another grid ran, named in the intro); returns {"paths": {name: Path},
     "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep" (DataFrames),
     "status" (dict), "comparison"}."""
     out = Path(out_dir)
@@ -196,7 +203,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
-    intro = _intro(grid_name, runs, comp, status, cells, sp, _not_planned(store, grid_name, run_ids))
+    intro = _intro(grid_name, runs, comp, status, cells, sp, _not_planned(store, grid_name, run_ids), reused or {})
     broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
     if run_ids is not None:
         broken = broken[broken.run_id.isin(run_ids)]

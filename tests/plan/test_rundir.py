@@ -61,3 +61,26 @@ def test_a_heartbeat_never_writes_back_a_state_that_cancel_replaced(tmp_path, mo
     beat.join(5), cancel.join(5)
     status = real_read(run)
     assert (status["state"], status["heartbeat"]) == ("cancelled", 1.0)
+
+
+def test_a_run_id_in_several_grid_folders_resolves_to_its_best_copy(tmp_path):
+    """runs/ trees from before one-run-dir-per-run-id may hold a run id twice: done wins, then a
+    live state, then the newest; a link is a view, never a copy; a name that is no run id is not a run."""
+    from ablate.core import rundir
+
+    def run(grid, rid, state, updated):
+        d = tmp_path / grid / rid
+        d.mkdir(parents=True)
+        rundir.write_json_atomic(d / rundir.STATUS, {"state": state, "updated": updated})
+        return d
+
+    failed = run("a", "0123456789", "failed", 3.0)
+    done = run("b", "0123456789", "done", 1.0)
+    old, new = run("a", "aaaaaaaaaa", "failed", 1.0), run("c", "aaaaaaaaaa", "cancelled", 2.0)
+    live = run("c", "bbbbbbbbbb", "running", 1.0)
+    (tmp_path / "a" / ".submitit").mkdir()
+    (tmp_path / "a" / "not-a-run").mkdir()
+    rundir.link_run(live, tmp_path / "d" / "bbbbbbbbbb")
+    found = rundir.locate_runs(tmp_path)
+    assert found == {"0123456789": done, "aaaaaaaaaa": new, "bbbbbbbbbb": live}
+    assert (tmp_path / "d" / "bbbbbbbbbb").resolve() == live.resolve() and failed.exists() and old.exists()
