@@ -9,8 +9,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path, monkeypatch):
-    """Every test gets its own runs/, reports/ and data/ so nothing touches the checkout."""
+    """Every test gets its own runs/, reports/ and data/ so nothing touches the checkout, and its
+    own machine slots (a test's cells never wait for another process's jobs on this machine)."""
     monkeypatch.setenv("ABLATE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("ABLATE_SLOTS_DIR", str(tmp_path / "slots"))
     monkeypatch.setenv("ABLATE_REPORTS_DIR", str(tmp_path / "reports"))
     monkeypatch.setenv("ABLATE_DATA_DIR", str(tmp_path / "data"))
     yield

@@ -36,6 +36,7 @@ from ablate.launch import resources as res
 from ablate.launch.executor import Executor, JobView
 from ablate.launch.jobs import CellJob
 from ablate.launch.procs import local_view, pid_alive, stop_or_kill
+from ablate.launch.slots import MachineSlots
 
 POLL_S = 0.5
 WORKING = ("queued", "running")
@@ -117,7 +118,8 @@ class Runner:
         self.folder = Path(plan["folder"])
         self.queue = [(Path(c["run_dir"]), rundir.new_attempt()) for c in plan["cells"]]  # (run dir, attempt)
         self.slots = [res.Slot(tuple(s["gpus"]), s["threads"]) for s in plan["slots"]]
-        self.running: dict[int, tuple[Path, object, str]] = {}  # slot index -> (run dir, job, attempt)
+        self.running: dict[int, tuple[Path, object, str, object]] = {}  # slot -> (run dir, job, attempt, held)
+        self.machine = MachineSlots()  # this runner's slots are also the machine's: other runners share them
         self.stopping = False
 
     def _on_signal(self, signum, frame) -> None:
@@ -140,10 +142,13 @@ class Runner:
                 signalled = True
             for i, slot in enumerate(self.slots):
                 if i not in self.running and self.queue and not self.stopping:
-                    self._start(i, slot, self.queue.pop(0))
-            for i, (run_dir, job, attempt) in list(self.running.items()):
+                    held = self.machine.take(slot, f"runner {me}: {self.queue[0][0]}\n")
+                    if held is not None:  # else another runner's jobs hold the machine: wait
+                        self._start(i, slot, self.queue.pop(0), held)
+            for i, (run_dir, job, attempt, held) in list(self.running.items()):
                 if job.done():
                     log(f"{run_dir.name}: {finish(run_dir, job, attempt, echo=log)}")
+                    held.release()
                     del self.running[i]
             time.sleep(POLL_S)
         for run_dir, attempt in self.queue:  # stopped before their turn: nothing ran, resumable as before
@@ -152,11 +157,12 @@ class Runner:
         log(f"runner {me}: done")
         return 0
 
-    def _start(self, i: int, slot: res.Slot, cell: tuple[Path, str]) -> None:
+    def _start(self, i: int, slot: res.Slot, cell: tuple[Path, str], held) -> None:
         run_dir, attempt = cell
         status = rundir.read_status(run_dir)
         if status.get("state") != "queued" or status.get("attempt_id") != attempt:  # cancelled, or taken over
             log(f"{run_dir.name}: no longer queued for this runner, skipped")
+            held.release()
             return
         ex = submitit.LocalExecutor(folder=str(self.folder / run_dir.name), max_num_timeout=_max_requeue(run_dir))
         params = dict(timeout_min=res.LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot.gpus),
@@ -167,12 +173,12 @@ class Runner:
         job = ex.submit(CellJob(str(run_dir), slot.threads, attempt))
         rundir.update_status(run_dir, expect={"attempt_id": attempt}, job_id=str(job.job_id), slot=slot.label(),
                              stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
-        self.running[i] = (run_dir, job, attempt)
-        log(f"{run_dir.name}: started job {job.job_id} on {slot.label()}")
+        self.running[i] = (run_dir, job, attempt, held)
+        log(f"{run_dir.name}: started job {job.job_id} on {slot.label()} (machine: {', '.join(held.names)})")
 
     def _stop_all(self) -> None:
         log("stopping: SIGTERM to running jobs")
-        for run_dir, job, _ in self.running.values():
+        for run_dir, job, _, _ in self.running.values():
             if pid_alive(job.job_id):  # a local job's id is its controller's pid
                 try:
                     os.kill(int(job.job_id), signal.SIGTERM)  # the controller forwards it to the trainer

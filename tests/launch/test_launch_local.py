@@ -1,9 +1,12 @@
 """The local executor through the real CLI: slots and threads, progress, --detach, cancel,
 Ctrl-C (jobs checkpoint, the next submit resumes them)."""
+import json
+import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from ablate.core import rundir
 from launch_helpers import ROOT, cli, run_dirs, states, steps_unbroken, wait_until
@@ -121,3 +124,40 @@ def _alive(pid: int) -> bool:
     from ablate.launch.procs import pid_alive
 
     return pid_alive(pid)
+
+
+def test_two_submits_never_put_more_cells_than_cores_on_the_machine(tmp_path):
+    """--jobs bounds one runner; the machine's cores bound all of them (launch/slots.py). Two
+    detached submits of two grids, two jobs each, on a 2-core machine: never more than two
+    training processes at once, counted from the processes themselves."""
+    import subprocess
+    import sys
+    import time
+
+    from launch_helpers import ROOT, write_grid
+
+    env = {**os.environ, "ABLATE_SLOT_CPUS": "2"}
+    grids = [write_grid(tmp_path, name=n, grid=f"{{seed: [0, 1, 2], lr: [{lr}]}}", steps=150)  # no shared cell
+             for n, lr in (("left", 0.001), ("right", 0.002))]
+    for g in grids:
+        r = subprocess.run([sys.executable, "-m", "ablate.cli", "submit", str(g), "--executor", "local", "--jobs", "2",
+                            "--detach"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+
+    def jobs() -> int:  # the processes that train a cell of these grids (submitit's job processes)
+        n = 0
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            n += b"submitit.core._submit" in cmd and str(tmp_path).encode() in cmd
+        return n
+
+    most, deadline = 0, time.time() + 600
+    states = lambda: [json.loads(p.read_text()).get("state") for p in tmp_path.glob("runs/*/*/status.json")]  # noqa: E731
+    while time.time() < deadline and not (len(states()) == 6 and set(states()) <= {"done", "failed"}):
+        most = max(most, jobs())
+        time.sleep(0.05)
+    assert sorted(states()) == ["done"] * 6
+    assert 1 <= most <= 2, most
