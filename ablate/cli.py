@@ -23,6 +23,7 @@ from ablate.core.paths import reports_root, runs_root
 from ablate.core.rundir import RETRYABLE
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
+from ablate.plan.power import with_detect
 from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
 
 
@@ -54,23 +55,46 @@ def _cells(grid, args):
     return select(grid.cells, getattr(args, "where", None) or [])
 
 
+def seed_plan(grid, power):
+    """(the seed plan from the pilot's seeds in the store, the pilot's name, its runs)."""
+    from ablate.report.analysis import analyse  # pandas, scipy: only when a seed plan is asked for
+    from ablate.report.seeds import seed_plan as plan_seeds  # the same
+    from ablate.store import Store  # DuckDB: only when a seed plan is asked for
+
+    pilot = power.pilot or grid.name
+    with Store(runs_root() / "ablate.duckdb") as store:
+        store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
+        analysis = analyse(store, pilot, grid.compare, parts=("paired",))
+    return plan_seeds(analysis, power), pilot, len(analysis.runs)
+
+
 def cmd_plan(args) -> int:
     grid = _grid(args)
     if warning := lr_sweep_warning(grid):
         print(f"warning: {warning}", file=sys.stderr)
+    power = with_detect(grid.power, getattr(args, "seeds_for", None))
     memory = getattr(args, "memory", False)
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
                      measure=MEASURE)
+    seeds = seed_plan(grid, power) if power is not None and not args.explain else None
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:
             raise AblateError(f"--explain: no cell with run_id {args.explain!r} in {args.grid}")
         print(explain(match[0]))
     elif args.json:
-        print(json.dumps(rows, indent=1, default=str))
+        out = rows if seeds is None else {"cells": rows, "seed_plan": seeds[0].to_dict("records"), "pilot": seeds[1]}
+        print(json.dumps(out, indent=1, default=str))
     else:
         print(f"grid {grid.name}: {grid.path}")
         print(format_table(grid, rows, _capacity(grid, args) if memory else None))
+        if seeds is not None:
+            from ablate.report.seeds import format_seed_plan  # imported above already, by seed_plan
+
+            n_seeds = len({c.config.seed for c in grid.cells})
+            print()
+            print(format_seed_plan(*seeds, power=power, grid_flops_per_seed=sum(r["flops"] for r in rows) / n_seeds,
+                                   n_grid_seeds=n_seeds))
     return 0
 
 
@@ -211,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", metavar="RUN_ID", help="memory breakdown of one cell")
     s.add_argument("--memory", action="store_true",
                    help="simulate one training step per distinct shape (FakeTensorMode, cached): memory by category")
+    s.add_argument("--seeds-for", metavar="GAP", help="seeds needed to detect a final val loss gap (e.g. 0.01) or a "
+                   "speedup (e.g. 1.1x), from the seeds of a pilot in the store (the grid itself, or power: pilot:)")
     s.add_argument("--gpu-mem", type=float, metavar="GIB",
                    help="with --memory: say whether each cell fits a GPU of this many GiB (default: the GPU "
                         "named in resources, e.g. constraint: h100)")

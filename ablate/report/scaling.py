@@ -198,8 +198,11 @@ def speedup_curve(v: Fit, b: Fit, budgets) -> pd.DataFrame:
         Lv = v.loss(t, draws=True)              # (draws, budgets)
         Sd = b.steps_for(Lv, draws=True) / t
         ok = ~np.isnan(Sd)
-        lo = np.array([np.percentile(Sd[ok[:, i], i], 2.5) if ok[:, i].any() else np.nan for i in range(len(t))])
-        hi = np.array([np.percentile(Sd[ok[:, i], i], 97.5) if ok[:, i].any() else np.nan for i in range(len(t))])
+        # no interpolation between draws: a draw may be inf (the baseline never gets there), inf - inf is nan
+        lo = np.array([np.percentile(Sd[ok[:, i], i], 2.5, method="lower") if ok[:, i].any() else np.nan
+                       for i in range(len(t))])
+        hi = np.array([np.percentile(Sd[ok[:, i], i], 97.5, method="higher") if ok[:, i].any() else np.nan
+                       for i in range(len(t))])
         loss_lo, loss_hi = np.nanpercentile(Lv, [2.5, 97.5], axis=0)
     return pd.DataFrame({"budget": t, "loss_fit": v.loss(t), "loss_lo": loss_lo, "loss_hi": loss_hi,
                          "baseline_loss_fit": b.loss(t), "speedup": S, "speedup_lo": lo, "speedup_hi": hi})
