@@ -58,10 +58,15 @@ def _cells(grid, args):
 def seed_plan(grid, power):
     """(the seed plan from the pilot's seeds in the store, the pilot's name, its runs)."""
     from ablate.report.analysis import analyse  # pandas, scipy: only when a seed plan is asked for
+    import pandas as pd  # the same
+
+    from ablate.report.seeds import COLUMNS as SEED_COLUMNS  # the same
     from ablate.report.seeds import seed_plan as plan_seeds  # the same
     from ablate.store import Store  # DuckDB: only when a seed plan is asked for
 
     pilot = power.pilot or grid.name
+    if not (runs_root() / pilot).is_dir():  # nothing ran: no pilot, and no store created for it (plan writes nothing)
+        return pd.DataFrame(columns=SEED_COLUMNS), pilot, 0
     with Store(runs_root() / "ablate.duckdb") as store:
         store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
         analysis = analyse(store, pilot, grid.compare, parts=("paired",))

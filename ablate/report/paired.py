@@ -93,19 +93,20 @@ def _budget_speedups(v: pd.Series, v_seeds: dict, base_lines: dict) -> tuple[dic
         needed, side = budget_needed(bud, los, row["final_val_loss"])
         out[s] = (needed / v.max_iters, side)
         slopes.append(_log_budget_slope(bud, los, row["final_val_loss"]))
-    return out, slopes, []
+    return out, slopes, []  # budget mode reads every seed off a line: none is censored
 
 
 def _curve_speedups(v_seeds: dict, b_seeds: dict, hits: dict) -> tuple[dict, list, list]:
-    """Per paired seed: (speedup, None) where the variant crossed the baseline seed's final loss,
-    seeds that never did (or were there at step 0) in `censored`; the slopes for the eval noise."""
+    """Per paired seed: (speedup, None) where the variant crossed the baseline seed's final loss;
+    seeds without a finite speedup in `censored` as "never" (the variant never got there: below
+    1x) or "at init" (there at step 0: unbounded); the slopes for the eval noise."""
     out, slopes, censored = {}, [], []
     for s in sorted(v_seeds.keys() & b_seeds.keys()):
         h = hits.get((v_seeds[s]["run_id"], b_seeds[s]["final_val_loss"]))
-        step = crossing_value(h, "step") if h is not None else math.nan
-        if not step > 0:
-            censored.append(s)
+        if h is None or not crossing_value(h, "step") > 0:
+            censored.append("never" if h is None else "at init")
             continue
+        step = crossing_value(h, "step")
         out[s] = (b_seeds[s]["final_step"] / step, None)
         dl = _num(h["prev_val_loss"]) - _num(h["val_loss"])
         dstep = _num(h["step"]) - _num(h["prev_step"])
@@ -124,8 +125,12 @@ def _speedup(per_seed: dict, slopes: list, censored: list, eval_sd: float, n_tot
             "log_speedup_sd": est.sd, "log_speedup_eval_sd": log_eval, "speedup_verdict": est.verdict,
             "speedup_bound": "", "speedup_extrapolated": any(side for _, side in per_seed.values())}
     if censored:  # a seed without a finite speedup: the bound, no interval
+        bound = "; ".join(f"{'< 1x' if kind == 'never' else 'at the baseline loss at step 0'} in "
+                          f"{censored.count(kind)} of {n_total} seeds" for kind in dict.fromkeys(censored))
         cols.update(speedup=math.nan, speedup_lo=math.nan, speedup_hi=math.nan, speedup_p=math.nan,
-                    speedup_bound=f"< 1x in {len(censored)} of {n_total} seeds", speedup_verdict="bound only")
+                    speedup_bound=bound, speedup_verdict="bound only")
+    elif cols["speedup_extrapolated"] and est.n:
+        cols["speedup_verdict"] += " (extrapolated)"
     return cols
 
 

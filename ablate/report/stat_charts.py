@@ -4,6 +4,7 @@ already-aggregated frames in, an altair chart out, a placeholder that says why w
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from ablate.report.charts import W, H, placeholder
@@ -53,6 +54,8 @@ def speedup_vs_budget(curve: pd.DataFrame, paired: pd.DataFrame) -> alt.Chart:
         return placeholder(title, "no fit: a variant and its baseline need three budgets or more (each at its best lr)")
     fit = curve.assign(kind="fit", span=["extrapolated" if s in ("extrapolated", "too far", "unbounded")
                                          else "measured" for s in curve.status])
+    for c in ("speedup", "speedup_lo", "speedup_hi"):  # an unbounded speedup (inf) is labelled, not drawn
+        fit[c] = fit[c].where(np.isfinite(fit[c].astype(float)))
     fit["hi_clip"] = fit.speedup_hi.clip(upper=fit.speedup.max() * 3 if fit.speedup.notna().any() else None)
     # a line's grey part starts at its last trusted point (so the line does not break), its label
     # sits at its last point
@@ -97,5 +100,6 @@ def speedup_vs_budget(curve: pd.DataFrame, paired: pd.DataFrame) -> alt.Chart:
     lines = [f"S(t) = steps the baseline's fitted law needs for the variant's fitted loss at t, over t; band: 95% "
              f"(parametric, lack of fit folded in); dashed: beyond the measured budgets, up to {EXTRAPOLATE:g}x",
              "grey, labelled: poor or untested fit, extrapolated further than the measured span, or unbounded",
-             "diamonds: budget-mode speedups measured seed by seed, with their 95% intervals"]
+             "diamonds: budget-mode speedups measured seed by seed, with their 95% intervals" if len(pts) else ""]
+    lines = [line for line in lines if line]
     return layer.properties(title=alt.TitleParams(title, subtitle=lines, anchor="start"))

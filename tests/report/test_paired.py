@@ -67,6 +67,16 @@ def test_a_seed_that_never_reaches_the_baseline_gives_a_bound_not_an_interval(en
         run(runs, "ngpt", s, v)
     r = report(ONE_GROUP)["paired"].iloc[0]
     assert r.speedup_bound == "< 1x in 1 of 2 seeds" and math.isnan(r.speedup) and math.isnan(r.speedup_lo)
+    assert r.speedup_verdict == "bound only"
+
+
+def test_a_seed_already_there_at_step_0_is_not_called_below_1x(env):
+    runs, store, report = env
+    run(runs, "gpt", 0, 2.2)
+    write_run(runs, "g", {"arch": "ngpt", "seed": 0, "max_iters": 100, "eval_interval": 50}, lambda s: 2.1,
+              eval_se=0.005)  # below the baseline's final loss from its first eval on
+    r = report(ONE_GROUP)["paired"].iloc[0]
+    assert r.speedup_bound == "at the baseline loss at step 0 in 1 of 1 seeds" and math.isnan(r.speedup)
 
 
 def test_budget_mode_speedup_reads_each_seed_off_its_own_baseline_line(env):
