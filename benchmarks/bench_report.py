@@ -4,7 +4,7 @@ report under 10 s on 2 CPU cores).
     .venv/bin/python benchmarks/bench_report.py [--runs 1000] [--evals 1000] [--keep DIR]
 
 Writes synthetic run dirs (arch x context x lr x budget x seed, known loss curves, 100 metrics
-lines each) with ablate.store.synthetic, then times: a cold ingest, a no-op re-ingest, a
+lines each) with tests/synthetic.py, then times: a cold ingest, a no-op re-ingest, a
 re-ingest after one run changed, and the report (budget-mode groups: every context holds five
 budgets; five seeds: the paired table, arch x context effects, five-budget fits) in a fresh process as `ablate report` runs it, with the JavaScript bundle built
 and cached. No torch.
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic.py, the run dir writer
 
 from ablate.core import rundir  # noqa: E402
 from synthetic import write_run  # noqa: E402
