@@ -15,10 +15,14 @@ def interval(mean, lo, hi, spec: str = "+.4f", suffix: str = "") -> str:
     m = num(mean, spec)
     if m == "–":
         return "–"
+    if isinstance(mean, float) and math.isinf(mean):
+        m, suffix_m = "unbounded", ""
+    else:
+        suffix_m = suffix
     if num(lo) == "–" or num(hi) == "–":
-        return m + suffix
+        return m + suffix_m
     top = "∞" if isinstance(hi, float) and math.isinf(hi) else num(hi, spec) + suffix
-    return f"{m}{suffix} [{num(lo, spec)}{suffix}, {top}]"
+    return f"{m}{suffix_m} [{num(lo, spec)}{suffix}, {top}]"
 
 
 def p_value(p) -> str:

@@ -15,38 +15,42 @@ loss at t, over t (Marin's "effective speedup"):
 which rises with t when the variant's curve bends down faster, the nGPT paper's claim. A variant
 whose L(t) goes below the baseline's E_b has no finite S: the baseline never gets there.
 
-Intervals. The parameters' covariance is the least-squares one, with the variance a budget's
-mean loss really has: the seeds' spread around it (pure error, from the seeds at each budget)
-plus the eval sample's error, which all seeds of a cell share. When the budget means stray from
-the law more than that allows (lack of fit, an F test, with four budgets or more), the
-covariance is scaled up by the ratio (the Birge ratio: the lack-of-fit interval), so a form that
-does not fit widens its own error bars. S(t)'s interval is parametric: 4,000 draws of both fits'
-parameters (independent: with seeds shared between the arms this errs wide), the 2.5 and 97.5
-percentiles. Flags: a fit is "poor" when R^2 of the budget means < R2_MIN or the lack of fit is
-significant (p < LOF_P); with three budgets the law has as many parameters as points and the
-form is untested. S(t) beyond the measured budgets is "extrapolated"; more than the measured
+Intervals. A parametric bootstrap: N_DRAWS sets of budget means drawn around the fitted law
+with the variance a budget's mean loss really has (the seeds' spread around it, pure error from
+the seeds at each budget, plus the eval sample's error, which all seeds of a cell share), each
+refitted (so the draws stay laws that fall with t, which a normal approximation of three
+strongly correlated parameters does not). When the budget means stray from the law more than
+that variance allows (lack of fit, an F test, with four budgets or more), the variance is scaled
+up by the ratio (the Birge ratio: the lack-of-fit interval), so a form that does not fit widens
+its own error bars. S(t)'s interval pairs the two fits' draws (independent: with seeds shared
+between the arms this errs wide) and takes the 2.5 and 97.5 percentiles.
+
+Flags: a fit is "poor" when R^2 of the budget means < R2_MIN or the lack of fit is significant
+(p < LOF_P); with three budgets the law has as many parameters as points and the form is
+untested. S(t) beyond the measured budgets is "extrapolated"; more than the measured
 span (in log budget) beyond them, "too far". Poor, untested or too far: greyed in the chart.
 """
 from __future__ import annotations
 
 import math
-import warnings
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
 from scipy import stats as st
 
 R2_MIN = 0.95
 LOF_P = 0.05
 EXTRAPOLATE = 10.0  # S(t) up to 10x the largest budget measured
-N_DRAWS = 4000
+N_DRAWS = 1000
 FIT_COLUMNS = ["group", "variant", "is_baseline", "n_budgets", "n_points", "budgets", "E", "E_lo", "E_hi", "A", "A_lo",
                "A_hi", "alpha", "alpha_lo", "alpha_hi", "r2", "lof_p", "scale", "status"]
 CURVE_COLUMNS = ["group", "variant", "budget", "measured", "loss_fit", "loss_lo", "loss_hi", "baseline_loss_fit",
                  "speedup", "speedup_lo", "speedup_hi", "status", "grey", "fit_status", "baseline_fit_status"]
+
+
+ALPHAS = np.geomspace(0.01, 5.0, 240)  # the exponents tried (then refined): from nearly log to very steep
 
 
 def power_law(t, E, A, alpha):
@@ -57,15 +61,14 @@ def power_law(t, E, A, alpha):
 class Fit:
     t0: float                  # budgets are fitted as t / t0 (conditioning); A is in steps
     theta: np.ndarray          # (E, A', alpha) with A' = A t0^-alpha
-    cov: np.ndarray            # of theta; nan when nothing is known
     r2: float
     lof_p: float
-    scale: float               # the lack-of-fit factor the covariance carries (>= 1)
+    scale: float               # the lack-of-fit factor the budget means' variance carries (>= 1)
     n_budgets: int
     n_points: int
     budgets: list
     status: str                # "ok", or why the form is not to be trusted
-    draws: np.ndarray = field(default=None, repr=False)
+    draws: np.ndarray = field(default=None, repr=False)  # (N_DRAWS, 3) refitted parameters, None: unknown
 
     @property
     def ok(self) -> bool:
@@ -81,26 +84,44 @@ class Fit:
             return E + A1 * np.power(np.asarray(t, dtype=float) / self.t0, -alpha)
 
     def steps_for(self, loss, draws: bool = False):
-        """Budget at which this law reaches `loss`: inf below its E (never), nan for a draw
-        that is no decreasing law (A <= 0 or alpha <= 0)."""
+        """Budget at which this law reaches `loss`: inf at or below its E (never), nan for a
+        law that does not decrease (A' = 0)."""
         E, A1, alpha = self._theta(draws)
         loss = np.asarray(loss, dtype=float)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             t = self.t0 * np.power(A1 / (loss - E), 1.0 / alpha)
         t = np.where(loss <= E, np.inf, t)
-        return np.where((A1 > 0) & (alpha > 0), t, np.nan)
+        return np.where(A1 > 0, t, np.nan)
 
 
-def _start(x, y) -> tuple:
-    """Variable projection: for fixed alpha the law is linear in (E, A'); the best alpha on a grid."""
-    best = None
-    for alpha in np.geomspace(0.02, 4.0, 80):
-        X = np.column_stack([np.ones_like(x), np.power(x, -alpha)])
-        coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-        ssr = float(np.sum((X @ coef - y) ** 2))
-        if best is None or ssr < best[0]:
-            best = (ssr, coef[0], coef[1], alpha)
-    return best[1], max(best[2], 1e-9), best[3]
+def fit_means(x, y, w) -> np.ndarray:
+    """Least squares of L = E + A' x^-alpha (E >= 0, A' >= 0) to rows of budget means y (draws, k) with
+    weights w (k,) (the seeds behind each mean): variable projection, (E, A') in closed form for
+    each alpha of ALPHAS, the best alpha refined by a parabola in log alpha. Returns (draws, 3)."""
+    y = np.atleast_2d(y)
+    u = np.power(x[None, :], -ALPHAS[:, None])                       # (alphas, k)
+    Sw, Su, Suu = w.sum(), u @ w, (u * u) @ w                        # scalars and (alphas,)
+    Sy, Suy, Syy = y @ w, (y * w) @ u.T, (y * y) @ w                 # (draws,), (draws, alphas), (draws,)
+    det = Sw * Suu - Su ** 2
+    A1 = np.clip((Sw * Suy - Su * Sy[:, None]) / det, 0, None)      # a rising law is the flat one
+    E = (Sy[:, None] - A1 * Su) / Sw
+    below = E < 0  # a cross-entropy is never negative: there E = 0 and A' alone is fitted
+    E = np.where(below, 0.0, E)
+    A1 = np.where(below, np.clip(Suy / Suu, 0, None), A1)
+    ssr = Syy[:, None] - 2 * E * Sy[:, None] - 2 * A1 * Suy + E ** 2 * Sw + 2 * E * A1 * Su + A1 ** 2 * Suu
+    i = np.clip(np.argmin(ssr, axis=1), 1, len(ALPHAS) - 2)
+    rows = np.arange(len(y))
+    la = np.log(ALPHAS)
+    f0, f1, f2 = ssr[rows, i - 1], ssr[rows, i], ssr[rows, i + 1]
+    curv = f0 - 2 * f1 + f2
+    step = np.where(curv > 0, 0.5 * (f0 - f2) / np.where(curv > 0, curv, 1), 0.0)
+    alpha = np.exp(la[i] + np.clip(step, -1, 1) * (la[1] - la[0]))
+    ua = np.power(x[None, :], -alpha[:, None])                       # (draws, k)
+    su, suu, suy = ua @ w, (ua * ua) @ w, (y * ua) @ w
+    A1 = np.clip((Sw * suy - su * Sy) / (Sw * suu - su ** 2), 0, None)
+    E = (Sy - A1 * su) / Sw
+    A1 = np.where(E < 0, np.clip(suy / suu, 0, None), A1)
+    return np.column_stack([np.clip(E, 0, None), A1, alpha])
 
 
 def fit(budgets, losses, eval_se: dict | None = None) -> Fit | None:
@@ -114,20 +135,11 @@ def fit(budgets, losses, eval_se: dict | None = None) -> Fit | None:
     if k < 3:
         return None
     t0 = float(np.exp(np.mean(np.log(levels))))
-    x = t / t0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            theta, _ = optimize.curve_fit(power_law, x, y, p0=_start(x, y), bounds=([-np.inf, 0, 1e-4], [np.inf, np.inf, 10]),
-                                          maxfev=20000)
-        except (RuntimeError, ValueError):
-            theta = np.array(_start(x, y))
-    E, A1, alpha = theta
-    f = power_law(x, *theta)
-    J = np.column_stack([np.ones_like(x), np.power(x, -alpha), -A1 * np.power(x, -alpha) * np.log(x)])
+    x = levels / t0
     means = np.array([y[t == b].mean() for b in levels])
-    counts = np.array([(t == b).sum() for b in levels])
-    fitted = power_law(levels / t0, *theta)
+    counts = np.array([(t == b).sum() for b in levels], dtype=float)
+    theta = fit_means(x, means, counts)[0]   # all points, unweighted == the means weighted by their seeds
+    fitted = power_law(x, *theta)
     ss_pe = float(np.sum((y - means[np.searchsorted(levels, t)]) ** 2))
     ss_lof = float(np.sum(counts * (means - fitted) ** 2))
     grand = np.average(means, weights=counts)
@@ -139,40 +151,25 @@ def fit(budgets, losses, eval_se: dict | None = None) -> Fit | None:
     if df_pe > 0:  # the variance of a budget mean, times the seeds in it: pure error + shared eval error
         s2 = ss_pe / df_pe + nbar * eval_var
     elif k > 3:    # one seed a budget: the residuals are all there is (eval error included)
-        s2 = max(float(np.sum((y - f) ** 2)) / (k - 3), eval_var)
+        s2 = max(ss_lof / (k - 3), eval_var)
     else:
         s2 = eval_var
     lof_p, scale = math.nan, 1.0
     if k > 3 and df_pe > 0 and s2 > 0:
         F = (ss_lof / (k - 3)) / s2
         lof_p, scale = float(st.f.sf(F, k - 3, df_pe)), max(1.0, F)
-    try:
-        cov = np.linalg.inv(J.T @ J) * s2 * scale if s2 > 0 else np.full((3, 3), np.nan)
-    except np.linalg.LinAlgError:
-        cov = np.full((3, 3), np.nan)
     if k == 3:
         status = "3 budgets for 3 parameters: the form is not tested"
     elif (math.isfinite(r2) and r2 < R2_MIN) or (math.isfinite(lof_p) and lof_p < LOF_P):
         status = f"poor fit (R² {r2:.3f}" + (f", lack of fit p = {lof_p:.2g}" if math.isfinite(lof_p) else "") + ")"
     else:
         status = "ok"
-    out = Fit(t0, np.asarray(theta, dtype=float), cov, r2, lof_p, scale, k, n, [int(b) for b in levels], status)
-    out.draws = _draws(out)
+    out = Fit(t0, theta, r2, lof_p, scale, k, n, [int(b) for b in levels], status)
+    if s2 > 0:  # a parametric bootstrap: new budget means around the fitted law, each refitted
+        rng = np.random.default_rng(zlib.crc32(theta.tobytes()))  # the same report twice: the same numbers;
+        noise = rng.standard_normal((N_DRAWS, k)) * np.sqrt(s2 * scale / counts)  # two fits: other draws
+        out.draws = fit_means(x, fitted + noise, counts)
     return out
-
-
-def _draws(f: Fit) -> np.ndarray | None:
-    """N_DRAWS parameter vectors from the fit's normal approximation; None when the covariance is
-    unknown. The generator is seeded by the fit itself: the same report twice gives the same
-    numbers, and two fits never share their draws (that would cancel their errors in S(t))."""
-    if not np.isfinite(f.cov).all():
-        return None
-    cov = (f.cov + f.cov.T) / 2
-    w, v = np.linalg.eigh(cov)
-    if w.min() < -1e-9 * max(w.max(), 1e-300):  # not a covariance (a degenerate fit): no interval
-        return None
-    z = np.random.default_rng(zlib.crc32(f.theta.tobytes())).standard_normal((N_DRAWS, 3))
-    return f.theta + (z * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 def params(f: Fit) -> dict:

@@ -27,8 +27,8 @@ from ablate.plan.plan import human_flops, human_hours
 from ablate.plan.power import Power
 from ablate.report import stats
 
-COLUMNS = ["group", "variant", "budget", "pilot_seeds", "sd", "eval_sd", "seeds_needed", "closed_form",
-           "seeds_if_sd_high", "to_run", "flops_per_seed", "seconds_per_seed", "device", "note"]
+COLUMNS = ["group", "variant", "budget", "pilot_seeds", "sd", "eval_sd", "seeds_needed", "seeds_if_eval_cancels",
+           "closed_form", "seeds_if_sd_high", "to_run", "flops_per_seed", "seconds_per_seed", "device", "note"]
 
 
 def _flops(runs: pd.DataFrame, cell_ids) -> float:
@@ -55,25 +55,33 @@ def seed_plan(analysis, power: Power) -> pd.DataFrame:
         eval_sd = eval_sd if math.isfinite(eval_sd) else 0.0
         note = ""
         if n < 2 or not math.isfinite(sd):
-            need = closed = high = None
+            need = closed = high = lower = None
             note = (f"the pilot has {n} paired seed{'s' if n != 1 else ''} here: the seed-to-seed s.d. is not "
                     "measured, no count is guessed")
         else:
             need = stats.seeds_needed(power.delta, sd, eval_sd, power.alpha, power.power)
             closed = stats.seeds_closed_form(power.delta, sd, eval_sd, power.alpha, power.power)
             high = stats.seeds_needed(power.delta, stats.sd_upper(sd, n), eval_sd, power.alpha, power.power)
-            if need is None:
-                note = (f"the eval noise alone (s.d. {eval_sd:.4g}) hides it: more eval windows (eval_iters), "
-                        "not more seeds")
+            lower = stats.seeds_needed(power.delta, sd, 0.0, power.alpha, power.power)
         rows.append({"group": r.group, "variant": r.variant, "budget": r.budget, "pilot_seeds": n, "sd": sd,
-                     "eval_sd": eval_sd, "seeds_needed": need, "closed_form": closed, "seeds_if_sd_high": high,
+                     "eval_sd": eval_sd, "seeds_needed": need, "seeds_if_eval_cancels": lower, "closed_form": closed,
+                     "seeds_if_sd_high": high,
                      "to_run": max(0, need - n) if need is not None else None,
                      "flops_per_seed": _flops(analysis.runs, [c for c in (r.cell_id, r.baseline_cell_id) if c]),
                      "seconds_per_seed": r.seed_seconds, "device": r.device, "note": note})
-    return pd.DataFrame(rows, columns=COLUMNS)
+    out = pd.DataFrame(rows, columns=COLUMNS)
+    counts = ["seeds_needed", "seeds_if_eval_cancels", "seeds_if_sd_high", "to_run"]
+    out[counts] = out[counts].astype(object).where(out[counts].notna(), None)  # ints, or None: no count
+    return out
+
+
+def _count(x) -> int | None:
+    """A seed count from the plan's table: an int, or None where there is none."""
+    return None if x is None or (isinstance(x, float) and not math.isfinite(x)) else int(x)
 
 
 def _cost(n, flops: float, seconds: float) -> str:
+    n = _count(n)
     if n is None:
         return "–"
     if n == 0:
@@ -94,28 +102,33 @@ def format_seed_plan(plan: pd.DataFrame, pilot: str, pilot_runs: int, power: Pow
         return (f"{head}: no pilot. Grid '{pilot}' has no finished runs with a baseline in the store; run it "
                 "with two seeds or more first (seeds: [0, 1, 2]), or name a pilot grid in the power: section "
                 "(pilot: NAME). No seed count is guessed.")
-    cols = ["group", "variant", "budget", "pilot seeds", f"seed s.d. ({what})", "eval s.d.", "seeds needed",
-            "normal approx.", "if s.d. at its 80% bound", "to run", "cost of those (the pair at its best lrs)"]
+    cols = ["group", "variant", "budget", "pilot seeds", f"seed s.d. ({what})", "eval s.d. (<=)", "seeds needed",
+            "if eval cancels", "normal approx.", "if s.d. at its 80% bound", "to run",
+            "cost of those (the pair at its best lrs)"]
     num = lambda x, spec=".4g": "–" if x is None or (isinstance(x, float) and not math.isfinite(x)) else format(x, spec)  # noqa: E731
+    count = lambda x, missing="–": missing if _count(x) is None else str(_count(x))  # noqa: E731
     body = []
     for r in plan.itertuples():
         body.append([str(r.group), str(r.variant), f"{r.budget:,}", str(r.pilot_seeds), num(r.sd), num(r.eval_sd),
-                     num(r.seeds_needed, "d") if r.seeds_needed is not None else ("> eval noise" if r.note and
-                                                                                   r.pilot_seeds >= 2 else "–"),
-                     num(r.closed_form, ".1f"),
-                     num(r.seeds_if_sd_high, "d") if r.seeds_if_sd_high is not None else "–",
-                     num(r.to_run, "d") if r.to_run is not None else "–",
+                     count(r.seeds_needed, "none" if r.pilot_seeds >= 2 else "–"), count(r.seeds_if_eval_cancels),
+                     num(r.closed_form, ".1f"), count(r.seeds_if_sd_high), count(r.to_run),
                      _cost(r.to_run, r.flops_per_seed, r.seconds_per_seed)])
     widths = [max(len(c), *(len(b[i]) for b in body)) for i, c in enumerate(cols)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     out = [head + ":", line(cols), line(["-" * w for w in widths]), *map(line, body)]
     notes = sorted({f"{r.variant} @ {r.budget:,}: {r.note}" for r in plan.itertuples() if r.note})
     out += [f"  {n}" for n in notes]
+    if any(_count(n) is None and p >= 2 for n, p in zip(plan.seeds_needed, plan.pilot_seeds)):
+        out.append("none: the eval noise at its upper bound hides the gap whatever the seeds; more eval windows "
+                   "(eval_iters) would shrink it")
+    out.append("eval s.d.: the eval sample's error of the difference taken as sqrt(se_v^2 + se_b^2), an upper bound "
+               "(the cells share their val windows, so their eval errors partly cancel, by an amount evals.jsonl does "
+               "not record); 'seeds needed' counts with it, 'if eval cancels' without it: the truth lies between")
     devices = sorted({d for d in plan.device if d})
     out.append(f"hours: the pilot's measured wall time per run ({', '.join(devices) or 'unknown device'}); normal approx.: "
                "sd^2 / (delta^2 / (z_a + z_b)^2 - eval_sd^2), which the t test behind 'seeds needed' exceeds by up to "
                f"~{stats.t_correction(power.alpha):.1f} seeds when few are needed")
-    needed = [n for n in plan.seeds_needed if n is not None]
+    needed = [_count(n) for n in plan.seeds_needed if _count(n) is not None]
     if needed and grid_flops_per_seed:
         most = max(needed)
         out.append(f"a grid's seeds: list runs every cell once per seed: this grid at {most} seeds (it has "

@@ -56,21 +56,30 @@ def speedup_vs_budget(curve: pd.DataFrame, paired: pd.DataFrame) -> alt.Chart:
                                          else "measured" for s in curve.status])
     for c in ("speedup", "speedup_lo", "speedup_hi"):  # an unbounded speedup (inf) is labelled, not drawn
         fit[c] = fit[c].where(np.isfinite(fit[c].astype(float)))
-    fit["hi_clip"] = fit.speedup_hi.clip(upper=fit.speedup.max() * 3 if fit.speedup.notna().any() else None)
+    # a log axis (a ratio: 2x and 0.5x equally far from 1x) over what can be trusted, clipped: a
+    # law near the baseline's floor runs off to huge speedups, which are labelled, not drawn
+    trusted_rows = fit[~fit.grey]
+    known = pd.concat([trusted_rows.speedup, paired.speedup if len(paired) else pd.Series(dtype=float)]).dropna()
+    top = float(min(20.0, max(2.0, 1.25 * known.max()))) if len(known) else 4.0  # intervals beyond: clipped
+    bottom = float(max(0.05, min(0.5, 0.8 * known.min()))) if len(known) else 0.25
+    fit["hi_clip"], fit["lo_clip"] = fit.speedup_hi.clip(upper=top), fit.speedup_lo.clip(lower=bottom)
     # a line's grey part starts at its last trusted point (so the line does not break), its label
     # sits at its last point
     prev_ok = fit.groupby(["group", "variant"]).grey.shift(-1).fillna(False).astype(bool) & ~fit.grey
     fit["grey_line"] = fit.grey | prev_ok
     last = fit.groupby(["group", "variant"]).budget.transform("max") == fit.budget
     fit["label"] = [s if g and e else "" for s, g, e in zip(fit.status, fit.grey, last)]
+    fit["label_y"] = fit.speedup.clip(lower=bottom, upper=top).fillna(top)  # a label stays in the panel
     pts = paired[(paired.speedup_mode == "budget") & paired.speedup.notna()] if len(paired) else paired
     pts = pts[pts.group.isin(set(fit.group))][["group", "variant", "budget", "speedup", "speedup_lo", "speedup_hi",
                                                "speedup_verdict"]].assign(kind="measured", grey=False)
+    pts = pts.assign(hi_clip=pts.speedup_hi.clip(upper=top), lo_clip=pts.speedup_lo.clip(lower=bottom))
     d = pd.concat([fit, pts], ignore_index=True)  # one data set for every layer: a faceted layer chart needs it
     d["one"] = 1.0
     x = alt.X("budget:Q", scale=alt.Scale(type="log", nice=False), title="budget (steps, log)",
               axis=alt.Axis(format="~s"))
-    y = alt.Y("speedup:Q", title="speedup S(t) (x)", scale=alt.Scale(zero=False))
+    yscale = alt.Scale(type="log", domain=[bottom, top], nice=False)
+    y = alt.Y("speedup:Q", title="speedup S(t) (x, log)", scale=yscale)
     tip = ["variant:N", alt.Tooltip("budget:Q", format=",.0f"), alt.Tooltip("speedup:Q", format=".3f"),
            alt.Tooltip("speedup_lo:Q", format=".3f"), alt.Tooltip("speedup_hi:Q", format=".3f"), "status:N"]
     base = alt.Chart(d).encode(x=x)
@@ -79,16 +88,17 @@ def speedup_vs_budget(curve: pd.DataFrame, paired: pd.DataFrame) -> alt.Chart:
     trusted = alt.datum.grey == False  # noqa: E712 (a Vega expression, not Python)
     variant = alt.Color("variant:N", title="variant")
     layers = [
-        fits.transform_filter(trusted).mark_area(opacity=0.18).encode(y="speedup_lo:Q", y2="hi_clip:Q", color=variant),
-        fits.transform_filter(trusted).mark_line(strokeWidth=2).encode(
+        fits.transform_filter(trusted).mark_area(opacity=0.18, clip=True).encode(y=alt.Y("lo_clip:Q", scale=yscale),
+                                                                             y2="hi_clip:Q", color=variant),
+        fits.transform_filter(trusted).mark_line(strokeWidth=2, clip=True).encode(
             y=y, color=variant, detail="variant:N", tooltip=tip,
             strokeDash=alt.StrokeDash("span:N", title="fit", sort=["measured", "extrapolated"])),
         fits.transform_filter(alt.datum.grey_line == True).mark_line(  # noqa: E712 (Vega)
-            strokeWidth=2, color="#bbbbbb", strokeDash=[2, 2]).encode(y=y, detail="variant:N", tooltip=tip),
+            strokeWidth=2, color="#bbbbbb", strokeDash=[2, 2], clip=True).encode(y=y, detail="variant:N", tooltip=tip),
         fits.transform_filter(alt.datum.label != "").mark_text(align="left", dx=4, fontSize=9, color="#888").encode(
-            y="speedup:Q", text="label:N"),
+            y=alt.Y("label_y:Q", scale=yscale), text="label:N"),
         base.mark_rule(color="black", strokeDash=[4, 3]).encode(y="mean(one):Q", x=alt.X()),
-        measured.mark_rule().encode(y="speedup_lo:Q", y2="speedup_hi:Q", color=variant),
+        measured.mark_rule(clip=True).encode(y=alt.Y("lo_clip:Q", scale=yscale), y2="hi_clip:Q", color=variant),
         measured.mark_point(filled=True, size=45, shape="diamond").encode(
             y="speedup:Q", color=variant, tooltip=["variant:N", "budget:Q", alt.Tooltip("speedup:Q", format=".3f"),
                                                    alt.Tooltip("speedup_lo:Q", format=".3f"),

@@ -53,9 +53,10 @@ def test_seeds_for_a_loss_gap_from_the_measured_spread(tmp_path, capsys):
     row = next(line for line in text.splitlines() if line.startswith("all"))
     cells = row.split()
     assert cells[:4] == ["all", "ngpt", "100", "5"] and float(cells[4]) == pytest.approx(sd, rel=1e-3)
-    assert int(cells[6]) == need and int(cells[9]) == need - 5  # seeds needed, seeds still to run
-    assert float(cells[7]) == pytest.approx(stats.seeds_closed_form(0.01, sd, eval_sd), abs=0.05)
-    assert int(cells[8]) == stats.seeds_needed(0.01, stats.sd_upper(sd, 5), eval_sd)
+    assert int(cells[6]) == need and int(cells[10]) == need - 5  # seeds needed, seeds still to run
+    assert int(cells[7]) == stats.seeds_needed(0.01, sd, 0.0) < need  # if the shared windows cancel the eval noise
+    assert float(cells[8]) == pytest.approx(stats.seeds_closed_form(0.01, sd, eval_sd), abs=0.05)
+    assert int(cells[9]) == stats.seeds_needed(0.01, stats.sd_upper(sd, 5), eval_sd)
     assert "FLOPs" in row and "min" in row  # the cost of those seeds: formula FLOPs, the pilot's hours
 
 
@@ -69,6 +70,15 @@ def test_power_section_names_the_pilot_and_a_speedup(tmp_path, capsys):
     (row,) = doc["seed_plan"]
     assert row["variant"] == "ngpt" and row["pilot_seeds"] == 5  # the speedup's seeds (curve mode, one budget)
     assert row["seeds_needed"] == stats.seeds_needed(math.log(1.5), row["sd"], row["eval_sd"], 0.01, 0.9)
+    assert isinstance(row["to_run"], int) and row["seeds_if_eval_cancels"] <= row["seeds_needed"]
+
+
+def test_eval_noise_that_hides_the_gap_says_none_not_a_number(tmp_path, capsys):
+    pilot()  # eval s.d. of a difference 0.0028: a 0.005 gap is under it / 2.8 whatever the seeds
+    code, out, _ = plan(capsys, grid_file(tmp_path), "--seeds-for", "0.005")
+    row = next(line for line in out.split("from the pilot")[1].splitlines() if line.startswith("all"))
+    assert code == 0 and row.split()[6] == "none" and int(row.split()[7]) > 5
+    assert "none: the eval noise at its upper bound hides the gap whatever the seeds" in out
 
 
 def test_without_a_pilot_no_number_is_guessed(tmp_path, capsys):
