@@ -16,6 +16,8 @@ import math
 
 import pandas as pd
 
+from ablate.report import stats
+
 COLUMNS = ["group", "variant", "budget", "steps", "steps_lo", "steps_hi", "steps_verdict", "throughput_ratio",
            "wall", "wall_lo", "wall_hi", "memory", "memory_source", "verdict"]
 
@@ -36,14 +38,15 @@ def _peak(r) -> tuple[float, str]:
 
 
 def _words(steps: float, verdict: str, wall: float, memory: float) -> str:
-    def side(name, x, sure=True):
+    def side(name, x, caveat=""):
         if not math.isfinite(x):
             return f"{name} unknown"
         if abs(x - 1) < 0.005:
             return f"even in {name}"
-        return f"{'wins' if x > 1 else 'loses'} in {name} ({x:.2f}x)" + ("" if sure else ", not significant")
-    return "; ".join([side("steps", steps, verdict != "not significant"), side("wall clock", wall),
-                      side("memory", memory)])
+        return f"{'wins' if x > 1 else 'loses'} in {name} ({x:.2f}x)" + caveat
+    caveat = "" if verdict.startswith(stats.SIGNIFICANT) else ", one seed" if verdict == stats.ONE_SEED else \
+        ", not significant"
+    return "; ".join([side("steps", steps, caveat), side("wall clock", wall), side("memory", memory)])
 
 
 def three_speedups(paired: pd.DataFrame, runs: pd.DataFrame, throughput: pd.DataFrame,
