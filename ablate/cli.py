@@ -55,22 +55,28 @@ def _cells(grid, args):
     return select(grid.cells, getattr(args, "where", None) or [])
 
 
-def seed_plan(grid, power):
-    """(the seed plan from the pilot's seeds in the store, the pilot's name, its runs)."""
-    from ablate.report.analysis import analyse  # pandas, scipy: only when a seed plan is asked for
-    import pandas as pd  # the same
+def seed_plan(grid, power, rows: list, as_json: bool):
+    """The seed plan from the pilot's seeds in the store: the text printed after the plan table,
+    or {"seed_plan": records, "pilot": name} for --json."""
+    import pandas as pd  # pandas, scipy, DuckDB: only when a seed plan is asked for (plan stays light)
 
-    from ablate.report.seeds import COLUMNS as SEED_COLUMNS  # the same
-    from ablate.report.seeds import seed_plan as plan_seeds  # the same
-    from ablate.store import Store  # DuckDB: only when a seed plan is asked for
+    from ablate.report.analysis import analyse  # same reason
+    from ablate.report.seeds import COLUMNS, format_seed_plan, seed_plan as plan_seeds  # same reason
+    from ablate.store import Store  # same reason
 
     pilot = power.pilot or grid.name
-    if not (runs_root() / pilot).is_dir():  # nothing ran: no pilot, and no store created for it (plan writes nothing)
-        return pd.DataFrame(columns=SEED_COLUMNS), pilot, 0
-    with Store(runs_root() / "ablate.duckdb") as store:
-        store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
-        analysis = analyse(store, pilot, grid.compare, parts=("paired",))
-    return plan_seeds(analysis, power), pilot, len(analysis.runs)
+    if (runs_root() / pilot).is_dir():
+        with Store(runs_root() / "ablate.duckdb") as store:
+            store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
+            analysis = analyse(store, pilot, grid.compare, parts=("paired",))
+        plan, n_runs = plan_seeds(analysis, power), len(analysis.runs)
+    else:  # nothing ran: no pilot, and no store created for it (plan writes nothing)
+        plan, n_runs = pd.DataFrame(columns=COLUMNS), 0
+    if as_json:
+        return {"seed_plan": plan.astype(object).where(plan.notna(), None).to_dict("records"), "pilot": pilot}
+    n_seeds = len({c.config.seed for c in grid.cells})
+    return format_seed_plan(plan, pilot, n_runs, power, grid_flops_per_seed=sum(r["flops"] for r in rows) / n_seeds,
+                            n_grid_seeds=n_seeds)
 
 
 def cmd_plan(args) -> int:
@@ -81,25 +87,20 @@ def cmd_plan(args) -> int:
     memory = getattr(args, "memory", False)
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
                      measure=MEASURE)
-    seeds = seed_plan(grid, power) if power is not None and not args.explain else None
+    seeds = seed_plan(grid, power, rows, args.json) if power is not None and not args.explain else None
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:
             raise AblateError(f"--explain: no cell with run_id {args.explain!r} in {args.grid}")
         print(explain(match[0]))
     elif args.json:
-        out = rows if seeds is None else {"cells": rows, "seed_plan": seeds[0].to_dict("records"), "pilot": seeds[1]}
-        print(json.dumps(out, indent=1, default=str))
+        print(json.dumps(rows if seeds is None else {"cells": rows, **seeds}, indent=1, default=str))
     else:
         print(f"grid {grid.name}: {grid.path}")
         print(format_table(grid, rows, _capacity(grid, args) if memory else None))
         if seeds is not None:
-            from ablate.report.seeds import format_seed_plan  # imported above already, by seed_plan
-
-            n_seeds = len({c.config.seed for c in grid.cells})
             print()
-            print(format_seed_plan(*seeds, power=power, grid_flops_per_seed=sum(r["flops"] for r in rows) / n_seeds,
-                                   n_grid_seeds=n_seeds))
+            print(seeds)
     return 0
 
 

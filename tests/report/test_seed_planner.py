@@ -114,3 +114,13 @@ def test_bad_targets_are_one_line(tmp_path, capsys, args, message):
 def test_power_section_errors_name_file_and_line(tmp_path, capsys, power, message):
     code, _, err = plan(capsys, grid_file(tmp_path, power=power))
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_json_is_strict_json_even_without_numbers(tmp_path, capsys):
+    pilot(seeds=(0,))  # one seed: no s.d., no counts
+
+    def refuse(name):
+        raise ValueError(f"{name} is not JSON")
+    code, out, _ = plan(capsys, grid_file(tmp_path), "--seeds-for", "0.01", "--json")
+    (row,) = json.loads(out, parse_constant=refuse)["seed_plan"]
+    assert code == 0 and row["sd"] is None and row["seeds_needed"] is None and row["pilot_seeds"] == 1
