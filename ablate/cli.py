@@ -23,6 +23,7 @@ from ablate.core.errors import AblateError
 from ablate.core.paths import reports_root, runs_root
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
+from ablate.plan.power import with_detect
 from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
 
 
@@ -54,24 +55,53 @@ def _cells(grid, args):
     return select(grid.cells, getattr(args, "where", None) or [])
 
 
+def seed_plan(grid, power, rows: list, as_json: bool):
+    """The seed plan from the pilot's seeds in the store: the text printed after the plan table,
+    or {"seed_plan": records, "pilot": name} for --json."""
+    import pandas as pd  # pandas, scipy, DuckDB: only when a seed plan is asked for (plan stays light)
+
+    from ablate.report.analysis import analyse  # same reason
+    from ablate.report.seeds import COLUMNS, format_seed_plan, seed_plan as plan_seeds  # same reason
+    from ablate.store import Store  # same reason
+
+    pilot = power.pilot or grid.name
+    if (runs_root() / pilot).is_dir():
+        with Store(runs_root() / "ablate.duckdb") as store:
+            store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
+            analysis = analyse(store, pilot, grid.compare, parts=("paired",))
+        plan, n_runs = plan_seeds(analysis, power), len(analysis.runs)
+    else:  # nothing ran: no pilot, and no store created for it (plan writes nothing)
+        plan, n_runs = pd.DataFrame(columns=COLUMNS), 0
+    if as_json:
+        return {"seed_plan": plan.astype(object).where(plan.notna(), None).to_dict("records"), "pilot": pilot}
+    n_seeds = len({c.config.seed for c in grid.cells})
+    return format_seed_plan(plan, pilot, n_runs, power, grid_flops_per_seed=sum(r["flops"] for r in rows) / n_seeds,
+                            n_grid_seeds=n_seeds)
+
+
 def cmd_plan(args) -> int:
     grid = _grid(args)
     if warning := lr_sweep_warning(grid):
         print(f"warning: {warning}", file=sys.stderr)
+    power = with_detect(grid.power, getattr(args, "seeds_for", None))
     memory = getattr(args, "memory", False)
     capacity = _capacity(grid, args) if memory else None  # a bad --gpu-mem is refused before any work
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
                      measure=MEASURE)
+    seeds = seed_plan(grid, power, rows, args.json) if power is not None and not args.explain else None
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:
             raise AblateError(f"--explain: no cell with run_id {args.explain!r} in {args.grid}")
         print(explain(match[0]))
     elif args.json:
-        print(json.dumps(rows, indent=1, default=str))
+        print(json.dumps(rows if seeds is None else {"cells": rows, **seeds}, indent=1, default=str))
     else:
         print(f"grid {grid.name}: {grid.path}")
         print(format_table(grid, rows, capacity))
+        if seeds is not None:
+            print()
+            print(seeds)
     return 0
 
 
@@ -227,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--explain", metavar="RUN_ID", help="memory breakdown of one cell")
     s.add_argument("--memory", action="store_true",
                    help="simulate one training step per distinct shape (FakeTensorMode, cached): memory by category")
+    s.add_argument("--seeds-for", metavar="GAP", help="seeds needed to detect a final val loss gap (e.g. 0.01) or a "
+                   "speedup (e.g. 1.1x), from the seeds of a pilot in the store (the grid itself, or power: pilot:)")
     s.add_argument("--gpu-mem", type=float, metavar="GIB",
                    help="with --memory: say whether each cell fits a GPU of this many GiB (default: the GPU "
                         "named in resources, e.g. constraint: h100)")

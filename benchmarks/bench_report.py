@@ -4,9 +4,9 @@ report under 10 s on 2 CPU cores).
     .venv/bin/python benchmarks/bench_report.py [--runs 1000] [--evals 1000] [--keep DIR]
 
 Writes synthetic run dirs (arch x context x lr x budget x seed, known loss curves, 100 metrics
-lines each) with ablate.store.synthetic, then times: a cold ingest, a no-op re-ingest, a
+lines each) with tests/synthetic.py, then times: a cold ingest, a no-op re-ingest, a
 re-ingest after one run changed, and the report (budget-mode groups: every context holds five
-budgets) in a fresh process as `ablate report` runs it, with the JavaScript bundle built
+budgets; five seeds: the paired table, arch x context effects, five-budget fits) in a fresh process as `ablate report` runs it, with the JavaScript bundle built
 and cached. No torch.
 """
 import argparse
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # synthetic.py, the run dir writer
 
 from ablate.core import rundir  # noqa: E402
 from synthetic import write_run  # noqa: E402
@@ -98,7 +99,8 @@ def main():
         timings[label] = info["seconds"]
         timings[f"  {label[8:]}: whole process, imports included"] = total
     print(f"speedup rows: {info['rows']} ({info['curve']} curve, {info['budget']} budget); cells: {info['cells']}; "
-          f"largest chart: {info['max_rows']} rows")
+          f"largest chart: {info['max_rows']} rows; paired rows: {info['paired']}, effects: {info['effects']}, "
+          f"fits: {info['fits']}, speedup-vs-budget points: {info['scaling']}")
     for name, seconds in timings.items():
         print(f"{name:52s} {seconds:6.2f} s")
 
@@ -117,7 +119,9 @@ specs = json.loads(html.split("var specs=", 1)[1].split(";\\n", 1)[0])
 rows = max(sum(len(v) for v in s.get("datasets", {}).values()) for s in specs.values())
 sp = out["speedup"]
 print(json.dumps({"seconds": seconds, "rows": len(sp), "curve": int((sp["mode"] == "curve").sum()),
-                  "budget": int((sp["mode"] == "budget").sum()), "cells": len(out["cells"]), "max_rows": rows}))
+                  "budget": int((sp["mode"] == "budget").sum()), "cells": len(out["cells"]), "max_rows": rows,
+                  "paired": len(out["paired"]), "effects": len(out["effects"]), "fits": len(out["fits"]),
+                  "scaling": len(out["scaling"])}))
 """
 
 

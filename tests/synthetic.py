@@ -71,3 +71,33 @@ def write_run(root, grid: str, overrides: dict, loss: Callable[[int], float] | N
                  "torch_version": "synthetic", "state": state, "run_id": rid, "grid": grid}
         rundir.write_json_atomic(d / rundir.SUMMARY, {**final, **(summary or {})})
     return d
+
+
+def ending_at(final: float, max_iters: int, start: float = 4.2) -> Callable[[int], float]:
+    """A val loss curve falling linearly from `start` at step 0 to `final` at max_iters."""
+    return lambda s: start - (start - final) * s / max_iters
+
+
+def write_seeded_grid(root, grid: str, means: list[tuple[dict, float]], seeds, rng, *, seed_sd: float,
+                      eval_se: float, shared_sd: float = 0.0, state: Callable | None = None) -> dict:
+    """A grid whose true answers are known: cell c, seed s ends at
+
+        mean_c + shared_s + own_{c,s} + eval_c
+
+    shared_s ~ N(0, shared_sd) is what a seed does to every cell alike (the data order), own ~
+    N(0, seed_sd) what it does to this cell alone, eval_c ~ N(0, eval_se) the eval sample's error,
+    one draw per cell (every seed is scored on the same windows) and recorded as each eval's
+    standard error. `means`: (overrides, true mean final loss) per cell; `state(overrides, seed)`
+    may end a run otherwise than "done". Returns {(cell index, seed): final loss written}."""
+    shared = {s: rng.normal(0, shared_sd) if shared_sd else 0.0 for s in seeds}
+    out = {}
+    for i, (over, mean) in enumerate(means):
+        eval_err = rng.normal(0, eval_se) if eval_se else 0.0
+        for s in seeds:
+            final = mean + shared[s] + rng.normal(0, seed_sd) + eval_err
+            cfg = {"eval_interval": over.get("max_iters", 100), **over, "seed": s}
+            st = state(over, s) if state else "done"
+            write_run(root, grid, cfg, ending_at(final, config_for(cfg).max_iters), state=st,
+                      steps=None if st == "done" else 0, eval_se=eval_se or None, metrics=False)
+            out[(i, s)] = final
+    return out

@@ -34,10 +34,11 @@ from ablate.core.paths import runs_root
 from ablate.data import corpora
 from ablate.plan import plugins
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
+from ablate.plan.power import Power, parse_power
 from ablate.plan.yamlload import line_of, load_yaml
 
 TOP_KEYS = ("name", "description", "plugins", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
-            "seeds", "compare", "resources")
+            "seeds", "compare", "resources", "power")
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_CELLS = 100_000  # checked from the axis sizes before expanding (a 10,000-cell plan takes ~1 s)
 
@@ -62,6 +63,7 @@ class Grid:
     warnings: list = field(default_factory=list)
     plugins: list = field(default_factory=list)  # plugins.Plugin, in the grid's order
     shared: dict = field(default_factory=dict)  # run_id -> run dir in another grid's folder, not linked here yet
+    power: Power | None = None                   # the `power:` section: a seed plan (ablate/plan/power.py)
 
     @property
     def runs_dir(self) -> Path:
@@ -308,9 +310,19 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     compare = _compare(ctx, doc.get("compare"), varied, doc, known)
     if isinstance(doc.get("compare"), dict) and "baseline" in doc["compare"]:
         check_baseline(ctx, doc["compare"], compare["baseline"], resolved)
+    power = None
+    if doc.get("power") is not None:
+        try:
+            power = parse_power(doc["power"], "power")
+        except AblateError as e:  # point at the key the error names, else at the section
+            key = re.search(r"'(\w+)'|: (detect):", str(e))
+            key = key and (key.group(1) or key.group(2))
+            raw = doc["power"]
+            line = (line_of(raw, key, True) if isinstance(raw, dict) and key in raw else None) or line_of(doc, "power")
+            raise ctx.at(str(e), line) from None
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
-                warnings=warnings, plugins=loaded)
+                warnings=warnings, plugins=loaded, power=power)
     runs_dir = grid.runs_dir
     where = rundir.locate_runs(runs_root())  # a run id's run dir wherever it lives: one per model and training
     own = {e.name for e in os.scandir(runs_dir)} if runs_dir.is_dir() else set()  # real dirs and links

@@ -4,16 +4,19 @@
                 "reports/quickstart", plan_estimates={run_id: memory_breakdown},
                 planned=[{"run_id": ..., **config}], simulated={run_id: memtrack breakdown})
 
-writes, into out_dir: loss_curves, loss_vs_tokens, speedup, memory, size, throughput and (when
-the grid sweeps lr) lr_sweep, each as .png and .svg; speedup.csv, memory.csv, size.csv (raw
-numbers, bytes); summary.md (every table); index.html (every chart and table, JavaScript
-inlined, opens offline). Works on a grid that is still running (curves so far, "not reached
-yet") or empty (a report that says what is missing). The speedup table is also stored in
-the DuckDB table `speedup` for `ablate query`.
+writes, into out_dir: loss_curves, loss_vs_tokens, speedup, memory, size, throughput, and when
+there is something to show lr_sweep (the grid sweeps lr), effects (a factorial grid) and
+speedup_vs_budget (three budgets or more), each as .png and .svg; speedup.csv, paired.csv,
+tradeoffs.csv, effects.csv, scaling.csv, scaling_fits.csv, memory.csv, size.csv (raw numbers,
+bytes); summary.md (every table); index.html (every chart and table, JavaScript inlined, opens
+offline). Works on a grid that is still running (curves so far, "not reached yet") or empty (a
+report that says what is missing). The speedup, paired, effects and scaling tables are also
+stored in DuckDB tables of those names for `ablate query`.
 
-The report's parts: compare (groups, variants, baseline), speedup (curve and budget modes),
-tables (memory, size, throughput, lr sweep, status), charts (altair), render (files); this
-module puts them together.
+The report's parts: analysis (the numbers: compare, speedup, paired, effects, scaling over
+stats), tables (memory, size, throughput, lr sweep, status), tradeoffs (three speedups),
+charts and stat_charts (altair), render and render_stats (files); this module puts them
+together.
 """
 from __future__ import annotations
 
@@ -23,22 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.core import plugin_keys
-from ablate.report import charts, render, tables
+from ablate.report import charts, render, render_stats, stat_charts, tables, tradeoffs
 from ablate.report import compare as cmp
-from ablate.report import speedup as spd
+from ablate.report.analysis import analyse
 
 MAX_CHART_ROWS = 4500  # under altair's 5,000-row limit, whatever the grid size
-
-
-def _runs(store, grid: str, run_ids=None) -> pd.DataFrame:
-    """Every run of the grid (of `run_ids` only, when given) with its final loss / step / tokens /
-    seconds (the `final` view's)."""
-    only = "" if run_ids is None else "and r.run_id in (select unnest(?::VARCHAR[]))"
-    return store.query(f"""
-        select r.* replace (f.final_val_loss as final_val_loss, f.final_train_loss as final_train_loss),
-               f.final_step, f.final_tokens, f.final_elapsed
-        from runs r join final f on r.grid = f.grid and r.run_id = f.run_id
-        where r.grid = ? {only} order by r.run_id""", [grid] + ([list(run_ids)] if run_ids is not None else []))
 
 
 def _not_planned(store, grid: str, run_ids) -> list:
@@ -92,9 +84,10 @@ def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
     return lines
 
 
-def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, paired: pd.DataFrame) -> list[str]:
     """The result in plain words: per group and variant, its speedups by budget (budget mode,
-    the paper's, when the grid has it), and what the seeds can and cannot say."""
+    the paper's, when the grid has it), the seed-paired loss differences and their verdicts, and
+    what the seeds can and cannot say."""
     lines = []
     for (group, variant), rows in sp.groupby(["group", "variant"], sort=False):
         mode = "budget" if (rows["mode"] == "budget").any() else "curve"
@@ -103,6 +96,13 @@ def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[s
         lines.append(f"Result{'' if group == 'all' else f' ({group})'}: {variant} vs "
                      f"{base.iloc[0] if len(base) else 'the baseline'}, {mode}-mode speedup: "
                      + "; ".join(f"{d} at {b:,} steps" for d, b in zip(rows.display, rows.budget)) + ".")
+    for (group, variant), rows in paired.groupby(["group", "variant"], sort=False):
+        parts = [f"{b:,} steps {render_stats.interval(d, lo, hi) if n > 1 else f'{d:+.4f}'} ({v})"
+                 for b, d, lo, hi, n, v in zip(rows.budget, rows.loss_diff, rows.loss_lo, rows.loss_hi, rows.n_pairs,
+                                                rows.loss_verdict) if n > 0]
+        if parts:
+            lines.append(f"Seed-paired{'' if group == 'all' else f' ({group})'}: {variant} - baseline final val loss, "
+                         "95% interval: " + "; ".join(parts) + ".")
     done = runs[runs.state == "done"]
     if lines and len(done) and done.groupby("cell_id").seed.nunique().max() == 1:
         lines.append("One seed per cell: ± and noise ranges are the eval's standard errors only; how much "
@@ -111,7 +111,7 @@ def _answer(sp: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame) -> list[s
 
 
 def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFrame,
-           sp: pd.DataFrame, ignored: list, reused: dict) -> list[str]:
+           sp: pd.DataFrame, paired: pd.DataFrame, ignored: list, reused: dict) -> list[str]:
     n = status["n_runs"]
     counts = ", ".join(f"{v} {k}" for k, v in sorted(status["counts"].items(), key=lambda kv: -kv[1]))
     lines = [f"{n} runs in the store ({counts})." if n else
@@ -133,7 +133,7 @@ def _intro(grid: str, runs: pd.DataFrame, comp, status: dict, cells: pd.DataFram
         lines.append(f"{running} runs not finished: their curves are shown so far; losses, speedups and sizes "
                      "count finished seeds only.")
     if comp is not None:
-        lines += _answer(sp, cells, runs) + _method(runs, comp, cells) + comp.notes
+        lines += _answer(sp, cells, runs, paired) + _method(runs, comp, cells) + comp.notes
     used = sorted(set(runs.plugins.dropna())) if "plugins" in runs and len(runs) else []
     if used:
         lines.append(f"Plugins used: {', '.join(used)}. No formula knows a plugin: the memory estimate of a cell "
@@ -164,21 +164,14 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     runs of the same grid name in the store are left out, and counted); simulated: the plan's cached memory
     simulations by run_id, shown for the cells that have not run; reused: {run_id: grid folder} of the
     cells another grid ran, named in the intro); returns {"paths": {name: Path},
-    "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep" (DataFrames),
-    "status" (dict), "comparison"}."""
+    "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep", "paired", "tradeoffs",
+    "effects", "fits", "scaling" (DataFrames), "status" (dict), "comparison"}."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     run_ids = None if planned is None else [p["run_id"] for p in planned]  # the report covers exactly these
-    runs = cmp.plain(_runs(store, grid_name, run_ids))
+    a = analyse(store, grid_name, compare, run_ids=run_ids)
+    runs, comp, cells, sp = a.runs, a.comparison, a.cells, a.speedup
     mem_runs = _with_planned(runs, planned, compare)  # None: every planned cell has run
-    comp = cmp.resolve(runs, compare) if len(runs) else None
-    if comp is not None:
-        runs = cmp.annotate(runs, comp)
-    else:
-        runs = runs.assign(group=[], mgroup=[], variant=[], is_baseline=[], budget_tokens=[], gorder=[], morder=[], vorder=[])
-    stats = store.cell_stats(grid_name, run_ids)[["cell_id", *cmp.CELL_STATS]]
-    cells = cmp.cells(runs, stats)
-    sp = spd.speedups(store, grid_name, runs, cells) if len(runs) else pd.DataFrame(columns=spd.COLUMNS)
     mem_runs = runs if mem_runs is None else mem_runs
     mem, sz, th = tables.memory(mem_runs, plan_estimates, simulated), tables.size(runs), tables.throughput(runs)
     kn = tables.knobs(mem_runs, mem, th)
@@ -186,24 +179,32 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     status = tables.status(runs, plan_estimates)
     curves, curve_note = _curves(store, grid_name, cells, run_ids) if len(runs) else (pd.DataFrame(), "")
 
+    trade = tradeoffs.three_speedups(a.paired, runs, th, mem)
+
     swept = bool(len(cells)) and bool((cells.n_lrs > 1).any())
     figs = {"loss_curves": charts.loss_curves(curves, "step", curve_note, log_x, swept),
             "loss_vs_tokens": charts.loss_curves(curves, "tokens", curve_note, log_x, swept),
             "speedup": charts.speedup(sp), "memory": charts.memory(mem), "size": charts.size(sz),
             "throughput": charts.throughput(th)}
-    if len(lr):
-        figs["lr_sweep"] = charts.lr_sweep(lr)
-    else:  # a previous report's lr chart would describe other runs
-        for suffix in (".png", ".svg"):
-            (out / f"lr_sweep{suffix}").unlink(missing_ok=True)
+    optional = {"lr_sweep": (lr, lambda: charts.lr_sweep(lr)),
+                "effects": (a.effects, lambda: stat_charts.effects(a.effects)),
+                "speedup_vs_budget": (a.scaling, lambda: stat_charts.speedup_vs_budget(a.scaling, a.paired))}
+    for name, (data, chart) in optional.items():
+        if len(data):
+            figs[name] = chart()
+        else:  # a previous report's chart would describe other runs
+            for suffix in (".png", ".svg"):
+                (out / f"{name}{suffix}").unlink(missing_ok=True)
     specs = render.write_charts(figs, out)
 
     paths = {name: out / f"{name}.png" for name in figs}
-    for name, df in (("speedup", sp), ("memory", mem), ("size", sz), ("knobs", kn)):
+    for name, df in (("speedup", sp), ("memory", mem), ("size", sz), ("knobs", kn), ("paired", a.paired),
+                     ("tradeoffs", trade), ("effects", a.effects), ("scaling", a.scaling), ("scaling_fits", a.fits)):
         df.to_csv(out / f"{name}.csv", index=False)
         paths[f"{name}.csv"] = out / f"{name}.csv"
 
-    intro = _intro(grid_name, runs, comp, status, cells, sp, _not_planned(store, grid_name, run_ids), reused or {})
+    intro = _intro(grid_name, runs, comp, status, cells, sp, a.paired, _not_planned(store, grid_name, run_ids),
+                   reused or {})
     broken = store.broken(grid_name)  # run dirs whose config.json is not their own: listed, never data
     if run_ids is not None:
         broken = broken[broken.run_id.isin(run_ids)]
@@ -215,6 +216,16 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     problems = pd.DataFrame(status["problems"])
     sections = [
         ("Speedup vs baseline", "speedup", render.speedup_table(sp) if len(sp) else None),
+        ("Is it real? Each variant vs its baseline, seed by seed (95% intervals; README \"Statistics\")", None,
+         render_stats.paired_table(a.paired) if len(a.paired) else None),
+        ("Speedup in steps, wall clock and memory", None,
+         render_stats.tradeoffs_table(trade) if len(trade) else None),
+        ("Speedup vs budget: fitted, and extrapolated to 10x the largest budget", "speedup_vs_budget",
+         render_stats.scaling_table(a.scaling) if len(a.scaling) else None),
+        ("Loss vs budget fits, L(t) = E + A t^-alpha (each budget at its best lr)", None,
+         render_stats.fits_table(a.fits) if len(a.fits) else None),
+        ("Effects and interactions on final val loss", "effects",
+         render_stats.effects_table(a.effects) if len(a.effects) else None),
         ("Validation loss curves", "loss_curves", None),
         ("Validation loss vs tokens", "loss_vs_tokens", None),
         ("Final validation loss per cell (mean ± standard error over seeds; eval s.e.: the eval sample's own)",
@@ -238,6 +249,8 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     html_sections = [(h, c, render.html_table(t) if t is not None else "") for h, c, t in sections]
     (out / "index.html").write_text(render.index_html(f"ablate report: {grid_name}", intro, html_sections, specs))
     paths.update({"summary.md": out / "summary.md", "index.html": out / "index.html"})
-    store.put_table("speedup", grid_name, sp)  # an empty table still clears the grid's old rows
+    for name, df in (("speedup", sp), ("paired", a.paired), ("effects", a.effects), ("scaling", a.scaling)):
+        store.put_table(name, grid_name, df)  # an empty table still clears the grid's old rows
     return {"paths": paths, "speedup": sp, "memory": mem, "knobs": kn, "size": sz, "throughput": th, "cells": cells,
-            "lr_sweep": lr, "status": status, "comparison": comp}
+            "lr_sweep": lr, "status": status, "comparison": comp, "paired": a.paired, "tradeoffs": trade,
+            "effects": a.effects, "fits": a.fits, "scaling": a.scaling}

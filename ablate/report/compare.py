@@ -166,7 +166,7 @@ def label(row: dict, keys: list, ref: dict | None = None, baseline: dict | None 
     return "baseline"
 
 
-def _order(value) -> tuple:
+def order_key(value) -> tuple:
     """Sort key that puts None first, then numbers by value, then strings."""
     if value is None:
         return (0, 0, "")
@@ -195,7 +195,7 @@ def annotate(runs: pd.DataFrame, comp: Comparison) -> pd.DataFrame:
     runs["is_baseline"] = [is_baseline(r, comp.baseline) for r in rows]
     # display order: groups by their values (context 256 before 1024), baseline first, then variants
     def ranks(keys):
-        vals = [tuple(_order(r.get(k)) for k in keys) for r in rows]
+        vals = [tuple(order_key(r.get(k)) for k in keys) for r in rows]
         rank = {v: i for i, v in enumerate(sorted(set(vals)))}
         return [rank[v] for v in vals]
     runs["gorder"], runs["morder"] = ranks(comp.group_by), ranks(mkeys)

@@ -52,7 +52,7 @@ def _mean_se(values) -> tuple[float, float]:
     return float(np.mean(v)), (float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else math.nan)
 
 
-def _interp(row, col: str) -> float:
+def crossing_value(row, col: str) -> float:
     """Value of `col` where the val loss crosses the target, between the previous eval and this one."""
     if row["prev_val_loss"] is None or pd.isna(row["prev_val_loss"]) or pd.isna(row[f"prev_{col}"]):
         return _num(row[col])  # a null (an eval whose tokens or seconds were unreadable) is nan
@@ -112,7 +112,7 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
                "tokens": base_runs.final_tokens.mean(), "elapsed": base_runs.final_elapsed.mean(), "lr": base.lr,
                "cell": base}
         for _, v in sub[~sub.is_baseline].iterrows():
-            vr = runs[(runs.cell_id == v.cell_id)]
+            vr = runs.loc[runs.cell_id == v.cell_id, ["run_id", "state"]]  # two fields: rows are ~150 columns wide
             jobs.append((group, budget, v, ref, vr))
             targets += [{"run_id": r, "target": ref["target"]} for r in vr.run_id]
     hits = store.crossings(grid, pd.DataFrame(targets, columns=["run_id", "target"]))
@@ -128,13 +128,13 @@ def curve_mode(store, grid: str, runs: pd.DataFrame, cells: pd.DataFrame) -> lis
             elif h is None:
                 n_never += r["state"] == "done"
                 n_pending += r["state"] != "done"
-            elif _interp(h, "step") <= 0:  # at or below L* before training: no finite ratio
+            elif crossing_value(h, "step") <= 0:  # at or below L* before training: no finite ratio
                 n_init += 1
             else:
                 first_eval |= pd.isna(h["prev_step"])
-                sp.append(ref["steps"] / max(_interp(h, "step"), 1e-12))
-                sp_tok.append(ref["tokens"] / max(_interp(h, "tokens"), 1e-12) if pd.notna(h["tokens"]) else math.nan)
-                wall = _interp(h, "elapsed") if pd.notna(h["elapsed"]) else math.nan
+                sp.append(ref["steps"] / max(crossing_value(h, "step"), 1e-12))
+                sp_tok.append(ref["tokens"] / max(crossing_value(h, "tokens"), 1e-12) if pd.notna(h["tokens"]) else math.nan)
+                wall = crossing_value(h, "elapsed") if pd.notna(h["elapsed"]) else math.nan
                 sp_wall.append(ref["elapsed"] / wall if wall and wall > 0 and pd.notna(ref["elapsed"]) else math.nan)
         mean, se = _mean_se(sp)
         n_total = len(vr)

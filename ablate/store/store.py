@@ -295,7 +295,9 @@ class Store:
     def put_table(self, name: str, grid: str, df: pd.DataFrame) -> None:
         """Replace `grid`'s rows of a derived table (e.g. speedup, written by the report) so that
         `ablate query` can read it; the table is re-created when its columns changed."""
-        df = df.assign(grid=grid)
+        # text columns as text even when every value is missing (DuckDB would type them NULL, and the
+        # next grid's text could not go in)
+        df = df.assign(grid=grid, **{c: df[c].astype("string") for c in df.columns if df[c].dtype == object})
         cols = self.con.execute("select column_name from information_schema.columns where table_name = ? "
                                 "order by ordinal_position", [name]).fetchall()
         if not len(df):  # nothing to store: only forget the grid's old rows

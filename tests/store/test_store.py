@@ -228,6 +228,15 @@ def test_put_table_replaces_one_grid(store):
     assert store.query("select grid, x from speedup order by x").values.tolist() == [["b", 3], ["a", 4]]
 
 
+def test_put_table_keeps_text_columns_text_when_a_grid_has_none(store):
+    """A report table whose text column is empty for one grid (no unpaired seed anywhere) must
+    still take the next grid's text: DuckDB would type an all-missing column NULL."""
+    store.put_table("paired", "a", pd.DataFrame({"unpaired": [None, None], "x": [1.0, 2.0]}))
+    store.put_table("paired", "b", pd.DataFrame({"unpaired": ["seed 2 (variant done, baseline failed)"], "x": [3.0]}))
+    got = store.query("select grid, unpaired from paired order by grid, x")
+    assert got.unpaired.tolist()[-1] == "seed 2 (variant done, baseline failed)" and got.unpaired.isna().sum() == 2
+
+
 def _hold(db, seconds: float, read_only: bool = False) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.store import Store; "
                                f"s = Store({str(db)!r}, read_only={read_only}); print('ready', flush=True); "
