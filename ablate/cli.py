@@ -221,9 +221,11 @@ def cmd_query(args) -> int:
     import pandas as pd  # 0.35 s: only the verbs that print tables of the store
 
     from ablate.store import Store  # DuckDB: only the verbs that read the store
-
     from ablate.store.connect import reader_limits  # DuckDB, as above
+    from ablate.store.docs import schema_text  # DuckDB, as above
 
+    if (args.sql is None) == (not args.schema):
+        raise AblateError("ablate query: give one SQL statement, or --schema for what the store holds")
     memory = None if args.memory_limit is None else _number("--memory-limit", args.memory_limit, "GB", above=0)
     if args.threads is not None and args.threads < 1:
         raise AblateError(f"--threads {args.threads}: expected a number of threads >= 1")
@@ -233,9 +235,13 @@ def cmd_query(args) -> int:
             store.ingest(runs_root())
     # read-only, no file system access, one statement, bounded memory and threads
     with Store(db, read_only=True, limits=reader_limits(memory, args.threads)) as store:
+        if args.schema:
+            print(schema_text(store.con), end="")
+            return 0
         df = store.read(args.sql)
+    shown = df.astype(object).where(df.notna(), "null")  # SQL's NULL reads as null, as in --where and the plan
     with pd.option_context("display.max_rows", 200, "display.max_columns", 50, "display.width", 200):
-        print(df.to_string(index=False))
+        print(shown.to_string(index=False))
     return 0
 
 
@@ -311,9 +317,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_data)
     s = sub.add_parser("query", help="run one read-only SQL statement against the DuckDB store",
                        description="one read-only SQL statement (SELECT, EXPLAIN, PRAGMA, CALL) over the store: "
-                                   "tables runs, evals, train, broken, speedup; views final, cells. No file "
-                                   "system or extension access.")
-    s.add_argument("sql", metavar="SQL", help="the statement, e.g. \"select * from cells where grid = 'g'\"")
+                                   "tables runs, evals, train, broken, speedup, paired, effects, scaling; views "
+                                   "final, cells (--schema: every column, its type and meaning). No file system or "
+                                   "extension access.")
+    s.add_argument("sql", metavar="SQL", nargs="?", help="the statement, e.g. \"select * from cells where grid = 'g'\"")
+    s.add_argument("--schema", action="store_true", help="print every table and view, each column's type and meaning")
     s.add_argument("--db", help="DuckDB file (default $ABLATE_RUNS_DIR/ablate.duckdb, i.e. runs/ablate.duckdb)")
     s.add_argument("--no-ingest", action="store_true",
                    help="query the store as it is, without first reading the run dirs that changed")

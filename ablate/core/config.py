@@ -52,12 +52,12 @@ class RunConfig:
     n_layer: int = meta(4, "number of transformer blocks")
     n_head: int = meta(4, "query heads per layer")
     n_embd: int = meta(128, "model width d")
-    n_kv_head: Optional[int] = meta(None, "key/value heads (GQA); must divide n_head; None = n_head")
+    n_kv_head: Optional[int] = meta(None, "key/value heads (GQA); must divide n_head; null = n_head")
     tie_embeddings: bool = meta(False, "lm_head.weight is wte.weight")
-    share_attn: Optional[int] = meta(None, "ALBERT sharing: attention weight groups, divides n_layer; None = n_layer (no sharing)")
-    window: Optional[int] = meta(None, "sliding window: keys seen including self; None = full causal")
+    share_attn: Optional[int] = meta(None, "ALBERT sharing: attention weight groups, divides n_layer; null = n_layer (no sharing)")
+    window: Optional[int] = meta(None, "sliding window: keys seen including self; null = full causal")
     context: int = meta(256, "sequence length T")
-    vocab_size: Optional[int] = meta(None, "vocabulary size; None = the data set's, padded to a multiple of 64")
+    vocab_size: Optional[int] = meta(None, "vocabulary size; null = the data set's, padded to a multiple of 64")
     attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else flex for a sliding window on CUDA, else sdpa")
     # ---- data
     dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
@@ -70,9 +70,9 @@ class RunConfig:
     grad_accum: int = meta(1, "micro-batches per step, summed over all processes")
     lr: float = meta(3e-3, "peak learning rate")
     min_lr: float = meta(0.0, "final learning rate of the cosine decay")
-    warmup_iters: Optional[int] = meta(None, "linear warmup steps; None = arch default (GPT 20% capped at 2000, nGPT 0)")
-    lr_decay_iters: Optional[int] = meta(None, "cosine decay length; None = max_iters")
-    weight_decay: Optional[float] = meta(None, "AdamW decay on matrices; None = arch default (GPT 0.1, nGPT 0)")
+    warmup_iters: Optional[int] = meta(None, "linear warmup steps; null = arch default (GPT 20% capped at 2000, nGPT 0)")
+    lr_decay_iters: Optional[int] = meta(None, "cosine decay length; null = max_iters")
+    weight_decay: Optional[float] = meta(None, "AdamW decay on matrices; null = arch default (GPT 0.1, nGPT 0)")
     beta1: float = meta(0.9, "AdamW beta1")
     beta2: float = meta(0.95, "AdamW beta2")
     grad_clip: float = meta(1.0, "max global grad norm; 0 = off")
@@ -87,7 +87,7 @@ class RunConfig:
         "selective (keep matmul and attention outputs, recompute the element-wise ops)", added=True)
     loss_chunk: Optional[int] = meta(
         None, "tokens per chunk of the fused LM head + cross-entropy (the B*T*V logits never exist); "
-        "None = plain", added=True)
+        "null = plain", added=True)
     # ---- plugins
     plugins: tuple = meta((), "declarations of the grid's plugins (derived from the grid's `plugins:` list, "
                           "never written as a key): name, source, content_id, keys", added=True)

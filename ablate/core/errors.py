@@ -15,6 +15,11 @@ def type_name(value) -> str:
     return type(value).__name__
 
 
+def value_text(value) -> str:
+    """A config value as every command writes it (plan, --where, report, query): no value is null."""
+    return "null" if value is None else str(value)
+
+
 def closest(name: str, valid) -> str:
     """' (did you mean X?)' for the closest valid name, or '' when nothing is close."""
     match = difflib.get_close_matches(str(name), [str(v) for v in valid], n=1, cutoff=0.5)

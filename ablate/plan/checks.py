@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from ablate.core.config import RunConfig, derive
-from ablate.core.errors import AblateError
+from ablate.core.errors import AblateError, value_text
 from ablate.plan.yamlload import line_of
 
 RESOLVED_NULL = {"n_kv_head": "n_head", "share_attn": "n_layer", "lr_decay_iters": "max_iters"}  # null = that key
@@ -61,7 +61,7 @@ def check_baseline(ctx, raw_compare, baseline: dict, resolved: list[dict]) -> No
     def match(r, k, v):
         if v is None and k in RESOLVED_NULL:  # null: the resolved default, as the report reads it
             v = r.get(RESOLVED_NULL[k])
-        return str(r.get(k)) == str(v) or num_eq(r.get(k), str(v))
+        return value_text(r.get(k)) == value_text(v) or num_eq(r.get(k), str(v))
 
     if any(all(match(r, k, v) for k, v in baseline.items()) for r in resolved):
         return
@@ -71,7 +71,7 @@ def check_baseline(ctx, raw_compare, baseline: dict, resolved: list[dict]) -> No
 
 def values_text(rows, key: str, limit: int = 12) -> str:
     """The distinct values of key among rows (dicts or cells), in order, as text."""
-    vals = list(dict.fromkeys(str(r.get(key)) if isinstance(r, dict) else str(r) for r in rows))
+    vals = list(dict.fromkeys(value_text(r.get(key)) if isinstance(r, dict) else value_text(r) for r in rows))
     return ", ".join(vals[:limit]) + (f", ... ({len(vals)} values)" if len(vals) > limit else "")
 
 

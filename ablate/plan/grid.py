@@ -29,7 +29,7 @@ from pathlib import Path
 from ablate.core import plugin_keys, rundir
 from ablate.core.config import (ARCHS, DERIVED, FIELDS, INT_MAX, RESOURCE_KEYS, SWEPT, Resources, derive, make_config,
                                 resolve, validate)
-from ablate.core.errors import AblateError, closest
+from ablate.core.errors import AblateError, closest, value_text
 from ablate.core.paths import runs_root
 from ablate.data import corpora
 from ablate.plan import plugins
@@ -349,7 +349,7 @@ def _compare(ctx, raw, varied, doc, known=FIELDS) -> dict:
 
 
 def select(cells, where: list[str]) -> list:
-    """Filter cells by KEY=VALUE terms (values compared as their string form)."""
+    """Filter cells by KEY=VALUE terms (values compared as their text: no value is `null`)."""
     cells = list(cells)
     known = [*FIELDS, *(plugin_keys.declared_keys(cells[0].config) if cells else {})]
     terms = []
@@ -364,7 +364,7 @@ def select(cells, where: list[str]) -> list:
     def value_of(cell, key):
         return cell.run_id if key == "run_id" else getattr(cell.config, key)
 
-    out = [c for c in cells if all(str(value_of(c, k)) == v or num_eq(value_of(c, k), v) for k, v in terms)]
+    out = [c for c in cells if all(value_text(value_of(c, k)) == v or num_eq(value_of(c, k), v) for k, v in terms)]
     if terms and cells and not out:
         hints = "; ".join(f"values of {k} are {values_text([value_of(c, k) for c in cells], k)}"
                           for k in dict.fromkeys(k for k, _ in terms))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from ablate.core import estimate, plugin_keys
-from ablate.core.errors import AblateError
+from ablate.core.errors import AblateError, value_text
 from ablate.core.paths import runs_root
 from ablate.core.rundir import SUMMARY, checked_state, read_json
 from ablate.plan import simcache
@@ -194,7 +194,7 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
         head += ["est. peak"]
     body = []
     for r, sim in zip(rows, sims):
-        line = [r["run_id"], *[str(r["varied"].get(k)) for k in keys], r["state"], human_count(r["n_params"]),
+        line = [r["run_id"], *[value_text(r["varied"].get(k)) for k in keys], r["state"], human_count(r["n_params"]),
                 human_count(r["tokens"]), human_flops(r["flops"])]
         est = "n/a" if r["est_peak_mem_bytes"] is None else _num(r["est_peak_mem_bytes"] / scale)
         if with_memory and "total" in sim:

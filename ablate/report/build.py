@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from ablate.core import plugin_keys
+from ablate.core.errors import value_text
 from ablate.report import charts, render, render_stats, stat_charts, tables, tradeoffs
 from ablate.report import compare as cmp
 from ablate.report.analysis import analyse
@@ -65,7 +66,7 @@ def _curves(store, grid: str, cells: pd.DataFrame, run_ids=None) -> tuple[pd.Dat
 
 def _method(runs: pd.DataFrame, comp, cells: pd.DataFrame) -> list[str]:
     """How the comparison was made, in words: baseline, groups, variants, lr sweep, budgets, eval."""
-    base = " ".join(f"{k}={'none' if v is None else v}" for k, v in comp.baseline.items())
+    base = " ".join(f"{k}={value_text(v)}" for k, v in comp.baseline.items())
     lines = [f"Baseline: {base}. " + (f"Compared within each {', '.join(comp.group_by)}" if comp.group_by else
                                      "All cells form one comparison group")
              + (f"; variants differ in {', '.join(comp.variant_keys)}." if comp.variant_keys else ".")]

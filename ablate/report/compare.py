@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from ablate.core.config import SWEPT  # inside a variant: the lr sweep (+ min_lr) and the budget
+from ablate.core.errors import value_text
 from ablate.store.schema import CELL_KEYS, CONFIG_COLUMNS, RESERVED_NAMES
 
 # a null in a baseline means the resolved default, which is another key's value
@@ -78,7 +79,7 @@ def fmt(key: str, value) -> str:
         return key if value else f"no {key}"
     if isinstance(value, float):
         return f"{key}={value:g}"
-    return f"{key}={'none' if value is None else value}"
+    return f"{key}={value_text(value)}"
 
 
 def _determined(df: pd.DataFrame, by: list, key: str) -> bool:

@@ -196,9 +196,7 @@ def size(runs: pd.DataFrame) -> pd.DataFrame:
 def throughput(runs: pd.DataFrame) -> pd.DataFrame:
     def fn(g):
         done = g[g.state == "done"]
-        tps = done.tokens_per_s.where(done.tokens_per_s.notna(), done.median_tokens_per_s)
-        if not len(done):  # still running: the metrics so far
-            tps = g.median_tokens_per_s
+        tps = done.tokens_per_s if len(done) else g.tokens_per_s  # still running: its figure so far
         return {"tokens_per_s": _mean(tps), "mfu_causal": _mean(done.mfu_causal),
                 "mfu_nanogpt": _mean(done.mfu_nanogpt), "device_name": _first(g.device_name),
                 "n_done": len(done)}

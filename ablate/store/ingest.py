@@ -185,8 +185,12 @@ def read_run(rd: RunDir) -> tuple[dict, list[dict], list[dict], dict]:
     row.update(n_evals=len(evals), n_train=len(train), last_step=last["step"], last_tokens=last["tokens"],
                last_elapsed=last["elapsed"], last_val_loss=last["val_loss"],
                last_val_loss_se=last["val_loss_se"], last_train_loss=last["train_loss"],
-               median_tokens_per_s=statistics.median(tps) if tps else None, max_mem_peak=max(peaks) if peaks else None,
-               skipped_lines=skipped_evals + skipped_train)
+               max_mem_peak=max(peaks) if peaks else None, skipped_lines=skipped_evals + skipped_train)
+    # one obvious column each: the summary's figure once the run has ended, its figure so far until then
+    for col, so_far in (("tokens_per_s", statistics.median(tps) if tps else None), ("final_val_loss", last["val_loss"]),
+                        ("final_train_loss", last["train_loss"]), ("final_eval_step", last["step"])):
+        if row[col] is None:
+            row[col] = so_far
     row.update(has_summary=summary is not None, config_json=json.dumps(doc.get("config"), sort_keys=True),
                status_json=json.dumps(status, sort_keys=True, default=str),
                summary_json=json.dumps(summary, sort_keys=True, default=str) if summary is not None else None)

@@ -22,7 +22,7 @@ from typing import Literal
 from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES
 from ablate.core.rundir import EVAL_FIELDS, METRIC_FIELDS
 
-SCHEMA_VERSION = "8"  # 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
+SCHEMA_VERSION = "9"  # 9: one tokens_per_s, final_* filled while running; 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {
@@ -89,7 +89,7 @@ TRAIN_COLUMNS = {name: _SQL_KIND[kind] for name, kind in METRIC_FIELDS.items()}
 # computed at ingest from the jsonl files: what a running job has reached so far
 PROGRESS_COLUMNS = {"n_evals": "BIGINT", "n_train": "BIGINT", "last_step": "BIGINT", "last_tokens": "BIGINT",
                     "last_elapsed": "DOUBLE", "last_val_loss": "DOUBLE", "last_val_loss_se": "DOUBLE",
-                    "last_train_loss": "DOUBLE", "median_tokens_per_s": "DOUBLE", "max_mem_peak": "BIGINT",
+                    "last_train_loss": "DOUBLE", "max_mem_peak": "BIGINT",
                     "skipped_lines": "BIGINT"}  # jsonl lines skipped: torn, not UTF-8, not JSON objects
 
 

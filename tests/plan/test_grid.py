@@ -190,3 +190,15 @@ def test_bad_cell_error_names_the_line_and_cell(tmp_path):
 
 def test_malformed_cases_are_distinct():
     assert len(BAD) >= 30 and len({m for _, _, m in BAD}) >= 30
+
+
+def test_where_takes_null_as_the_plan_writes_it(tmp_path):
+    """One spelling of no value: the plan prints null, --where takes null, the error lists null."""
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\ndata: {dataset: shakespeare, tokenizer: char}\n"
+                    "base: {n_layer: 2, n_head: 2, n_embd: 32, context: 16, max_iters: 10}\n"
+                    "grid: {window: [null, 8]}\n")
+    grid = load_grid(path)
+    assert [c.config.window for c in select(grid.cells, ["window=null"])] == [None]
+    with pytest.raises(AblateError, match="values of window are null, 8"):
+        select(grid.cells, ["window=4"])

@@ -118,7 +118,6 @@ CREATE TABLE runs (
     last_val_loss DOUBLE,
     last_val_loss_se DOUBLE,
     last_train_loss DOUBLE,
-    median_tokens_per_s DOUBLE,
     max_mem_peak BIGINT,
     skipped_lines BIGINT,
     version VARCHAR,

@@ -335,3 +335,43 @@ def test_every_summary_loss_lands_in_its_own_column(runs, store):
     assert final.final_train_loss.tolist() == [1.234, 1.434] and final.final_step[0] == 990
     cell = store.query("select mean_train_loss, mean_val_loss from cells").iloc[0]
     assert cell.mean_train_loss == pytest.approx(1.334) and cell.mean_val_loss == pytest.approx(2.6)
+
+
+def test_the_schema_is_readable_from_the_store_itself(runs, store, tmp_path):
+    """`ablate query --schema`: every table and view, every column with its type and one line
+    of meaning (a column added without a line here fails this test)."""
+    from ablate.store.docs import TABLES, describe
+
+    write_run(runs, "g", {"arch": "gpt"})
+    store.ingest(runs)
+    rows = describe(store.con)
+    tables = {t for t, *_ in rows}
+    assert {"runs", "evals", "train", "broken", "final", "cells", "ingested", "meta"} <= tables <= set(TABLES)
+    undocumented = [f"{t}.{c}" for t, c, _, doc in rows if not doc]
+    assert undocumented == [], undocumented
+    docs = {(t, c): (typ, doc) for t, c, typ, doc in rows}
+    assert docs[("runs", "lr")] == ("DOUBLE", "config: peak learning rate")
+    assert docs[("train", "lr")][1] == "the step's learning rate"
+    assert docs[("runs", "n_kv_head")][1].endswith("null = n_head")  # one spelling of no value
+    store.close()  # the command waits for a writer to let go of the store
+    r = subprocess.run([sys.executable, "-m", "ablate.cli", "query", "--schema", "--db", str(runs / "ablate.duckdb"),
+                        "--no-ingest"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "tokens_per_s" in r.stdout and "runs: one row per run dir" in r.stdout, r.stderr
+
+
+def test_one_column_for_throughput_and_for_final_loss_while_a_run_runs(runs, store):
+    """A running job's runs row has its figures so far in the same columns a finished one has."""
+    write_run(runs, "g", {"arch": "gpt"}, state="running", steps=300, tokens_per_s=1234.0)
+    store.ingest(runs)
+    row = store.query("select * from runs").iloc[0]
+    assert "median_tokens_per_s" not in row.index
+    assert row.tokens_per_s == pytest.approx(1234.0) and not row.has_summary
+    assert row.final_val_loss == row.last_val_loss and row.final_eval_step == 300
+
+
+def test_query_prints_null_and_where_takes_null(tmp_path):
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    write_run(runs, "g", {"arch": "gpt"})
+    r = subprocess.run([sys.executable, "-m", "ablate.cli", "query", "select peak_alloc, \"window\" from runs"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.split()[-2:] == ["null", "null"] and "NaN" not in r.stdout, r.stdout
