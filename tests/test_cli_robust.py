@@ -201,3 +201,39 @@ def test_submit_refuses_a_context_longer_than_the_data_it_just_prepared(tmp_path
     r = ablate_cli("submit", path, "--executor", "debug")
     assert r.returncode == 2 and "key 'context': 512 needs context+2 = 514 tokens in each split" in r.stderr, r.stderr
     assert not list((Path(os.environ["ABLATE_RUNS_DIR"]) / "g").glob("*/config.json"))
+
+
+def test_status_tells_the_truth_at_a_glance(tmp_path):
+    """Finished cells with their final loss, elapsed over every attempt, the checkpoint's step."""
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    done = write_run(runs, "g", {"arch": "gpt"}, summary={"final_val_loss": 2.3456})
+    rundir.update_status(done, wall_s=3725.0)  # two attempts' wall time, as the trainer records it
+    stopped = write_run(runs, "g", {"arch": "ngpt"}, state="cancelled", steps=40)
+    rundir.update_status(stopped, ckpt_step=40, wall_s=61.0)
+    r = ablate_cli("status")
+    lines = r.stdout.splitlines()
+    head = next(l for l in lines if l.startswith("run_id"))
+    row = {l.split()[0].split("/")[1]: l for l in lines if l.startswith("g/")}
+    assert row[done.name][head.index("val loss"):].split()[0] == "2.3456", r.stdout
+    assert " 1:02:05 " in row[done.name], r.stdout
+    assert row[stopped.name][head.index("ckpt"):].split()[0] == "40" and " 0:01:01 " in row[stopped.name], r.stdout
+
+
+def test_plan_splits_what_it_would_run(tmp_path):
+    from ablate.plan.grid import load_grid
+    from ablate.plan.plan import format_table, plan_rows
+
+    path = tmp_path / "g.yaml"
+    path.write_text("name: g\ndata: {dataset: shakespeare, tokenizer: char}\n"
+                    "base: {n_layer: 2, n_head: 2, n_embd: 32, context: 16, max_iters: 10}\n"
+                    "grid: {seed: [0, 1, 2, 3, 4]}\n")
+    grid = load_grid(path)
+    rows = plan_rows(grid)
+    for r, (state, ckpt) in zip(rows, [("new", 0), ("pending", 1), ("pending", 0), ("failed", 1), ("running", 1)]):
+        r["state"] = state
+        Path(r["run_dir"]).mkdir(parents=True)
+        if ckpt:
+            (Path(r["run_dir"]) / rundir.CKPT).write_bytes(b"")
+    last = format_table(grid, rows).splitlines()[-1]
+    assert last.startswith("5 cells, 5 to run (1 new, 1 resume from a checkpoint, 1 start over, 1 need --retry, "
+                           "1 queued or running)"), last

@@ -67,11 +67,17 @@ def _max_iters(run_dir) -> object:
 
 
 def _elapsed(s: dict) -> str:
-    start = s.get("started")
-    if not start:
+    """Wall time over every attempt (the trainer's wall_s, and the time since its last word while
+    it runs); a status without it (a job that never reported): since its last start."""
+    running = s.get("state") in ("running", "queued")
+    if isinstance(s.get("wall_s"), (int, float)):
+        since = time.time() - float(s.get("heartbeat") or s.get("updated") or time.time()) if running else 0
+        secs = s["wall_s"] + max(0.0, since)
+    elif s.get("started"):
+        end = s.get("ended") if not running else None
+        secs = max(0, (end or time.time()) - s["started"])
+    else:
         return "-"
-    end = s.get("ended") if s.get("state") not in ("running", "queued") else None
-    secs = max(0, (end or time.time()) - start)
     return f"{int(secs // 3600)}:{int(secs % 3600 // 60):02d}:{int(secs % 60):02d}"
 
 
@@ -104,12 +110,16 @@ def table(cells: list[st.CellState], states=SHOWN, width: int | None = None) -> 
         sched = c.job.state if c.job is not None and c.job.state not in OWN_STATES else ""
         at = m.get("step", s.get("step", s.get("ckpt_step")))  # no log line yet: where the job said it was
         step = f"{_fmt(at, 'd')}/{_max_iters(c.run_dir)}"
-        rows.append([c.run_id, c.state, step, _fmt(m.get('loss'), '.3f'), _fmt(m.get('tokens_per_s'), ',.0f'),
-                     _elapsed(s), str(job), sched or s.get('scheduler_state') or '', last_line(c)])
+        final = (rundir.read_json(Path(c.run_dir) / rundir.SUMMARY) or {}).get("final_val_loss") if c.state == "done" \
+            else None
+        rows.append([c.run_id, c.state, step, _fmt(s.get("ckpt_step"), "d"), _fmt(m.get('loss'), '.3f'),
+                     _fmt(final, ".4f"), _fmt(m.get('tokens_per_s'), ',.0f'), _elapsed(s), str(job),
+                     sched or s.get('scheduler_state') or '', last_line(c)])
     if not rows:
         return []
-    head = ["run_id", "state", "step/max", "loss", "tok/s", "elapsed", "job", "scheduler", "note / last error"]
-    right = {3, 4, 5}  # numbers
+    head = ["run_id", "state", "step/max", "ckpt", "loss", "val loss", "tok/s", "elapsed", "job", "scheduler",
+            "note / last error"]
+    right = {3, 4, 5, 6, 7}  # numbers
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head) - 1)]
 
     def line(r):
@@ -123,14 +133,24 @@ def counts_line(cells: list[st.CellState]) -> str:
     return ", ".join(f"{counts[s]} {s}" for s in ORDER if counts[s]) or "no runs"
 
 
+DONE_SHOWN = 20  # finished cells listed: the best final val losses; `ablate report` has them all
+
+
 def status_report(grid: Grid | None) -> str:
-    """Counts per state, then a table of the active and failed cells."""
+    """Counts per state, then a table of the active and failed cells and of the best finished
+    ones with their final val loss; elapsed is over every attempt, ckpt the step a resume starts at."""
     cells = st.reconcile(_cells(grid))
     st.record_lost(cells)
     lines = [f"grid {grid.name}: {counts_line(cells)}" if grid is not None else counts_line(cells)]
     if any(c.job is not None and c.job.active is None for c in cells):
         lines.append("warning: the scheduler did not answer (squeue failed): states are as the run dirs last said")
-    return "\n".join(lines + table(cells))
+    done = [c for c in cells if c.state == "done"]
+    loss = {c.run_id: (rundir.read_json(Path(c.run_dir) / rundir.SUMMARY) or {}).get("final_val_loss") for c in done}
+    best = sorted(done, key=lambda c: loss[c.run_id] if isinstance(loss[c.run_id], (int, float)) else math.inf)
+    shown = {c.run_id for c in best[:DONE_SHOWN]}
+    rows = table([c for c in cells if c.state != "done" or c.run_id in shown], states=(*SHOWN, "done"))
+    more = [f"... and {len(done) - DONE_SHOWN} more done (`ablate report` has them all)"] if len(done) > DONE_SHOWN else []
+    return "\n".join(lines + rows + more)
 
 
 CANCEL_GRACE_S = 60.0  # a local job gets this long after SIGTERM to finish its step and checkpoint

@@ -9,7 +9,7 @@ from pathlib import Path
 from ablate.core import estimate, plugin_keys
 from ablate.core.errors import AblateError, value_text
 from ablate.core.paths import runs_root
-from ablate.core.rundir import SUMMARY, checked_state, read_json
+from ablate.core.rundir import CKPT, RETRYABLE, SUMMARY, checked_state, read_json
 from ablate.plan import simcache
 from ablate.plan.grid import Grid
 from ablate.plan.simcache import HEADROOM, Measure, fits
@@ -220,9 +220,26 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     cost = (f"{human_hours(sum(hours), bool(grid.resources.gpus))} (from measured tokens/s on {', '.join(devices)})"
             if todo and all(h is not None for h in hours) else f"{human_flops(sum(r['flops'] for r in todo))} FLOPs")
     out.append("")
-    out.append(f"{len(rows)} cells, {len(todo)} to run, {human_count(sum(r['tokens'] for r in todo))} tokens to train, "
-               f"cost {cost}")
+    out.append(f"{len(rows)} cells, {len(todo)} to run{_to_run_split(todo)}, "
+               f"{human_count(sum(r['tokens'] for r in todo))} tokens to train, cost {cost}")
     return "\n".join(out)
+
+
+def _to_run_split(todo: list[dict]) -> str:
+    """' (3 new, 2 resume from a checkpoint, 1 needs --retry, 1 queued or running)': what a submit
+    would do with the cells that are not done (submit's rules: launch/submit.py select_cells)."""
+    kinds = {"new": 0, "resume from a checkpoint": 0, "start over": 0, "need --retry": 0, "queued or running": 0}
+    for r in todo:
+        if r["state"] in ("queued", "running"):
+            kinds["queued or running"] += 1
+        elif r["state"] in RETRYABLE:
+            kinds["need --retry"] += 1
+        elif r["state"] == "pending":
+            kinds["resume from a checkpoint" if (Path(r["run_dir"]) / CKPT).exists() else "start over"] += 1
+        else:  # new, broken (--force)
+            kinds["new"] += 1
+    parts = [f"{n} {k}" for k, n in kinds.items() if n]
+    return f" ({', '.join(parts)})" if len(parts) > 1 or (parts and not kinds["new"]) else ""
 
 
 def _eager_attention_note(rows: list[dict], sims: list[dict], gpus: int) -> list[str]:

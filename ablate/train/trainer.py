@@ -117,6 +117,7 @@ class Trainer:
                 data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
                 steady_peaks=self._steady_peaks(), tracked_memory=self.tracked, run_id=self.cfg.run_id())
+            self.status(ckpt_step=self.step, wall_s=self._wall_s())  # where a resume would start, for `ablate status`
         if self.d.enabled:
             torch.distributed.barrier()
         self._excluded += time.perf_counter() - t0
@@ -201,7 +202,7 @@ class Trainer:
 
     def _beat(self) -> None:
         self._last_beat = time.time()
-        self.status(heartbeat=self._last_beat, step=self.step)
+        self.status(heartbeat=self._last_beat, step=self.step, wall_s=self._wall_s())  # wall_s: over every attempt
 
     def status(self, **fields) -> None:
         """Write status.json while this trainer's attempt still owns the run; else stop."""
@@ -297,6 +298,6 @@ class Trainer:
                                 ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks(),
                                 tracked=self.tracked)
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
-            self.status(state=state, ended=time.time(), step=self.step, error=error)
+            self.status(state=state, ended=time.time(), step=self.step, error=error, wall_s=self._wall_s())
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))
         return state

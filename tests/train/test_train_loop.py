@@ -271,3 +271,20 @@ def test_summary_peaks_are_after_warmup_and_over_every_attempt(make_run, monkeyp
     assert train(run_dir) == "done"  # attempt 2: 2 steps left, never warms up, start-up peak 900
     s = rundir.read_json(run_dir / rundir.SUMMARY)
     assert (s["peak_alloc"], s["peak_reserved"]) == (300, 600)
+
+
+def test_status_json_keeps_wall_time_over_attempts_and_the_checkpoint_step(make_run, monkeypatch):
+    """What `ablate status` shows: wall time summed over attempts, the step a resume starts at."""
+    from ablate.train import trainer as trainer_mod
+
+    run_dir = make_run(max_iters=20, ckpt_interval=10)
+    monkeypatch.setattr(trainer_mod.Trainer, "stop_requested", lambda self: self.step == 15)
+    with pytest.raises(Preempted):
+        train(run_dir)
+    first = rundir.read_status(run_dir)
+    assert first["ckpt_step"] == 15 and first["wall_s"] > 0
+    monkeypatch.undo()
+    assert train(run_dir) == "done"
+    last = rundir.read_status(run_dir)
+    summary = rundir.read_json(run_dir / rundir.SUMMARY)
+    assert last["ckpt_step"] == 20 and last["wall_s"] >= summary["wall_s"] > first["wall_s"]
