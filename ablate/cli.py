@@ -199,6 +199,17 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_gc(args) -> int:
+    from ablate.launch.gc import gc  # as the other launch verbs: plan never needs it
+
+    if args.grid:
+        run_dirs = [c.run_dir for c in _grid(args).cells]
+    else:  # every run dir under the runs dir, each once (a shared one is also linked from other grids)
+        run_dirs = list({p.resolve(): p for p in sorted(runs_root().glob("*/*")) if p.is_dir()}.values())
+    gc(run_dirs, dry_run=args.dry_run)
+    return 0
+
+
 def cmd_train(args) -> int:
     from ablate.train.job import main as train_main  # torch: the only verb that trains
 
@@ -299,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = grid_cmd("cancel", cmd_cancel, "cancel queued/running cells (running ones save a checkpoint)")
     s.add_argument("--grace", type=float, metavar="SECONDS",
                    help="local jobs still running this long after SIGTERM (a long step) get SIGKILL (default 60)")
+    s = sub.add_parser("gc", help="remove what finished runs no longer keep (checkpoints unless keep_ckpt)",
+                       description="list and remove what finished runs no longer keep: ckpt.pt (weights and "
+                                   "optimizer state) of runs done without keep_ckpt: true, temp files of saves a "
+                                   "kill interrupted; never a file of a run that is not done")
+    s.add_argument("grid", nargs="?", help="grid YAML file (default: every run under the runs dir)")
+    s.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    s.set_defaults(fn=cmd_gc)
     s = sub.add_parser("train", help="train one run dir (what every job runs)",
                        description="train (or resume from its ckpt.pt) one run dir; exit 0 done/diverged/oom, "
                                    "75 preempted (checkpoint saved), 2 config error or run dir busy, 1 crash")

@@ -237,3 +237,25 @@ def test_plan_splits_what_it_would_run(tmp_path):
     last = format_table(grid, rows).splitlines()[-1]
     assert last.startswith("5 cells, 5 to run (1 new, 1 resume from a checkpoint, 1 start over, 1 need --retry, "
                            "1 queued or running)"), last
+
+
+def test_gc_removes_what_finished_runs_no_longer_keep_and_nothing_else(tmp_path):
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    done = write_run(runs, "g", {"arch": "gpt"})
+    kept = write_run(runs, "g", {"arch": "ngpt", "keep_ckpt": True})
+    running = write_run(runs, "g", {"arch": "gpt", "seed": 1}, state="running", steps=300)
+    failed = write_run(runs, "g", {"arch": "gpt", "seed": 2}, state="failed", steps=300)
+    for d in (done, kept, running, failed):
+        (d / rundir.CKPT).write_bytes(b"x" * 3_000_000)
+        (d / "model.pt").write_bytes(b"x" * 1_000_000)
+        (d / ".ckpt.pt.abc.tmp").write_bytes(b"x" * 10)
+    r = ablate_cli("gc", "--dry-run")
+    assert r.returncode == 0 and r.stdout.count("would remove") == 3, r.stdout  # done's ckpt and temp, kept's temp
+    assert "would free 3.0 MB in 2 finished run(s)" in r.stdout and (done / rundir.CKPT).exists()
+    r = ablate_cli("gc")
+    assert r.returncode == 0 and "freed 3.0 MB in 2 finished run(s)" in r.stdout, r.stdout
+    assert not (done / rundir.CKPT).exists() and (done / "model.pt").exists() and not (done / ".ckpt.pt.abc.tmp").exists()
+    assert (kept / rundir.CKPT).exists() and not (kept / ".ckpt.pt.abc.tmp").exists()
+    for d in (running, failed):  # not finished: every file stays
+        assert (d / rundir.CKPT).exists() and (d / ".ckpt.pt.abc.tmp").exists()
+    assert "freed 0.0 MB in 0 finished run(s)" in ablate_cli("gc").stdout

@@ -98,6 +98,8 @@ class RunConfig:
     eval_iters: int = meta(20, "val batches per eval")
     log_interval: int = meta(10, "steps between metrics.jsonl lines", hashed=False)
     ckpt_interval: int = meta(500, "steps between checkpoints (0 = only on signals and at the end)", hashed=False)
+    keep_ckpt: bool = meta(False, "keep ckpt.pt (the weights and AdamW's state) once the run is done; by default a "
+                                  "finished run keeps model.pt and its logs", hashed=False)
 
     def __post_init__(self):
         for name, default in _DEFAULTS:  # defaults are valid by construction: check the rest

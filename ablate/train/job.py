@@ -67,6 +67,12 @@ def _claim(run_dir: Path, d: Dist | None, attempt: str | None) -> dict:
     return {"attempt_id": attempt}
 
 
+def _finished(run_dir: Path) -> bool:
+    """The run is done and kept only its weights (no ckpt.pt to resume from)."""
+    summary = rundir.read_json(run_dir / rundir.SUMMARY) or {}
+    return summary.get("state") == "done" and (run_dir / "model.pt").exists() and not (run_dir / rundir.CKPT).exists()
+
+
 def train(run_dir, attempt: str | None = None, stop: StopFlag | None = None) -> str:
     """Train (or resume) the run in run_dir; returns the final state. See the module docstring.
     attempt: the attempt id `ablate submit` gave this job (None when started by hand); stop: a
@@ -86,6 +92,8 @@ def train(run_dir, attempt: str | None = None, stop: StopFlag | None = None) -> 
     with rundir.train_lock(run_dir) if is_main else contextlib.nullcontext(), flag as stop:
         try:
             cfg, doc = rundir.read_config(run_dir)
+            if _finished(run_dir):  # done and its checkpoint let go: nothing to train (a new start would retrain)
+                return "done"
             d = distributed.setup(cfg.device)
             if is_main:
                 owner = _claim(run_dir, d, attempt)

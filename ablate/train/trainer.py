@@ -299,5 +299,7 @@ class Trainer:
                                 tracked=self.tracked)
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
             self.status(state=state, ended=time.time(), step=self.step, error=error, wall_s=self._wall_s())
+            if state == "done" and not self.cfg.keep_ckpt:  # model.pt has the weights: AdamW's state is 2/3 of the bytes
+                (self.run_dir / rundir.CKPT).unlink(missing_ok=True)
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))
         return state

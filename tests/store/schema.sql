@@ -76,6 +76,7 @@ CREATE TABLE runs (
     eval_iters BIGINT,
     log_interval BIGINT,
     ckpt_interval BIGINT,
+    keep_ckpt BOOLEAN,
     params_total BIGINT,
     params_embedding BIGINT,
     params_non_embedding BIGINT,

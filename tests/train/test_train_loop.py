@@ -118,8 +118,15 @@ def test_tiny_run_writes_every_file_and_learns(make_run, arch):
     assert s["attn_backend"] == "sdpa" and s["torch_version"] == torch.__version__ and s["git_sha"]
     assert s["attn_kernel"] == "sdpa-flash"  # the kernel that ran: CPU's fused SDPA kernel, not the math one
     assert 0 < s["train_s"] <= s["wall_s"]
+    assert not (run_dir / rundir.CKPT).exists()  # done: model.pt and the logs are what a finished run keeps
+    assert train(run_dir) == "done" and read_lines(run_dir / rundir.EVALS) == evals  # and it trains nothing again
+
+
+def test_a_finished_run_keeps_its_checkpoint_when_asked(make_run):
+    run_dir = make_run(max_iters=20, keep_ckpt=True)
+    assert train(run_dir) == "done"
     ckpt = torch.load(run_dir / rundir.CKPT, weights_only=True)
-    assert ckpt["step"] == 40 and ckpt["data_position"]["step"] == 40
+    assert ckpt["step"] == 20 and ckpt["data_position"]["step"] == 20 and "optimizer" in ckpt
 
 
 def test_ngpt_weights_stay_on_the_sphere(make_run):

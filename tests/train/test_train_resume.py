@@ -105,7 +105,7 @@ def test_rerunning_a_done_run_trains_nothing(make_run):
 
 
 def test_a_checkpoint_from_another_config_is_refused(make_run):
-    run_dir = make_run(max_iters=10, ckpt_interval=5)
+    run_dir = make_run(max_iters=10, ckpt_interval=5, keep_ckpt=True)
     assert train(run_dir) == "done"
     doc = rundir.read_json(run_dir / rundir.CONFIG)
     doc["config"]["lr"] = 1e-4  # config.json edited in place: the old weights must not be reused silently
