@@ -215,8 +215,8 @@ def test_a_job_runs_the_code_its_cell_was_planned_with(env):
 
     copy = next((cell.run_dir / "plugins").iterdir())
     copy.write_text(copy.read_text() + "\n# tampered\n")
-    for name in ("ckpt.pt", rundir.SUMMARY, rundir.STATUS):
-        (cell.run_dir / name).unlink()
+    for name in ("ckpt.pt", rundir.SUMMARY, rundir.STATUS):  # a finished run keeps no ckpt.pt (keep_ckpt)
+        (cell.run_dir / name).unlink(missing_ok=True)
     r = ablate_cli("train", cell.run_dir)
     assert r.returncode == 2 and "changed since this cell was planned" in r.stderr.splitlines()[-1], r.stderr
 

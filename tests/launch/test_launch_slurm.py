@@ -178,6 +178,7 @@ def test_gpus_use_fake_gres_or_give_a_clear_error(grid_file):
     st = status_of(load_grid(path).cells[0])
     script = (Path(st["submitit_folder"]) / f"{st['job_id']}_submission.sh").read_text()
     assert "#SBATCH --gpus-per-node=1" in script  # and Slurm scheduled it on the node's (fake) GPUs
-    path = grid_file(name="gpus", resources=f"{{gpus: {_cluster_gpus() + 1}}}")
+    # another seed: the same cell under another grid is the run already done above, shared, not resubmitted
+    path = grid_file(name="gpus", grid="{seed: [2]}", resources=f"{{gpus: {_cluster_gpus() + 1}}}")
     r = cli("submit", path, "--executor", "slurm")
     assert r.returncode == 2 and f"at most {_cluster_gpus()} GPUs" in r.stderr, r.stderr

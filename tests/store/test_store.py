@@ -240,7 +240,8 @@ def test_put_table_keeps_text_columns_text_when_a_grid_has_none(store):
 def _hold(db, seconds: float, read_only: bool = False) -> subprocess.Popen:
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from ablate.store import Store; "
                                f"s = Store({str(db)!r}, read_only={read_only}); print('ready', flush=True); "
-                               f"time.sleep({seconds}); s.close()"], stdout=subprocess.PIPE, text=True)
+                               f"time.sleep({seconds}); print('releasing', flush=True); s.close()"], stdout=subprocess.PIPE,
+                              text=True)
     assert holder.stdout.readline().strip() == "ready"
     return holder
 
@@ -255,7 +256,8 @@ def test_a_second_command_waits_its_turn(tmp_path, capfd, holder_reads):
     try:
         with Store(db) as store:  # a writer: waits for the holder to let go
             assert store.query("select count(*) as n from runs").n[0] == 0
-        assert holder.poll() == 0  # it only got the store once the holder was done
+        assert holder.stdout.readline().strip() == "releasing"  # it got the store only once the holder let go
+        assert holder.wait(timeout=60) == 0
     finally:
         holder.kill()
         holder.wait()
