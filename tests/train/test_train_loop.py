@@ -67,8 +67,9 @@ def test_eval_records_the_standard_error_of_its_batches(make_run):
     model = build_model(cfg, "cpu")
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     model.eval()
-    batches = Batches(corpora.data_dir(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
-                      device=torch.device("cpu"))  # another seed: the same eval windows
+    out = corpora.data_dir(cfg.dataset, cfg.tokenizer)
+    batches = Batches(corpora.split_files(cfg.dataset, cfg.tokenizer, out, corpora.read_meta(cfg.dataset, cfg.tokenizer)),
+                      cfg.context, cfg.batch_size, seed=99, device=torch.device("cpu"))  # another seed: the same eval windows
     with torch.no_grad():
         losses = torch.tensor([model(*batches.eval("val", i))[1].item() for i in range(6)], dtype=torch.float64)
     last = read_lines(run_dir / rundir.EVALS)[-1]
