@@ -168,8 +168,10 @@ def _charset(task: tuple) -> str:
 
 
 class Workers:
-    """An ordered map over N processes (spawned: the caller may hold torch and threads), at most
-    IN_FLIGHT tasks per worker ahead of the consumer; N = 1 maps in this process."""
+    """An ordered map over N processes, at most IN_FLIGHT tasks per worker ahead of the consumer;
+    N = 1 maps in this process. Workers are forked where the OS can (as torch's DataLoader does:
+    no re-import, and a caller's script needs no `if __name__ == "__main__"` guard, which spawn
+    would demand); they run tiktoken and numpy only, never torch."""
 
     def __init__(self, n: int):
         self.n = n
@@ -177,7 +179,8 @@ class Workers:
 
     def __enter__(self):
         if self.n > 1:
-            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context("spawn"))
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            self.pool = ProcessPoolExecutor(self.n, mp_context=multiprocessing.get_context(method))
         return self
 
     def __exit__(self, *exc):
