@@ -165,13 +165,14 @@ def split_files(dataset: str, tokenizer: str, out: Path, meta: dict) -> dict[str
     if k == "corpus":
         splits = {s: [TokenFile(str(out / f["file"]), HEADER_BYTES, f["tokens"], meta["dtype"]) for f in meta[s]]
                   for s in ("train", "val")}
-        for f in (f for fs in splits.values() for f in fs):
-            size = Path(f.path).stat().st_size if Path(f.path).exists() else None
-            if size != f.offset + f.tokens * f.itemsize:
-                raise AblateError(f"{f.path}: {size} bytes, but {out}/meta.json says {f.tokens:,} tokens: the "
-                                  f"prepared data changed; delete {out} and prepare it again")
-        return splits
-    return {s: [TokenFile(str(out / f"{s}.bin"), 0, meta[f"{s}_tokens"], "uint16")] for s in ("train", "val")}
+    else:
+        splits = {s: [TokenFile(str(out / f"{s}.bin"), 0, meta[f"{s}_tokens"], "uint16")] for s in ("train", "val")}
+    for f in (f for fs in splits.values() for f in fs):
+        size = Path(f.path).stat().st_size if Path(f.path).is_file() else None
+        if size != f.offset + f.tokens * f.itemsize:
+            raise AblateError(f"{f.path}: {'missing' if size is None else f'{size:,} bytes'}, but {out}/meta.json "
+                              f"says {f.tokens:,} tokens: the prepared data changed; delete {out} and prepare it again")
+    return splits
 
 
 # ---- corpora

@@ -266,7 +266,13 @@ def tokenize(out: Path, sources: list, stream_of, tokenizer: str, layout: Layout
         eot_at = layout.eot if tok.eot is not None else None
         start = Position(**state["position"]) if state["position"] else Position()
         units = _tasks(sources, stream_of, start, max(state["unit"], 0), (spec, dtype, eot_at), unit_chars)
-        initial = done(next(units)[0], state["docs"]) if state["unit"] >= 0 else 0  # recorded: its tokens are written
+        initial = 0
+        if state["unit"] >= 0:  # the recorded unit's tokens are written: read past it
+            recorded = next(units, None)
+            if recorded is None:
+                raise documents.InputError(f"{out}: the corpus ends before the unit where this prepare stopped: its "
+                                           "files changed; delete the folder to prepare from the start")
+            initial = done(recorded[0], state["docs"])
         first_tokens = state["tokens"]
         with _bar(total, initial, label) as bar:
             for unit, tokens in pool.map(_encode, units):

@@ -15,7 +15,6 @@ modded-nanogpt read our shards too. Every problem is one line naming the file an
 """
 from __future__ import annotations
 
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +81,12 @@ def read_token_file(path, fmt: str = "auto") -> TokenFile:
     magic, version, count = struct.unpack("<3i", head[:12])
     kind = next((d for d, (m, _, _) in KINDS.items() if m == magic), None)
     if kind is None:
-        raise AblateError(f"{path}: magic {magic} at byte 0 is not llm.c's ({KINDS['uint16'][0]} for uint16 tokens, "
-                          f"{KINDS['uint32'][0]} for uint32); a raw nanoGPT token file needs format: uint16 (or uint32)")
+        raise AblateError(f"{path}: magic {magic} at byte 0 is not llm.c's ({KINDS['uint16'][0]} for uint16 "
+                          f"tokens, {KINDS['uint32'][0]} for uint32); a raw nanoGPT token file needs format: uint16 "
+                          "(or uint32)")
     if version != KINDS[kind][1]:
-        raise AblateError(f"{path}: version {version} at byte 4, but an llm.c {kind} shard has version {KINDS[kind][1]}")
+        raise AblateError(f"{path}: version {version} at byte 4, but an llm.c {kind} shard has version "
+                          f"{KINDS[kind][1]}")
     if size < HEADER_BYTES:
         raise AblateError(f"{path}: {size} bytes, shorter than llm.c's {HEADER_BYTES}-byte header (truncated?)")
     itemsize = KINDS[kind][2]

@@ -3,11 +3,12 @@ ids that never read a whole corpus. No numpy: the plan asks this module.
 
 A grid names them with keys of its `data:` section; a cell's config carries the canonical string:
 
-    data: {shards: ~/fineweb10B}                   ->  shards:~/fineweb10B
+    data: {shards: ~/fineweb10B}
+        -> shards:~/fineweb10B
     data: {train: owt/train.bin, val: owt/val.bin, format: uint16, vocab: 50257}
-                                                   ->  shards:train=owt/train.bin;val=owt/val.bin;format=uint16;vocab=50257
+        -> shards:train=owt/train.bin;val=owt/val.bin;format=uint16;vocab=50257
     data: {corpus: [fw/*.parquet, dumps/*.jsonl.zst], val_every: 500}
-                                                   ->  corpus:fw/*.parquet,dumps/*.jsonl.zst;val_every=500
+        -> corpus:fw/*.parquet,dumps/*.jsonl.zst;val_every=500
 
 (the string can also be written as `dataset:`, e.g. as an axis). Paths are files, folders or
 globs, relative to the current directory like text:PATH; ',' and ';' separate them in the string.
@@ -40,7 +41,6 @@ from pathlib import Path
 
 from ablate.core.errors import AblateError, closest
 from ablate.data import shardfile
-from ablate.data.shardfile import TokenFile
 
 KINDS = ("shards", "corpus")
 KEYS = {"shards": ("train", "val", "format", "vocab"), "corpus": ("val", "val_every", "text_field", "shard_tokens")}

@@ -39,7 +39,8 @@ def read_llmc(path: Path) -> np.ndarray:
 def documents(n: int, seed: int = 0, lo: int = 3, hi: int = 60) -> list[str]:
     """n documents of lo..hi words, some with line breaks."""
     rng = random.Random(seed)
-    return ["".join(rng.choice(WORDS) + rng.choice("  \n") for _ in range(rng.randint(lo, hi))).strip() for _ in range(n)]
+    return ["".join(rng.choice(WORDS) + rng.choice("  \n") for _ in range(rng.randint(lo, hi))).strip()
+            for _ in range(n)]
 
 
 def write_corpus(folder: Path, docs: list[str]) -> list[Path]:

@@ -4,7 +4,6 @@ modded-nanogpt names them (stand-ins here: the real ones are GBs)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import yaml

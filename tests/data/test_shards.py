@@ -67,7 +67,8 @@ def test_conventional_names_and_explicit_globs(tmp_path):
         assert {s: [p.name for p in ps] for s, ps in sources.shard_files(sources.parse(f"shards:{d}")).items()} == \
             {"train": [names[0]], "val": [names[1]]}
     # explicit globs, and the string a grid's keys make
-    dataset = sources.from_grid({"train": f"{tmp_path}/fw/*_train_*.bin", "val": [str(tmp_path / "fw" / "fineweb_val_000000.bin")]})
+    val = str(tmp_path / "fw" / "fineweb_val_000000.bin")
+    dataset = sources.from_grid({"train": f"{tmp_path}/fw/*_train_*.bin", "val": [val]})
     assert dataset == f"shards:train={tmp_path}/fw/*_train_*.bin;val={tmp_path}/fw/fineweb_val_000000.bin"
     assert sources.parse(dataset).canonical() == dataset
     assert sources.shard_files(sources.parse(dataset))["train"][0] == a
@@ -158,11 +159,12 @@ def test_identity_follows_the_content_and_the_trainer_refuses_changed_shards(tmp
 def test_plan_checks_vocabulary_and_context_and_prepare_checks_every_token(tmp_path):
     write_llmc(tmp_path / "d" / "train.bin", tokens(5000, 1000))
     write_llmc(tmp_path / "d" / "val.bin", np.r_[tokens(500, 1000), 4000, tokens(10, 1000)])
-    small = GRID.format(where=tmp_path / "d", extra=", vocab: 1000").replace("device: cpu", "device: cpu, vocab_size: 512")
+    grid = GRID.format(where=tmp_path / "d", extra=", vocab: 1000")
+    small = grid.replace("device: cpu", "device: cpu, vocab_size: 512")
     with pytest.raises(AblateError, match="g2.yaml:3: key 'vocab_size': 512 is smaller than the data's vocabulary "
                                           "\\(1000\\)"):
         load_grid(_write(tmp_path, small))
-    long = GRID.format(where=tmp_path / "d", extra=", vocab: 1000").replace("context: 64", "context: 598")
+    long = grid.replace("context: 64", "context: 598")
     with pytest.raises(AblateError, match="g2.yaml:3: key 'context': 598 needs context\\+2 = 600 tokens in each "
                                           "split, but the prepared val split .* has 511"):
         load_grid(_write(tmp_path, long))
@@ -232,7 +234,8 @@ def test_raw_files_and_other_bad_names(tmp_path):
 @pytest.mark.parametrize("data, match", [
     ("{shards: d, corpus: e}", "g.yaml:2: data: 'shards' and 'corpus' name two data sets"),
     ("{shards: d, dataset: shakespeare}", "g.yaml:2: data: 'shards' and 'dataset' both name the data set"),
-    ("{shards: d, format: uint8}", "g.yaml:2: data: 'format' 'uint8' is not allowed; one of auto, llmc, uint16, uint32"),
+    ("{shards: d, format: uint8}", "g.yaml:2: data: 'format' 'uint8' is not allowed; one of auto, llmc, uint16, "
+                                   "uint32"),
     ("{shards: d, vocab: -3}", "g.yaml:2: data: 'vocab' must be an integer in \\[1, "),
     ("{train: d}", "g.yaml:2: data: shards need a folder or glob .* \\('val' is missing\\)"),
     ("{shards: d, val_every: 3}", "g.yaml:2: data: unknown key 'val_every' for shards \\(a corpus key\\)"),
