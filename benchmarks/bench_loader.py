@@ -57,7 +57,7 @@ def main():
             for k, part in enumerate(parts):
                 write_llmc(tmp / name / f"bench_train_{k:06d}.bin", part)
             write_llmc(tmp / name / "bench_val_000000.bin", val)
-        loaders = {name: Batches(corpora.split_files(f"shards:{tmp / name}", "gpt2", None, None), args.context,
+        loaders = {name: Batches(corpora.splits(f"shards:{tmp / name}", "gpt2"), args.context,
                                  args.batch, 0, torch.device("cpu")) for name in ("one", "many")}
         for step in range(50):  # the same batches, and every page touched once before timing
             assert torch.equal(loaders["one"].train(step, 0)[0], loaders["many"].train(step, 0)[0])

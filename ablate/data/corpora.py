@@ -175,6 +175,14 @@ def split_files(dataset: str, tokenizer: str, out: Path, meta: dict) -> dict[str
     return splits
 
 
+def splits(dataset: str, tokenizer: str) -> dict[str, list[TokenFile]]:
+    """split_files of a data set that is prepared (one line when it is not)."""
+    meta = read_meta(dataset, tokenizer)
+    if meta is None:
+        raise AblateError(f"dataset '{dataset}' ({tokenizer}) is not prepared: ablate data prepare it first")
+    return split_files(dataset, tokenizer, None if kind(dataset) == "shards" else data_dir(dataset, tokenizer), meta)
+
+
 # ---- corpora
 
 def shakespeare_plays() -> list[Path]:
@@ -201,7 +209,7 @@ def characters(dataset: str) -> set[str]:
         files = sources.corpus_files(s)
         found = [Source(p, role, s.text_field) for role, split in enumerate(("train", "val")) for p in files[split]]
     else:
-        found = [Source(p, documents.TRAIN) for p in text_files(dataset)]
+        found = [Source(p, documents.TRAIN, kind="text") for p in text_files(dataset)]
     chars: set = set()
     for unit in documents.units(found, lambda role, doc: role):
         chars.update(*(text for text, *_ in unit.pieces))

@@ -111,11 +111,12 @@ class Source:
     """One file of a corpus: its records (documents) from a Position on; `read` is how many of its
     bytes were read so far (compressed bytes for a compressed file)."""
 
-    def __init__(self, path, role: int, text_field: str = "text"):
+    def __init__(self, path, role: int, text_field: str = "text", kind: str | None = None):
+        """kind: parquet, arrow, jsonl or text; None: from the file's name."""
         self.path, self.role, self.text_field = Path(path), role, text_field
         self.size = self.path.stat().st_size
         suffixes = [s for s in self.path.suffixes if s not in (".gz", ".zst")]
-        self.kind = RECORD_KINDS.get(suffixes[-1] if suffixes else "", "text")
+        self.kind = kind or RECORD_KINDS.get(suffixes[-1] if suffixes else "", "text")
         self.read = 0
 
     def records(self, record: int = 0, seek: int = 0) -> Iterator[tuple[int, int, Callable, bool]]:
@@ -236,10 +237,10 @@ class RecordSource:
     kind, size, read = "records", 0, 0
 
     def __init__(self, records: Iterable[dict], role: int, text_field: str = "text", name: str = "records"):
-        self.records_, self.role, self.text_field, self.path = records, role, text_field, Path(name)
+        self.rows, self.role, self.text_field, self.path = records, role, text_field, Path(name)
 
     def records(self, record: int = 0, seek: int = 0):
-        for i, r in enumerate(itertools.islice(iter(self.records_), record, None), start=record):
+        for i, r in enumerate(itertools.islice(iter(self.rows), record, None), start=record):
             text = r[self.text_field]
             yield i, 0, (lambda offset, text=text: iter(((text or "")[offset:],))), False
 

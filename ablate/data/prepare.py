@@ -85,7 +85,8 @@ def prepare_text(out: Path, dataset: str, tokenizer: str, content_id: str | None
     else:
         source = str(files[0])
     layout = Layout({TRAIN: lambda k: "tokens.bin"}, header=False, eot="after", shard_tokens=None)
-    done = pipeline.tokenize(out, [Source(p, TRAIN) for p in files], lambda role, doc: TRAIN, tokenizer, layout,
+    found = [Source(p, TRAIN, kind="text") for p in files]  # one document each, whatever their names
+    done = pipeline.tokenize(out, found, lambda role, doc: TRAIN, tokenizer, layout,
                              key=content_id or source, workers=workers, label=f"prepare {dataset}")
     if [(p.stat().st_size, p.stat().st_mtime_ns) for p in files] != stamp:
         raise InputError(f"dataset '{dataset}': {files[0] if len(files) == 1 else 'a file'} changed while it was "
@@ -235,7 +236,7 @@ def prepare(dataset: str, tokenizer: str, workers: int | None = None, hf_dir: st
                 prepare_corpus(out, dataset, tokenizer, content_id, workers)
             else:
                 prepare_text(out, dataset, tokenizer, content_id, workers)
-        except (InputError, AblateError) as e:
+        except AblateError as e:
             if isinstance(e, InputError) or kind == "shards":  # the input must change: this directory is no use
                 shutil.rmtree(out, ignore_errors=True)
             raise

@@ -105,14 +105,15 @@ def _paths(key: str, value, where: str) -> tuple:
     return tuple(v.strip() for v in values)
 
 
-def _option(kind: str, key: str, value, where: str):
-    """A checked option value (from YAML, or text from the string form)."""
+def _option(kind: str, key: str, value, where: str, text: bool = False):
+    """A checked option value: from YAML, or (text=True) the text of the string form, where ','
+    separates paths and numbers are written out."""
     if key not in KEYS[kind]:
         other = next(k for k in KINDS if k != kind)
         hint = f" (a {other} key)" if key in KEYS[other] else closest(key, KEYS[kind])
         raise DataKeyError(key, f"{where}unknown key '{key}' for {kind}{hint}; allowed: {', '.join(KEYS[kind])}")
     if key in ("train", "val"):
-        return _paths(key, value.split(",") if isinstance(value, str) else value, where)
+        return _paths(key, value.split(",") if text else value, where)
     if key == "format":
         if value not in shardfile.FORMATS:
             raise DataKeyError(key, f"{where}'format' {value!r} is not allowed; one of {', '.join(shardfile.FORMATS)}")
@@ -123,7 +124,7 @@ def _option(kind: str, key: str, value, where: str):
         return value
     lo, hi = {"vocab": (1, 2 ** 32), "val_every": (2, 2 ** 62), "shard_tokens": (1, 2 ** 31 - 1)}[key]
     number = value
-    if isinstance(value, str):
+    if text:
         try:
             number = int(value.replace("_", ""))
         except ValueError:
@@ -145,7 +146,7 @@ def parse(dataset: str) -> Spec:
         key, eq, value = part.partition("=")
         if not eq:
             raise DataKeyError(key, f"{where}'{part}' is not key=value")
-        values[key.strip()] = _option(kind, key.strip(), value.strip(), where)
+        values[key.strip()] = _option(kind, key.strip(), value.strip(), where, text=True)
     return _complete(Spec(kind, **values), where)
 
 

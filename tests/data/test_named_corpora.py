@@ -90,3 +90,11 @@ def test_openwebtext_from_a_parquet_copy_named_by_the_environment(tmp_path, monk
     os.environ["ABLATE_DATA_DIR"] = str(tmp_path / "other")
     with pytest.raises(AblateError, match="openwebtext on disk: .*nothing is not a folder"):
         prepare.prepare("openwebtext", "gpt2")
+
+
+def test_a_text_file_is_one_document_whatever_its_name(tmp_path):
+    path = tmp_path / "notes.jsonl"  # named like a corpus file, but text:PATH is one UTF-8 document
+    path.write_text("not json {\n" * 50)
+    out = prepare.prepare(f"text:{path}", "char", workers=1)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["train_tokens"] + meta["val_tokens"] == len("not json {\n" * 50)

@@ -24,7 +24,7 @@ def tokens(n, vocab=50257):
 
 def everything(dataset, split, tokenizer="gpt2"):
     """Every token of a split as ablate reads it (one window over the whole split)."""
-    files = corpora.split_files(dataset, tokenizer, None, None)[split]
+    files = corpora.splits(dataset, tokenizer)[split]
     s = Split(files)
     return s.windows(np.array([0]), len(s))[0]
 
@@ -84,7 +84,7 @@ def test_windows_across_many_shards_are_the_windows_of_one_file(tmp_path):
     write_llmc(tmp_path / "one" / "d_train_000000.bin", stream)
     for d in ("many", "one"):
         write_llmc(tmp_path / d / "d_val_000000.bin", stream[:3000])
-    many, one = (Batches(corpora.split_files(f"shards:{tmp_path / d}", "gpt2", None, None), 64, 8, 3,
+    many, one = (Batches(corpora.splits(f"shards:{tmp_path / d}", "gpt2"), 64, 8, 3,
                          torch.device("cpu")) for d in ("many", "one"))
     for step in range(20):
         assert torch.equal(many.train(step, 0)[0], one.train(step, 0)[0])
