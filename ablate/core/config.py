@@ -60,9 +60,10 @@ class RunConfig:
     vocab_size: Optional[int] = meta(None, "vocabulary size; null = the data set's, padded to a multiple of 64")
     attn_backend: Literal["auto", "sdpa", "flex", "flash"] = meta("auto", "attention kernel; auto = flash on CUDA if installed, else flex for a sliding window on CUDA, else sdpa")
     # ---- data
-    dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file)")
-    data_id: Optional[str] = meta(None, "content hash of a text:PATH file (derived when the grid is read, never "
-                                  "written in a grid): the run id follows the data, not its path", added=True)
+    dataset: str = meta("shakespeare", "shakespeare | openwebtext | text:PATH (a UTF-8 file) | shards:... "
+                        "(token files) | corpus:... (documents); see ablate/data/sources.py")
+    data_id: Optional[str] = meta(None, "content id of a text:, shards: or corpus: data set (derived when the grid "
+                                  "is read, never written in a grid): the run id follows the data", added=True)
     tokenizer: Literal["gpt2", "char"] = meta("char", "GPT-2 BPE (tiktoken) or character-level")
     # ---- optimization
     max_iters: int = meta(1000, "optimizer steps (the training budget)")
@@ -299,6 +300,7 @@ def derive(cfg: RunConfig, **changes) -> RunConfig:
 
 
 INT_MAX = 2 ** 31 - 1
+DATA_PREFIXES = ("text:", "shards:", "corpus:")  # the data sets named by their files (ablate/data/corpora.py)
 FLOAT32_MAX = 3.4028234663852886e38  # the largest finite float32 (numpy.finfo(numpy.float32).max)
 # Every numeric field's allowed range, checked at plan time (lo, hi, whether lo itself is allowed);
 # floats must also be finite. A numeric field missing here gets DEFAULT_RANGE (tests require an entry).
@@ -364,9 +366,9 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
         bad(f"key 'lr': {c.lr} overflows float32 in AdamW's update ({what}; float32 holds up to {FLOAT32_MAX:.3g})")
     if c.vocab_size is not None and data_vocab is not None and c.vocab_size < data_vocab:
         bad(f"key 'vocab_size': {c.vocab_size} is smaller than the data's vocabulary ({data_vocab})")
-    if c.dataset not in ("shakespeare", "openwebtext") and not c.dataset.startswith("text:"):
-        bad(f"key 'dataset': {c.dataset!r} is not allowed, expected shakespeare, openwebtext or text:PATH"
-            f"{closest(c.dataset, ['shakespeare', 'openwebtext'])}")
+    if c.dataset not in ("shakespeare", "openwebtext") and not c.dataset.startswith(DATA_PREFIXES):
+        bad(f"key 'dataset': {c.dataset!r} is not allowed, expected shakespeare, openwebtext, text:PATH, shards:PATH "
+            f"or corpus:PATH{closest(c.dataset, ['shakespeare', 'openwebtext'])}")
     if c.attn_backend == "flash" and c.device == "cpu":
         bad("key 'attn_backend': flash needs CUDA, but device is cpu (use sdpa or auto)")
     if c.attn_backend == "flash" and c.dtype == "fp32":

@@ -10,10 +10,17 @@ Eval windows are one fixed set per (data, split, context): window j's offset dep
 alone, never on the training seed or the batch size, so every cell of a grid with the same
 data and context is scored on the same tokens at every eval (cells evaluating more windows
 see a superset), and seeds differ only by what they learned, not by what they were scored on.
+
+A split is one or many token files (nanoGPT's train.bin, llm.c's shards), each memory-mapped
+and read as one sequence: the files in their order, end to end. Offsets are drawn over that
+sequence exactly as over one file, so a split of one file gives the batches it always gave, and
+a window that starts near the end of a file continues into the next (shards are streams of
+documents, each opened by <|endoftext|>: a file boundary is one more document boundary).
 """
 from __future__ import annotations
 
-from pathlib import Path
+import bisect
+import resource
 
 import numpy as np
 import torch
@@ -24,19 +31,57 @@ TRAIN, VAL, TRAIN_EVAL = 0, 1, 2  # PRNG streams
 EVAL_CHUNK = 1024  # eval window offsets are drawn in chunks of this many: window j lives in chunk j // 1024
 
 
+def _allow_open_files(n: int) -> None:
+    """A memory map keeps its file descriptor: 1,000 shards need more than a common soft limit of 1,024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want if hard == resource.RLIM_INFINITY else min(want, hard), hard))
+
+
+class Split:
+    """The token files of one split read as one sequence of `len(split)` tokens."""
+
+    def __init__(self, files: list):
+        self.maps = [np.memmap(f.path, dtype=f.dtype, mode="r", offset=f.offset, shape=(f.tokens,)) for f in files]
+        self.starts = [0]
+        for m in self.maps:
+            self.starts.append(self.starts[-1] + len(m))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def windows(self, offsets: np.ndarray, length: int) -> np.ndarray:
+        """(len(offsets), length) int64: the tokens at offset .. offset+length-1 of each."""
+        out = np.empty((len(offsets), length), dtype=np.int64)
+        for row, start in enumerate(offsets.tolist()):
+            k = bisect.bisect_right(self.starts, start) - 1
+            at, filled = start - self.starts[k], 0
+            while filled < length:  # a window past a file's end continues in the next file
+                piece = self.maps[k][at:at + length - filled]
+                out[row, filled:filled + len(piece)] = piece
+                filled, k, at = filled + len(piece), k + 1, 0
+        return out
+
+
 class Batches:
-    def __init__(self, data_dir: Path, context: int, batch_size: int, seed: int, device: torch.device):
+    def __init__(self, splits: dict, context: int, batch_size: int, seed: int, device: torch.device):
+        """splits: {'train': [TokenFile...], 'val': [...]} (corpora.split_files)."""
         self.T, self.B, self.seed, self.device = context, batch_size, seed, device
+        _allow_open_files(sum(len(fs) for fs in splits.values()))
         self.splits = {}
         for split in ("train", "val"):
-            arr = np.memmap(Path(data_dir) / f"{split}.bin", dtype=np.uint16, mode="r")
-            if len(arr) < context + 2:
-                raise AblateError(f"{data_dir}/{split}.bin has {len(arr)} tokens, fewer than context+2 = {context + 2}")
-            self.splits[split] = arr
-        self._window = np.arange(context + 1)
+            self.splits[split] = Split(splits[split])
+            n = len(self.splits[split])
+            if n < context + 2:
+                where = splits[split][0].path if len(splits[split]) == 1 else f"{len(splits[split])} files"
+                raise AblateError(f"{where} ({split}) has {n} tokens, fewer than context+2 = {context + 2}")
+
+    def sizes(self) -> dict:
+        return {split: len(s) for split, s in self.splits.items()}
 
     def _windows(self, split: str, offsets: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        buf = torch.from_numpy(self.splits[split][offsets[:, None] + self._window].astype(np.int64))  # (B, T+1)
+        buf = torch.from_numpy(self.splits[split].windows(offsets, self.T + 1))  # (B, T+1)
         x, y = buf[:, :-1], buf[:, 1:]
         if self.device.type == "cuda":
             return (x.pin_memory().to(self.device, non_blocking=True),

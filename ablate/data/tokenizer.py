@@ -73,6 +73,11 @@ class Gpt2Tokenizer:
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return self.enc.encode_ordinary_batch(texts)
 
+    def encode_array(self, text: str):
+        """encode(text) as a uint32 numpy array, straight from tiktoken's buffer (no list of ints);
+        no special tokens allowed or refused: the same ids as encode_ordinary."""
+        return self.enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
+
     def decode(self, ids) -> str:
         return self.enc.decode(list(ids))
 
@@ -85,6 +90,7 @@ class CharTokenizer:
         self.itos = list(itos)
         self.stoi = {c: i for i, c in enumerate(self.itos)}
         self.vocab_size = len(self.itos)
+        self._codes = None
 
     @classmethod
     def from_text(cls, text: str) -> "CharTokenizer":
@@ -98,6 +104,19 @@ class CharTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [self.encode(t) for t in texts]
+
+    def encode_array(self, text: str):
+        """encode(text) as a uint32 numpy array: code points looked up in the sorted vocabulary."""
+        import numpy as np  # only tokenizing needs it; the plan reads this module's vocabulary names
+
+        if self._codes is None:
+            self._codes = np.array([ord(c) for c in self.itos], dtype=np.uint32)  # itos is sorted: so are they
+        points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        ids = np.searchsorted(self._codes, points).astype(np.uint32)
+        bad = (ids >= len(self._codes)) | (self._codes[np.minimum(ids, len(self._codes) - 1)] != points)
+        if bad.any():
+            raise AblateError(f"tokenizer 'char': character {chr(points[bad.argmax()])!r} is not in the vocabulary")
+        return ids
 
     def decode(self, ids) -> str:
         return "".join(self.itos[i] for i in ids)

@@ -95,11 +95,12 @@ def origin(doc, base, arch_defaults, ex: dict, include, key: str):
                          None)
                 return line_of(items, i) or line_of(c, key)
     arch = ex.get("arch", base.get("arch", "gpt"))
-    for m in ((arch_defaults.get(arch) if isinstance(arch, str) else None) or {}, doc.get("base") or {},
-              doc.get("data") or {}):
+    data = doc.get("data") if isinstance(doc.get("data"), dict) else {}
+    for m in ((arch_defaults.get(arch) if isinstance(arch, str) else None) or {}, doc.get("base") or {}, data):
         if isinstance(m, dict) and key in m:
             return line_of(m, key)
-    return None
+    named = next((k for k in ("shards", "corpus", "train") if k in data), None)  # a data set named by its keys
+    return line_of(data, named) if key == "dataset" and named else None
 
 
 def num_eq(actual, text) -> bool:

@@ -31,7 +31,7 @@ from ablate.core.config import (ARCHS, DERIVED, FIELDS, INT_MAX, RESOURCE_KEYS, 
                                 resolve, validate)
 from ablate.core.errors import AblateError, closest, value_text
 from ablate.core.paths import runs_root
-from ablate.data import corpora
+from ablate.data import corpora, sources
 from ablate.plan import plugins
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
 from ablate.plan.power import Power, parse_power
@@ -140,6 +140,23 @@ def _plugins(ctx, doc) -> list:
     return loaded
 
 
+def _data(ctx, doc) -> dict:
+    """The data: section as config values: dataset and tokenizer, where the keys of a shards: or
+    corpus: data set become its canonical dataset string (tokenizer default gpt2 for those)."""
+    data = _mapping(ctx, doc.get("data"), "data", doc)
+    for key in data:
+        if key not in sources.GRID_KEYS:
+            raise ctx.error(f"data: unknown key '{key}'{closest(key, sources.GRID_KEYS)}; allowed: "
+                            f"{', '.join(sources.GRID_KEYS)}", key, data)
+    try:
+        named = sources.from_grid(data)
+    except sources.DataKeyError as e:
+        raise ctx.error(str(e), e.key if e.key in data else next(iter(data)), data, True) from None
+    if named is None:
+        return dict(data)
+    return {"dataset": named, "tokenizer": data.get("tokenizer", "gpt2")}
+
+
 def _axis_list(ctx, key, values, where, parent) -> list:
     if not isinstance(values, list) or not values:
         raise ctx.error(f"{where}: '{key}' must be a non-empty list of values, got {values!r}", key, parent, True)
@@ -215,11 +232,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     loaded = _plugins(ctx, doc)
     decls = tuple(p.declaration() for p in loaded)
     known = {**FIELDS, **{k: None for p in loaded for k in p.keys}}
-    data = _mapping(ctx, doc.get("data"), "data", doc)
-    for key in data:
-        if key not in ("dataset", "tokenizer"):
-            raise ctx.error(f"data: unknown key '{key}'{closest(key, ['dataset', 'tokenizer'])}; allowed: dataset, "
-                            "tokenizer", key, data)
+    data = _data(ctx, doc)
     base = {**data, **_mapping(ctx, doc.get("base"), "base", doc)}
     _check_keys(ctx, doc.get("base") or {}, "base", known)
     arch_defaults = _mapping(ctx, doc.get("arch_defaults"), "arch_defaults", doc)

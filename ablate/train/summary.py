@@ -8,8 +8,10 @@ tracked_other / tracked_total (tensor bytes by category at the peak of one step 
 warm-up, any device: memtrack.py) and tracked_step; tokens_per_s (median
 over logged intervals, warm-up excluded); mfu_causal / mfu_nanogpt (6N + attention, the two
 conventions of estimate.flops_per_token, against the device's bf16 peak; None when unknown);
-final_val_loss, final_train_loss, steps, tokens, train_s (training seconds, evals and
-checkpoints excluded, over all attempts), wall_s (all attempts, everything included);
+final_val_loss, final_train_loss, steps, tokens (tokens seen: steps x tokens per step),
+data_train_tokens / data_val_tokens (the splits' sizes) and epochs (tokens / data_train_tokens:
+above 1, the run saw its training tokens more than once on average), train_s (training seconds,
+evals and checkpoints excluded, over all attempts), wall_s (all attempts, everything included);
 attn_backend, attn_kernel (the kernel that runs: sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math,
 flex or flash; backends.attention_kernel), device, device_name, world_size, torch_version,
 ablate_version, git_sha.
@@ -61,7 +63,9 @@ def median_tokens_per_s(records: list[dict], attempt_starts: list[int]) -> float
 
 
 def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, train_s: float, wall_s: float,
-          attempt_starts: list[int], ckpt_bytes: int | None, peaks: dict, tracked: dict | None = None) -> dict:
+          attempt_starts: list[int], ckpt_bytes: int | None, peaks: dict, tracked: dict | None = None,
+          data: dict | None = None) -> dict:
+    """data: the splits' sizes in tokens ({'train': n, 'val': n}), for the tokens-seen accounting."""
     evals = rundir.read_jsonl(run_dir / rundir.EVALS)
     last = evals[-1] if evals else {}
     tps = median_tokens_per_s(rundir.read_jsonl(run_dir / rundir.METRICS), attempt_starts)
@@ -80,6 +84,8 @@ def build(cfg, doc: dict, state: str, model, run_dir: Path, d, *, steps: int, tr
         "final_val_loss": last.get("val_loss"), "final_train_loss": last.get("train_loss"),
         "final_eval_step": last.get("step"),
         "steps": steps, "tokens": steps * cfg.tokens_per_step, "train_s": train_s, "wall_s": wall_s,
+        "data_train_tokens": (data or {}).get("train"), "data_val_tokens": (data or {}).get("val"),
+        "epochs": steps * cfg.tokens_per_step / data["train"] if data and data.get("train") else None,
         "attn_backend": model.attn_backend, "attn_kernel": backends.attention_kernel(model.attn_backend, cfg, d.device),
         "device": d.device.type, "device_name": name,
         "world_size": d.world_size, "dtype": cfg.dtype, "compile": cfg.compile,

@@ -49,12 +49,12 @@ class Trainer:
 
     def __init__(self, run_dir: Path, cfg: RunConfig, doc: dict, d: Dist, stop: StopFlag, owner: dict | None = None):
         self.run_dir, self.doc, self.d, self.stop, self.owner = run_dir, doc, d, stop, owner
+        if cfg.data_id is not None and corpora.data_id(cfg.dataset) != cfg.data_id:  # before any work on it
+            self._data_changed(cfg, corpora.data_id(cfg.dataset))
         data_path = prepare.prepare(cfg.dataset, cfg.tokenizer)  # a file lock makes ranks / cells wait
-        prepared = rundir.read_json(data_path / "meta.json") or {}
+        self.prepared = prepared = rundir.read_json(data_path / "meta.json") or {}
         if cfg.data_id is not None and prepared.get("data_id") != cfg.data_id:
-            raise AblateError(f"dataset '{cfg.dataset}' changed since this cell was planned (its bytes hash to "
-                              f"{prepared.get('data_id')}, the cell's data_id is {cfg.data_id}): it is a new cell "
-                              "now; submit the grid again")
+            self._data_changed(cfg, prepared.get("data_id"))
         self.cfg = cfg = resolve(cfg, corpora.vocab_size(cfg.dataset, cfg.tokenizer))
         if cfg.grad_accum % d.world_size:
             raise AblateError(f"key 'grad_accum': {cfg.grad_accum} is not divisible by the {d.world_size} processes")
@@ -85,9 +85,15 @@ class Trainer:
         self.model = self.fwd
         if d.enabled:
             self.model = DDP(self.fwd, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
-        self.batches = Batches(data_path, cfg.context, cfg.batch_size, cfg.seed, d.device)
+        self.batches = Batches(corpora.split_files(cfg.dataset, cfg.tokenizer, data_path, prepared), cfg.context,
+                               cfg.batch_size, cfg.seed, d.device)
         self.autocast = (lambda: torch.autocast(d.device.type, dtype=torch.bfloat16)) if cfg.dtype == "bf16" \
             else contextlib.nullcontext
+
+    @staticmethod
+    def _data_changed(cfg: RunConfig, now: str | None) -> None:
+        raise AblateError(f"dataset '{cfg.dataset}' changed since this cell was planned (its content id is now "
+                          f"{now}, the cell's data_id is {cfg.data_id}): it is a new cell now; submit the grid again")
 
     # ---- resume / checkpoint
     def _resume(self) -> None:
@@ -296,7 +302,7 @@ class Trainer:
             rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
                                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
                                 ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks(),
-                                tracked=self.tracked)
+                                tracked=self.tracked, data=self.batches.sizes())
             rundir.write_json_atomic(self.run_dir / rundir.SUMMARY, rec)
             self.status(state=state, ended=time.time(), step=self.step, error=error, wall_s=self._wall_s())
             if state == "done" and not self.cfg.keep_ckpt:  # model.pt has the weights: AdamW's state is 2/3 of the bytes

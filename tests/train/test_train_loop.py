@@ -30,7 +30,8 @@ def test_lr_schedule_gpt_warms_up_ngpt_starts_at_peak():
 
 
 def test_batches_are_a_pure_function_of_seed_step_micro(corpus):
-    path = prepare.prepare(f"text:{corpus}", "char")
+    prepare.prepare(f"text:{corpus}", "char")
+    path = corpora.splits(f"text:{corpus}", "char")
     a = Batches(path, 16, 4, seed=3, device=torch.device("cpu"))
     b = Batches(path, 16, 4, seed=3, device=torch.device("cpu"))
     x, y = a.train(7, 1)
@@ -43,7 +44,8 @@ def test_batches_are_a_pure_function_of_seed_step_micro(corpus):
 def test_eval_windows_are_one_fixed_set_whatever_the_seed_or_batch_size(corpus):
     """Every cell of a grid with the same data and context is scored on the same val windows:
     the training seed does not pick them, and a larger eval batch holds the same windows in order."""
-    path = prepare.prepare(f"text:{corpus}", "char")
+    prepare.prepare(f"text:{corpus}", "char")
+    path = corpora.splits(f"text:{corpus}", "char")
     cpu = torch.device("cpu")
     a, b = Batches(path, 16, 4, seed=3, device=cpu), Batches(path, 16, 4, seed=4, device=cpu)
     wide = Batches(path, 16, 8, seed=5, device=cpu)
@@ -67,7 +69,7 @@ def test_eval_records_the_standard_error_of_its_batches(make_run):
     model = build_model(cfg, "cpu")
     model.load_state_dict(torch.load(run_dir / "model.pt", weights_only=True))
     model.eval()
-    batches = Batches(corpora.data_dir(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
+    batches = Batches(corpora.splits(cfg.dataset, cfg.tokenizer), cfg.context, cfg.batch_size, seed=99,
                       device=torch.device("cpu"))  # another seed: the same eval windows
     with torch.no_grad():
         losses = torch.tensor([model(*batches.eval("val", i))[1].item() for i in range(6)], dtype=torch.float64)
