@@ -197,6 +197,8 @@ def test_memory_stays_within_its_bound_for_a_corpus_many_times_larger(tmp_path):
     (tmp_path / "raw" / "b.txt").write_text("\n".join(docs[:3000]) + "\n")
     size = sum(p.stat().st_size for p in (tmp_path / "raw").iterdir())
     assert size > 8e6, size
+    (tmp_path / "warm").mkdir()
+    (tmp_path / "warm" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:50]))
     code = f"""
 import re, sys
 import tqdm  # the program's own imports are not data
@@ -204,6 +206,8 @@ from ablate.data import documents, prepare
 from ablate.data.tokenizer import gpt2_encoding
 gpt2_encoding().encode_ordinary("warm up " * 1000)
 documents.UNIT_CHARS = documents.READ_BYTES = 1 << 16
+# a tiny corpus first: every module prepare imports on the way (compiled when no .pyc is kept) is loaded
+prepare.prepare("corpus:{tmp_path / 'warm'}", "gpt2", workers=1)
 def kib(field):
     return int(re.search(field + r":\\s+(\\d+)", open("/proc/self/status").read()).group(1))
 base = kib("VmRSS")
