@@ -23,6 +23,7 @@ from ablate.core.errors import AblateError
 from ablate.core.paths import reports_root, runs_root
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
+from ablate.plan.measured import noise_warnings
 from ablate.plan.power import with_detect
 from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
 
@@ -89,6 +90,8 @@ def cmd_plan(args) -> int:
     rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
                      measure=MEASURE)
     seeds = seed_plan(grid, power, rows, args.json) if power is not None and not args.explain else None
+    for warning in noise_warnings(grid.path, rows, power.value if power is not None and power.kind == "loss" else None):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.explain:
         match = [r for r in rows if r["run_id"].startswith(args.explain)]
         if not match:

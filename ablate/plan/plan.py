@@ -1,7 +1,6 @@
 """`ablate plan`: what will run, what it will cost, what is already done. No side effects."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 from pathlib import Path
@@ -9,45 +8,12 @@ from pathlib import Path
 from ablate.core import estimate, plugin_keys
 from ablate.core.errors import AblateError, value_text
 from ablate.core.paths import runs_root
-from ablate.core.rundir import CKPT, RETRYABLE, SUMMARY, checked_state, read_json
-from ablate.plan import simcache
+from ablate.core.rundir import CKPT, RETRYABLE, checked_state
+from ablate.plan import measured, simcache
 from ablate.plan.grid import Grid
 from ablate.plan.simcache import HEADROOM, Measure, fits
 
 GIB = 1024 ** 3
-# the fields that decide throughput: equal shape + equal device => comparable tokens/s (and the
-# plugins a cell uses, with their keys)
-THROUGHPUT_SHAPE = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "share_attn", "window", "context",
-              "vocab_size", "batch_size", "dtype", "param_dtype", "compile", "attn_backend")
-
-
-def _shape(cfg: dict) -> tuple:
-    used = json.dumps(plugin_keys.identity(cfg), sort_keys=True, default=str) if cfg.get("plugins") else None
-    return (*(cfg.get(k) for k in THROUGHPUT_SHAPE), *([used] if used else []))
-
-
-def measured_throughput(root: Path | None = None) -> dict:
-    """tokens/s of finished runs in every grid's run dirs, newest wins:
-    {(shape, device type): (tokens/s, device name)}."""
-    out = {}
-    root = Path(root or runs_root())
-    for path in sorted(glob.glob(str(root / "*" / "*" / SUMMARY)), key=os.path.getmtime):
-        summary = read_json(path) or {}
-        config = (read_json(Path(path).parent / "config.json") or {}).get("config", {})
-        if summary.get("tokens_per_s") and summary.get("state") == "done":
-            out[(_shape(config), summary.get("device"))] = (summary["tokens_per_s"], summary.get("device_name"))
-    return out
-
-
-def _known_throughput(throughput: dict, config: dict, gpus: int):
-    """The measured (tokens/s, device name) for a cell: same shape, same device type (the
-    config's device; for `auto`, cuda when the grid asks for GPUs, else whichever was measured)."""
-    shape, device = _shape(config), config["device"]
-    if device == "auto":
-        device = "cuda" if gpus else None
-    if device is not None:
-        return throughput.get((shape, device))
-    return throughput.get((shape, "cuda")) or throughput.get((shape, "cpu"))
 
 
 def _as_estimate(sim: dict | None) -> dict:
@@ -93,7 +59,8 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
     cells = grid.cells if cells is None else cells
     sims = simcache.simulate(cells, grid.resources.gpus, step=measure and measure.step, log=log) if simulate else {}
     sized = plugin_sizes(cells, grid.resources.gpus, measure, log=log) if measure else _needs_no_measure(cells)
-    throughput = measured_throughput()
+    finished = measured.finished_runs(runs_root())
+    throughput, noise = measured.throughput(finished), measured.Noise(finished)
     # list the grid's run dirs once instead of probing 10,000 missing status files
     existing = (set(os.listdir(grid.runs_dir)) if grid.runs_dir.is_dir() else set()) | set(grid.shared)
     rows = []
@@ -108,7 +75,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
             ckpt = estimate.checkpoint_bytes(c)
         tokens = estimate.total_tokens(c)
         config = c.to_dict()
-        known = _known_throughput(throughput, config, grid.resources.gpus) if throughput else None
+        known = measured.known_throughput(throughput, config, grid.resources.gpus) if throughput else None
         rows.append({
             "run_id": cell.run_id,
             "state": checked_state(cell.run_dir) if cell.run_id in existing else "new",
@@ -127,6 +94,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
             "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
             "throughput_device": known[1] if known else None,
             "run_dir": str(cell.run_dir),
+            **noise.expected(config).as_row(),
             **({"simulated": sims.get(cell.run_id)} if simulate else {}),
         })
     return rows
@@ -187,7 +155,7 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     sims = [r.get("simulated") or {} for r in rows]
     with_memory = any("total" in s for s in sims)
     unit, scale = memory_unit([r["est_peak_mem_bytes"] for r in rows] + [s.get("total") for s in sims])
-    head = ["run_id", *keys, "state", "params", "tokens", "FLOPs"]
+    head = ["run_id", *keys, "state", "params", "tokens", "FLOPs", "eval se"]
     if with_memory:
         head += [name for name, _ in MEMORY_COLUMNS] + ["peak", "estimate"] + (["fits"] if capacity else [])
     else:
@@ -195,7 +163,7 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     body = []
     for r, sim in zip(rows, sims):
         line = [r["run_id"], *[value_text(r["varied"].get(k)) for k in keys], r["state"], human_count(r["n_params"]),
-                human_count(r["tokens"]), human_flops(r["flops"])]
+                human_count(r["tokens"]), human_flops(r["flops"]), _se_text(r)]
         est = "n/a" if r["est_peak_mem_bytes"] is None else _num(r["est_peak_mem_bytes"] / scale)
         if with_memory and "total" in sim:
             line += [_num(sum(sim.get(c, 0) for c in cats) / scale) for _, cats in MEMORY_COLUMNS]
@@ -214,6 +182,7 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
         out += ["", "cells that use a plugin: parameters counted on the model (meta device), estimated memory = "
                     "one simulated step (FakeTensorMode), not the formula"]
         out += _eager_attention_note(rows, sims, grid.resources.gpus)
+    out += ["", _noise_note(rows)]
     todo = [r for r in rows if r["state"] != "done"]
     hours = [r["est_hours"] for r in todo]
     devices = sorted({str(r["throughput_device"]) for r in todo})
@@ -223,6 +192,27 @@ def format_table(grid: Grid, rows: list[dict], capacity: tuple[float, str] | Non
     out.append(f"{len(rows)} cells, {len(todo)} to run{_to_run_split(todo)}, "
                f"{human_count(sum(r['tokens'] for r in todo))} tokens to train, cost {cost}")
     return "\n".join(out)
+
+
+def _se_text(row: dict) -> str:
+    """A cell's expected eval standard error: '0.0066' measured, '~0.0095' from the prior."""
+    return f"{'' if row['eval_se_runs'] else '~'}{row['eval_se']:.2g}"
+
+
+def _noise_note(rows: list[dict]) -> str:
+    runs = max(r["eval_se_runs"] for r in rows)
+    source = f"measured by up to {runs} finished runs of the same data and context" if runs else ""
+    if any(not r["eval_se_runs"] for r in rows):
+        source += (", " if source else "") + "~ a prior until a run of the same data and context has finished"
+    lo, hi = (f(measured.noise_threshold(r["eval_se"]) for r in rows) for f in (min, max))
+    gaps = f"{lo:.2g}" if f"{lo:.2g}" == f"{hi:.2g}" else f"{lo:.2g}-{hi:.2g}"
+    line = (f"eval se: the expected standard error of each eval's val loss, {source}; the report calls a gap "
+            f"between two cells under 2 sqrt(se1^2 + se2^2) = {gaps} 'within eval noise'")
+    seeds = [r for r in rows if r["seed_sd"] is not None]
+    if seeds:
+        line += (f"; finished seeds of {len(seeds)} cells spread by a s.d. of {min(r['seed_sd'] for r in seeds):.2g}-"
+                 f"{max(r['seed_sd'] for r in seeds):.2g} (plan --json: seed_sd)")
+    return line
 
 
 def _to_run_split(todo: list[dict]) -> str:

@@ -8,7 +8,6 @@ leaves a newer fingerprint behind, so the next ingest reads that dir again, and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -20,8 +19,8 @@ import numpy as np
 import pandas as pd
 
 from ablate.core import plugin_keys, rundir
-from ablate.core.config import ADDED_DEFAULTS, identity
-from ablate.store.schema import (BROKEN_COLUMNS, CELL_KEYS, CONFIG_COLUMNS, DOC_COLUMNS, EVAL_COLUMNS, PLUGIN_TYPES,
+from ablate.core.config import ADDED_DEFAULTS
+from ablate.store.schema import (BROKEN_COLUMNS, CONFIG_COLUMNS, cell_id, DOC_COLUMNS, EVAL_COLUMNS, PLUGIN_TYPES,
                                  RESERVED_NAMES, RUN_COLUMNS, STATUS_COLUMNS, SUMMARY_COLUMNS, TRAIN_COLUMNS)
 
 FILES = (rundir.CONFIG, rundir.STATUS, rundir.SUMMARY, rundir.EVALS, rundir.METRICS)
@@ -104,12 +103,6 @@ def _column(values: list, sql_type: str) -> pd.Series:
 def frame(columns: dict, types: dict) -> pd.DataFrame:
     """A DataFrame whose dtypes match the SQL types (nullable ints, NaN-free doubles)."""
     return pd.DataFrame({c: _column(columns[c], types[c]) for c in types})
-
-
-def cell_id(config: dict) -> str:
-    """Short hash of the config without the seed: the runs of one cell differ only by seed."""
-    blob = json.dumps(identity(config, CELL_KEYS), sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def read_jsonl(path: Path) -> tuple[list, int]:

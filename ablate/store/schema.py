@@ -16,10 +16,12 @@ not take any name in RESERVED_NAMES.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import typing
 from typing import Literal
 
-from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES
+from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES, identity
 from ablate.core.rundir import EVAL_FIELDS, METRIC_FIELDS
 
 SCHEMA_VERSION = "9"  # 9: one tokens_per_s, final_* filled while running; 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
@@ -104,6 +106,13 @@ def _sql_type(hint) -> str:
 CONFIG_COLUMNS = {name: _sql_type(FIELD_TYPES[name]) for name in FIELD_NAMES}
 # the keys that make a cell: every hashed config field but the seed (mean / SE are over seeds)
 CELL_KEYS = tuple(n for n in FIELD_NAMES if n in HASHED_NAMES and n != "seed")
+
+
+def cell_id(config: dict) -> str:
+    """Short hash of the config without the seed: the runs of one cell differ only by seed."""
+    blob = json.dumps(identity(config, CELL_KEYS), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
 
 RUN_COLUMNS = {
     "grid": "VARCHAR NOT NULL", "run_id": "VARCHAR NOT NULL", "cell_id": "VARCHAR", "run_dir": "VARCHAR",

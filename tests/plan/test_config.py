@@ -26,7 +26,7 @@ def test_a_knob_added_later_renames_only_the_runs_that_use_it():
     """act_ckpt and loss_chunk came after runs existed: at their defaults the run id and the
     cell id are what they were before the fields existed (pinned from the commit before them),
     and a config.json written then (without the keys) names the same cell."""
-    from ablate.store.ingest import cell_id
+    from ablate.store.schema import cell_id
 
     cfg = resolve(make_config({"arch": "ngpt", "vocab_size": 64, "window": 8}))
     assert (cfg.run_id(), cell_id(cfg.to_dict())) == ("a791ad23d7", "d2868ea2f1")

@@ -4,7 +4,7 @@ import itertools
 import pandas as pd
 
 from ablate.report import compare as cmp
-from ablate.store.ingest import cell_id
+from ablate.store.schema import cell_id
 from synthetic import config_for
 
 
