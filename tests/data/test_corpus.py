@@ -16,6 +16,7 @@ import pytest
 
 from ablate.core.errors import AblateError
 from ablate.data import corpora, pipeline, prepare
+from conftest import ablate_cli
 from data_helpers import documents, gpt2_ids, llmc_stream, read_llmc, write_corpus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -189,14 +190,16 @@ def test_a_crash_after_a_shard_is_finished_but_before_its_record(tmp_path, monke
 
 
 def test_memory_stays_within_its_bound_for_a_corpus_many_times_larger(tmp_path):
-    """Peak RSS while preparing 9 MB of text (jsonl and one 3.5 MB text document) with 64 KiB units
-    grows by less than a quarter of the corpus: the corpus never sits in memory."""
+    """Peak RSS while preparing 28 MB of text (jsonl and 3.5 MB text documents) with 64 KiB units
+    grows by less than a quarter of the corpus: the corpus never sits in memory. (The allocator's
+    own noise is 0.6-2.7 MB here, whatever the corpus size: the corpus is large beside it.)"""
     docs = documents(8000, seed=7, hi=300)
     (tmp_path / "raw").mkdir()
-    (tmp_path / "raw" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
-    (tmp_path / "raw" / "b.txt").write_text("\n".join(docs[:3000]) + "\n")
+    for copy in "abc":  # three copies: 3x the text for one draw of documents
+        (tmp_path / "raw" / f"{copy}.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+        (tmp_path / "raw" / f"{copy}.txt").write_text("\n".join(docs[:3000]) + "\n")
     size = sum(p.stat().st_size for p in (tmp_path / "raw").iterdir())
-    assert size > 8e6, size
+    assert size > 24e6, size
     (tmp_path / "warm").mkdir()
     (tmp_path / "warm" / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[:50]))
     code = f"""
@@ -259,7 +262,6 @@ def test_bad_input_is_one_line_and_leaves_nothing_behind(tmp_path, make, match):
 
 
 def test_bad_corpus_names_through_the_cli(tmp_path):
-    from conftest import ablate_cli
 
     r = ablate_cli("data", "prepare", f"corpus:{tmp_path}/nothing/*.parquet")
     assert r.returncode == 2 and r.stderr.strip() == (f"ablate: error: dataset 'corpus:{tmp_path}/nothing/*.parquet': "
