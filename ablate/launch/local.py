@@ -1,7 +1,8 @@
 """Local execution: a runner process hands cells to free slots (one GPU group, or a share of the
-CPU cores, each), one submitit LocalExecutor job per cell; `debug` runs cells in-process.
+CPU cores, each), one process per cell: forked from the runner, which imported torch once
+(warm.py), or for a slot of several GPUs a submitit LocalExecutor job; `debug` runs cells in-process.
 
-    ablate submit --executor local        -> runner (own session) -> submitit controller -> train(run_dir)
+    ablate submit --executor local        -> runner (own session) -> forked child (or submitit) -> train(run_dir)
          | shows progress until done          | one job per free slot, CUDA_VISIBLE_DEVICES = slot,
          | Ctrl-C: the runner stops jobs      | OMP_NUM_THREADS = cores / slots
          | (they checkpoint: state pending)   | SIGTERM: stop starting, SIGTERM the jobs, wait
@@ -10,7 +11,7 @@ CPU cores, each), one submitit LocalExecutor job per cell; `debug` runs cells in
 The runner runs in its own session, so a Ctrl-C in the terminal reaches only the foreground
 command, which then asks the runner (SIGTERM) to stop the jobs cleanly: each saves a checkpoint
 and the next submit resumes it. status.json records runner_pid while a cell waits for a slot,
-then job_id (the submitit controller's pid): `procs.local_view` checks both are alive.
+then job_id (the forked child's pid, or the submitit controller's): `procs.local_view` checks both are alive.
 The runner mints an attempt id per cell and writes a cell's state only while status.json still
 names that attempt: a runner left over from an earlier submit never touches a retried cell.
 
@@ -33,10 +34,12 @@ import submitit
 from ablate.core import rundir
 from ablate.core.errors import AblateError
 from ablate.launch import resources as res
+from ablate.launch import warm
 from ablate.launch.executor import Executor, JobView
 from ablate.launch.jobs import CellJob
 from ablate.launch.procs import local_view, pid_alive, stop_or_kill
 from ablate.launch.slots import MachineSlots
+from ablate.launch.warm import ForkedJob
 
 POLL_S = 0.5
 WORKING = ("queued", "running")
@@ -112,7 +115,8 @@ def finish(run_dir: Path, job, attempt: str | None = None, echo=print) -> str:
 
 
 class Runner:
-    """The runner process: queue -> free slot -> LocalExecutor job; SIGTERM stops cleanly."""
+    """The runner process: queue -> free slot -> a job forked from this warm runner (one process
+    per cell, warm.py), or a LocalExecutor job for a slot of several GPUs; SIGTERM stops cleanly."""
 
     def __init__(self, plan: dict):
         self.folder = Path(plan["folder"])
@@ -121,6 +125,7 @@ class Runner:
         self.running: dict[int, tuple[Path, object, str, object]] = {}  # slot -> (run dir, job, attempt, held)
         self.machine = MachineSlots()  # this runner's slots are also the machine's: other runners share them
         self.stopping = False
+        self.warm = False
 
     def _on_signal(self, signum, frame) -> None:
         self.stopping = True
@@ -135,6 +140,7 @@ class Runner:
                                  error=None, note=None, ended=None, scheduler_state=None)
         (self.folder / "ready").touch()
         log(f"runner {me}: {len(self.queue)} cells, slots: {', '.join(s.label() for s in self.slots)}")
+        self.warm = warm.enabled() and any(len(s.gpus) <= 1 for s in self.slots) and self._warm_up()
         signalled = False
         while (self.queue and not self.stopping) or self.running:
             if self.stopping and not signalled:
@@ -157,6 +163,17 @@ class Runner:
         log(f"runner {me}: done")
         return 0
 
+    def _warm_up(self) -> bool:
+        """Import torch here once, so that single-process cells fork from this runner (warm.py)."""
+        t0 = time.perf_counter()
+        try:
+            warm.warm_up()
+        except Exception as e:  # a broken torch install: every job a fresh process, as before
+            log(f"warm start unavailable ({type(e).__name__}: {e}); each cell starts a fresh process")
+            return False
+        log(f"warm: torch imported in {time.perf_counter() - t0:.1f}s; single-process cells fork from this runner")
+        return True
+
     def _start(self, i: int, slot: res.Slot, cell: tuple[Path, str], held) -> None:
         run_dir, attempt = cell
         status = rundir.read_status(run_dir)
@@ -164,13 +181,18 @@ class Runner:
             log(f"{run_dir.name}: no longer queued for this runner, skipped")
             held.release()
             return
-        ex = submitit.LocalExecutor(folder=str(self.folder / run_dir.name), max_num_timeout=_max_requeue(run_dir))
-        params = dict(timeout_min=res.LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot.gpus),
-                      tasks_per_node=max(1, len(slot.gpus)))
-        if slot.gpus:
-            params["visible_gpus"] = list(slot.gpus)
-        ex.update_parameters(**params)
-        job = ex.submit(CellJob(str(run_dir), slot.threads, attempt))
+        cell_job = CellJob(str(run_dir), slot.threads, attempt)
+        if self.warm and len(slot.gpus) <= 1:
+            others = [fd for *_, other in self.running.values() for fd in other.fds]
+            job = ForkedJob(self.folder / run_dir.name, cell_job, slot.gpus, close=others)
+        else:  # a process per GPU (or ABLATE_WARM=0): submitit starts them
+            ex = submitit.LocalExecutor(folder=str(self.folder / run_dir.name), max_num_timeout=_max_requeue(run_dir))
+            params = dict(timeout_min=res.LOCAL_TIMEOUT_MIN, gpus_per_node=len(slot.gpus),
+                          tasks_per_node=max(1, len(slot.gpus)))
+            if slot.gpus:
+                params["visible_gpus"] = list(slot.gpus)
+            ex.update_parameters(**params)
+            job = ex.submit(cell_job)
         rundir.update_status(run_dir, expect={"attempt_id": attempt}, job_id=str(job.job_id), slot=slot.label(),
                              stdout=str(job.paths.stdout), stderr=str(job.paths.stderr))
         self.running[i] = (run_dir, job, attempt, held)

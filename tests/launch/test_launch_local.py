@@ -144,15 +144,18 @@ def test_two_submits_never_put_more_cells_than_cores_on_the_machine(tmp_path):
                             "--detach"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
 
-    def jobs() -> int:  # the processes that train a cell of these grids (submitit's job processes)
-        n = 0
+    def jobs() -> int:  # the processes that train a cell of these grids: forked by a runner (or submitit's)
+        cmds, parents = {}, {}
         for proc in Path("/proc").glob("[0-9]*"):
             try:
-                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
-            except OSError:
+                cmds[proc.name] = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+                parents[proc.name] = (proc / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            except (OSError, IndexError):
                 continue
-            n += b"submitit.core._submit" in cmd and str(tmp_path).encode() in cmd
-        return n
+        ours = {pid for pid, cmd in cmds.items() if str(tmp_path).encode() in cmd}
+        runner = b"ablate.launch.local"
+        return sum(b"submitit.core._submit" in cmds[pid] or (runner in cmds[pid] and runner in cmds.get(parents[pid], b""))
+                   for pid in ours)
 
     most, deadline = 0, time.time() + 600
     states = lambda: [json.loads(p.read_text()).get("state") for p in tmp_path.glob("runs/*/*/status.json")]  # noqa: E731
