@@ -30,9 +30,13 @@ def enabled() -> bool:
 
 def warm_up() -> None:
     """Import what every job imports, so that forked children start with it."""
-    import torch._dynamo  # noqa: F401  torch.optim imports it at the first optimizer: pay it once, here
+    import torch  # the runner is the one launch process that holds torch: to fork cells from
 
-    import ablate.train.job  # noqa: F401  torch: the runner is the one launch process that holds it, to fork from
+    import ablate.train.job  # noqa: F401  same reason: everything a job imports
+
+    # torch.optim imports torch._dynamo at the first optimizer (~6 CPU-s): torch.compiler.disable
+    # is the public call that loads it, and it runs no op
+    torch.compiler.disable(warm_up)
 
 
 class ForkedJob:
