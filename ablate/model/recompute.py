@@ -15,6 +15,7 @@ the loss and the gradients are those of `none`; only memory and time change.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import torch
@@ -46,6 +47,18 @@ def _selective():
     return create_selective_checkpoint_contexts(_policy)
 
 
+def _no_weight_cache(device_type: str):
+    """Inside selective regions, autocast casts a weight at each use instead of reusing its cast
+    from the cache. Selective recompute replays a region's ops one for one, and the cache makes
+    the forward and the replay differ: a weight shared across blocks (share_attn) is cast by its
+    first block only in the forward, by every block in the replay (the cache is gone by then).
+    The casts are the same bf16 values, so the math is unchanged; the cost is one cast per
+    shared use."""
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
+    return torch.autocast(device_type, dtype=torch.get_autocast_dtype(device_type), cache_enabled=False)
+
+
 def run_blocks(blocks, h: torch.Tensor, rope, mode: str = "none") -> torch.Tensor:
     """h through every block; with mode blocks/selective, each block is a checkpointed region
     (only when gradients are being recorded: evaluation runs the plain blocks)."""
@@ -59,5 +72,6 @@ def run_blocks(blocks, h: torch.Tensor, rope, mode: str = "none") -> torch.Tenso
         elif mode == "blocks":
             h = checkpoint(block, h, rope, first=first, use_reentrant=False)
         else:
-            h = checkpoint(block, h, rope, first=first, use_reentrant=False, context_fn=_selective)
+            with _no_weight_cache(h.device.type):
+                h = checkpoint(block, h, rope, first=first, use_reentrant=False, context_fn=_selective)
     return h

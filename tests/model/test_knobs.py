@@ -56,12 +56,18 @@ def test_knobs_give_the_plain_loss_and_gradients(arch, opts, knob):
         assert rel_err(grads_k[name], grads[name], 1e-2 * scale(grads)) < 1e-5, name
 
 
-@pytest.mark.parametrize("knob", list(KNOBS))
+SHARED = {"n_layer": 4, "share_attn": 2, "n_kv_head": 2}
+
+
+@pytest.mark.parametrize("knob, opts", [(k, {"n_kv_head": 2, "tie_embeddings": True, "window": 5}) for k in KNOBS]
+                         + [(k, SHARED) for k in ("blocks", "selective")],
+                         ids=[*KNOBS, "blocks-share2", "selective-share2"])
 @pytest.mark.parametrize("arch", ["gpt", "ngpt"])
-def test_knobs_under_bf16_autocast_stay_within_bf16_error(arch, knob):
+def test_knobs_under_bf16_autocast_stay_within_bf16_error(arch, knob, opts):
     """bf16: the knob's difference from the plain bf16 path is no larger than the plain bf16
-    path's own error against fp32 (the chunked head rounds its weight gradient per chunk)."""
-    opts = {"n_kv_head": 2, "tie_embeddings": True, "window": 5}
+    path's own error against fp32 (the chunked head rounds its weight gradient per chunk). With
+    shared attention weights, autocast casts a shared weight once per forward and reuses the
+    cast (its weight cache), which a selective recompute must not trip over."""
     cfg, model = tiny_model(arch, **opts)
     perturb(model)
     knobbed = clone(model, dataclasses.replace(cfg, **KNOBS[knob]))
