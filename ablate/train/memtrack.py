@@ -137,14 +137,19 @@ class StepTracker:
 # ---------------------------------------------------------------- simulation
 
 def _to_fake_device(model: torch.nn.Module, device_type: str) -> None:
-    """Replace every parameter by an (uninitialized, fake) one on device_type, keeping tied and
-    shared parameters shared. `.to("cuda")` would need a CUDA runtime even for fake tensors."""
+    """Replace every parameter and buffer (a plugin's, say) by an (uninitialized, fake) one on
+    device_type, keeping tied and shared tensors shared. `.to("cuda")` would need a CUDA runtime
+    even for fake tensors."""
     new = {}
     for module in model.modules():
         for name, p in list(module.named_parameters(recurse=False)):
             if id(p) not in new:
                 new[id(p)] = torch.nn.Parameter(torch.empty_like(p, device=device_type), requires_grad=p.requires_grad)
             setattr(module, name, new[id(p)])  # nn.Module registers a Parameter it is given
+        for name, b in list(module.named_buffers(recurse=False)):
+            if b is not None:
+                new.setdefault(id(b), torch.empty_like(b, device=device_type))
+                setattr(module, name, new[id(b)])  # a registered buffer stays one (and keeps its persistence)
 
 
 @contextlib.contextmanager

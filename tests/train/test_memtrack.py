@@ -124,3 +124,16 @@ def test_simulating_cuda_on_a_cpu_only_torch_says_why_it_cannot():
     cfg = resolve(make_config({"vocab_size": 64}))
     with pytest.raises(AblateError, match="CUDA build"):
         simulate_step(cfg, "cuda")
+
+
+def test_the_fake_device_move_takes_buffers_too_and_keeps_shared_tensors_shared():
+    """A plugin's buffer left on the CPU would meet CUDA parameters in a simulated CUDA step."""
+    m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2))
+    m[1].weight = m[0].weight
+    m[0].register_buffer("slopes", torch.ones(3))
+    m[1].register_buffer("slopes", m[0].slopes)
+    m[1].register_buffer("scratch", torch.zeros(2), persistent=False)
+    memtrack._to_fake_device(m, "meta")
+    assert {t.device.type for t in [*m.parameters(), *m.buffers()]} == {"meta"}
+    assert m[1].weight is m[0].weight and m[1].slopes is m[0].slopes
+    assert set(m.state_dict()) == {"0.weight", "0.bias", "0.slopes", "1.bias", "1.weight", "1.slopes"}
