@@ -142,6 +142,22 @@ def test_plugin_ranges_and_choices_are_checked(env, value, message):
 
 # ---------------------------------------------------------------- run id
 
+def test_a_plugin_cell_is_copied_with_its_keys_never_silently_without(env):
+    """cfg.replace keeps a plugin key (an attribute, not a field) and checks the change as a grid's
+    value; dataclasses.replace, which rebuilds from the fields alone, is refused instead of
+    quietly training the cell without its plugin."""
+    import dataclasses
+
+    cfg = next(c.config for c in load_grid(env.grid()).cells if c.config.qk_norm)
+    copy = cfg.replace(lr=cfg.lr * 2)
+    assert copy.qk_norm is True and copy.lr == cfg.lr * 2 and copy.run_id() != cfg.run_id()
+    assert cfg.replace() == cfg and cfg.replace().run_id() == cfg.run_id()
+    with pytest.raises(AblateError, match="n_layer"):
+        cfg.replace(n_layer="two")
+    with pytest.raises(TypeError, match=r"plugins declare keys \(qk_norm\).*dataclasses.replace would drop"):
+        dataclasses.replace(cfg, lr=1e-3)
+
+
 def test_default_cells_keep_their_builtin_run_ids(env):
     """A cell that leaves every plugin key at its default is the built-in model: same run id as
     in a grid without the plugin, so its results are shared and never renamed by the plugin."""

@@ -107,6 +107,14 @@ class RunConfig:
             value = getattr(self, name)
             if value is not default and (type(value) is not type(default) or value != default):
                 _check_type(FIELDS[name], value)
+        if self.plugins:  # built from the fields alone (dataclasses.replace does that): no plugin key came with them
+            keys = list(plugin_keys.declared_keys(self.__dict__))
+            raise TypeError(f"a RunConfig whose plugins declare keys ({', '.join(keys)}) is made by make_config and "
+                            "copied by cfg.replace(...): dataclasses.replace would drop those keys")
+
+    def replace(self, **changes) -> "RunConfig":
+        """A copy with `changes`, checked as make_config checks a grid's values, plugin keys kept."""
+        return make_config({**self.__dict__, **changes})
 
     # ---- derived
     @property

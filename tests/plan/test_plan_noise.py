@@ -130,7 +130,7 @@ grid: {{seed: [0, 1]}}
 
 def test_a_trained_run_records_its_se_and_the_plan_uses_it(tmp_path):
     path = write_text_grid(tmp_path, TINY, "tiny.yaml")
-    r = ablate_cli("run", path, "--jobs", "1")
+    r = ablate_cli("run", path, "--executor", "local", "--jobs", "1")
     assert r.returncode == 0, r.stderr[-2000:]
     summaries = [json.loads(p.read_text()) for p in Path(os.environ["ABLATE_RUNS_DIR"]).glob("tiny/*/summary.json")]
     assert len(summaries) == 2 and all(s["final_val_loss_se"] > 0 for s in summaries)
