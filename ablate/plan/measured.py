@@ -201,12 +201,8 @@ def noise_warnings(path, rows: list[dict], detect: float | None) -> list[str]:
     if single:
         out.append(f"{path}: eval_iters 1 ({len(single)} cells): an eval of one batch records no standard error, "
                    "so the report cannot tell a gap from eval noise; use 2 or more")
-    seeds_per_cell: dict = {}
-    for r in rows:
-        key = cell_id(r["config"])
-        seeds_per_cell[key] = seeds_per_cell.get(key, 0) + 1
     noisy = [r for r in rows if r["seed_sd"] is not None and r["seed_sd"] > hoped_effect(r, detect)]
-    if noisy and max(seeds_per_cell.values()) == 1:
+    if noisy and len({cell_id(r["config"]) for r in rows}) == len(rows):  # one seed per cell: hash only then
         r = max(noisy, key=lambda r: r["seed_sd"])
         out.append(f"{path}: seed noise: finished seeds of {len(noisy)} of these cells spread by up to "
                    f"{r['seed_sd']:.2g} (s.d. of final val loss, {r['seed_sd_runs']} seeds of {r['run_id']}'s cell), "
