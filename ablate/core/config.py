@@ -89,6 +89,13 @@ class RunConfig:
     loss_chunk: Optional[int] = meta(
         None, "tokens per chunk of the fused LM head + cross-entropy (the B*T*V logits never exist); "
         "null = plain", added=True)
+    # ---- data parallelism over a job's processes (resources gpus x nodes): memory per rank, never the math
+    strategy: Literal["ddp", "fsdp"] = meta(
+        "ddp", "ddp: every rank holds the whole model and AdamW state | fsdp: FSDP2 shards parameters, gradients "
+        "and AdamW state over the ranks (all-gathers each block as it runs)", added=True)
+    reshard_after_forward: bool = meta(
+        True, "fsdp: free each block's gathered weights after its forward (gather again in backward); false "
+        "keeps them to the backward: less communication, more memory", added=True)
     # ---- plugins
     plugins: tuple = meta((), "declarations of the grid's plugins (derived from the grid's `plugins:` list, "
                           "never written as a key): name, source, content_id, keys", added=True)
@@ -191,7 +198,7 @@ FIELD_NAMES = tuple(FIELDS)
 HASHED_NAMES = tuple(sorted(n for n, f in FIELDS.items() if f.metadata.get("hashed", True)))
 DERIVED = ("data_id", "plugins")  # fields a grid may not set: they are computed from other things
 _DEFAULTS = tuple((n, f.default) for n, f in FIELDS.items())
-MEMORY_KNOBS = ("act_ckpt", "loss_chunk")  # change memory and speed, never the math
+MEMORY_KNOBS = ("act_ckpt", "loss_chunk", "strategy", "reshard_after_forward")  # change memory and speed, never the math
 # fields hashed only when set (meta added=True) -> their default
 ADDED_DEFAULTS = {n: f.default for n, f in FIELDS.items() if f.metadata.get("added")}
 
@@ -387,6 +394,11 @@ def validate(c: RunConfig, data_vocab: Optional[int] = None) -> None:
         bad("key 'param_dtype': bf16 weights need dtype: bf16 (autocast); fp32 activations cannot meet bf16 weights")
     if c.param_dtype == "bf16" and c.device == "cpu":
         bad("key 'param_dtype': bf16 block matrices need CUDA, but device is cpu (use param_dtype: fp32)")
+    if c.strategy == "fsdp" and c.param_dtype == "bf16":  # FSDP2 reduce-scatters one dtype per sharded group
+        bad("key 'strategy': fsdp needs one dtype per block, but param_dtype: bf16 keeps bf16 matrices beside fp32 "
+            "vectors (use param_dtype: fp32; dtype: bf16 still computes in bf16)")
+    if not c.reshard_after_forward and c.strategy != "fsdp":
+        bad(f"key 'reshard_after_forward': false applies to strategy: fsdp only (this cell's strategy is {c.strategy})")
 
 
 @dataclass(frozen=True)

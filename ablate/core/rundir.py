@@ -7,6 +7,7 @@
         evals.jsonl    one line per eval (appended, flushed)
         summary.json   params, bytes, memory, throughput, final loss (written at the end)
         ckpt.pt        model + optimizer + RNG + data position + step (replaced atomically)
+        ckpt.shards/   fsdp: each rank's shards of model + optimizer, one dir per save, named by ckpt.pt
 
 JSON files are written to a temp file and renamed, so a reader never sees half a file; a
 torn last line of a .jsonl (a job killed mid-write) is skipped by `read_jsonl`, and so is any
@@ -56,6 +57,7 @@ RETRYABLE = ("failed", "diverged", "oom", "cancelled")
 
 CONFIG, STATUS, METRICS, EVALS, SUMMARY, CKPT = (
     "config.json", "status.json", "metrics.jsonl", "evals.jsonl", "summary.json", "ckpt.pt")
+CKPT_SHARDS = "ckpt.shards"  # strategy fsdp: the DCP shards ckpt.pt names (ablate/train/checkpoint.py)
 STATUS_LOCK, TRAIN_LOCK = ".status.lock", ".train.lock"
 BROKEN = "broken"  # not a state a job writes: a run dir whose config.json is not its own
 

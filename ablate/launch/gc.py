@@ -8,6 +8,8 @@ may write: a run dir's state is read under its status lock's rules (state done, 
 """
 from __future__ import annotations
 
+import shutil
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +38,25 @@ def collect(run_dirs) -> list[Garbage]:
         except AblateError:
             continue
         files = [p for g in TEMP_GLOBS for p in run_dir.glob(g)]
-        if not cfg.keep_ckpt and (run_dir / rundir.CKPT).is_file() and (run_dir / "model.pt").is_file():
-            files.append(run_dir / rundir.CKPT)
+        if not cfg.keep_ckpt and (run_dir / "model.pt").is_file():
+            files += [run_dir / name for name in (rundir.CKPT, rundir.CKPT_SHARDS) if (run_dir / name).exists()]
         if files:
-            out.append(Garbage(run_dir, files, sum(p.stat().st_size for p in files)))
+            out.append(Garbage(run_dir, files, sum(_size(p) for p in files)))
     return out
+
+
+def _size(path: Path) -> int:
+    """Bytes of a file, or of every file under a directory (fsdp's ckpt.shards)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def gc(run_dirs, dry_run: bool = False, echo=print) -> int:
@@ -51,8 +67,8 @@ def gc(run_dirs, dry_run: bool = False, echo=print) -> int:
         if not dry_run and rundir.state_of(g.run_dir) != "done":  # it changed since we looked (--force): leave it
             continue
         for path in g.files:
-            echo(f"{'would remove' if dry_run else 'removed'} {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            echo(f"{'would remove' if dry_run else 'removed'} {path} ({_size(path) / 1e6:.1f} MB)")
             if not dry_run:
-                path.unlink(missing_ok=True)
+                _remove(path)
     echo(f"{'would free' if dry_run else 'freed'} {total / 1e6:.1f} MB in {len(garbage)} finished run(s)")
     return total

@@ -17,6 +17,8 @@ once; --wait to follow), local (a runner with one job per GPU slot or CPU share;
 """
 from __future__ import annotations
 
+import shutil
+
 import contextlib
 import fcntl
 import time
@@ -85,6 +87,7 @@ def reset_run_dir(run_dir: Path) -> None:
     """--force: start over (keeps config.json)."""
     for name in (rundir.STATUS, rundir.METRICS, rundir.EVALS, rundir.SUMMARY, rundir.CKPT, "model.pt"):
         (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / rundir.CKPT_SHARDS, ignore_errors=True)
 
 
 def prepare_data(cells) -> None:

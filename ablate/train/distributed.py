@@ -25,6 +25,7 @@ class Dist:
     world_size: int = 1
     device: torch.device = torch.device("cpu")
     cpu_group: Any = None  # gloo group for host-side flags under NCCL (None: the default group is gloo)
+    sharded: bool = False  # strategy fsdp: FSDP2 over the default group (which exists even for one process)
 
     @property
     def is_main(self) -> bool:
@@ -59,7 +60,9 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device_pref: str) -> Dist:
+def setup(device_pref: str, strategy: str = "ddp") -> Dist:
+    """The process group and this rank's device. fsdp needs a group even for a world of one (the
+    sharded code path on one GPU): a private in-memory store, no port."""
     _export_submitit_env()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -67,15 +70,18 @@ def setup(device_pref: str) -> Dist:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     cpu_group = None
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world)
+        dist.init_process_group(backend=backend, rank=rank, world_size=world)
+    elif strategy == "fsdp" and not dist.is_initialized():
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if world > 1 and device.type == "cuda":
         cpu_group = dist.new_group(backend="gloo")  # every rank calls it, in the same order
-    return Dist(rank, local_rank, world, device, cpu_group)
+    return Dist(rank, local_rank, world, device, cpu_group, sharded=strategy == "fsdp")
 
 
 def teardown(d: Dist | None) -> None:
-    if d is not None and d.enabled and dist.is_initialized():
+    if d is not None and (d.enabled or d.sharded) and dist.is_initialized():
         dist.destroy_process_group()
 
 

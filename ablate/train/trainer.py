@@ -29,7 +29,7 @@ from ablate.core.config import RunConfig, resolve
 from ablate.core.errors import AblateError
 from ablate.data import corpora, prepare
 from ablate.data.batches import Batches
-from ablate.train import checkpoint, devices, distributed, memtrack, summary
+from ablate.train import checkpoint, devices, distributed, memtrack, sharding, summary
 from ablate.train.build import model_for
 from ablate.train.distributed import Dist
 from ablate.train.optim import build_optimizer, lr_at
@@ -67,6 +67,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # the init is a function of the seed alone
         # plugins: their code as the run dir keeps it, checked against the cell's content ids
         self.raw = model_for(cfg, d.device.type, run_dir).to(d.device)
+        if d.sharded:  # fsdp: parameters become shards before AdamW sees them (its state is sharded with them)
+            sharding.shard_model(self.raw, cfg)
         self.optimizer = build_optimizer(self.raw, cfg, d.device)
         self.raw.normalize_()
         self.step, self.train_s, self.wall_s, self.attempt_starts = 0, 0.0, 0.0, []
@@ -83,7 +85,7 @@ class Trainer:
 
         self.fwd = torch.compile(self.raw) if cfg.compile else self.raw
         self.model = self.fwd
-        if d.enabled:
+        if d.enabled and not d.sharded:
             self.model = DDP(self.fwd, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
         self.batches = Batches(corpora.split_files(cfg.dataset, cfg.tokenizer, data_path, prepared), cfg.context,
                                cfg.batch_size, cfg.seed, d.device)
@@ -98,18 +100,19 @@ class Trainer:
     # ---- resume / checkpoint
     def _resume(self) -> None:
         ckpt = self.run_dir / rundir.CKPT
-        if ckpt.exists():
-            saved = checkpoint.read_checkpoint(ckpt)
+        saved = checkpoint.read_checkpoint(ckpt) if ckpt.exists() else {}
+        if saved:
             if saved.get("run_id") not in (None, self.cfg.run_id()):
                 raise AblateError(f"{ckpt} belongs to another config (run_id {saved['run_id']}, this one is "
                                   f"{self.cfg.run_id()}): delete it to start over")
-            state = checkpoint.restore(saved, self.raw, self.optimizer)
+            state = checkpoint.restore(saved, self.raw, self.optimizer, self.run_dir)
             self.step, self.train_s, self.wall_s = state["step"], state["train_s"], state["wall_s"]
             self.attempt_starts = list(state["attempt_starts"])
             self.earlier_peaks = state.get("steady_peaks") or {}
             self.tracked = state.get("tracked_memory")
         if self.d.is_main:
             checkpoint.remove_stale_temps(self.run_dir)
+            checkpoint.remove_stale_shards(self.run_dir, keep=saved.get("sharded"))
             for name in (rundir.METRICS, rundir.EVALS):  # without a checkpoint: start both logs over
                 rundir.truncate_jsonl_after(self.run_dir / name, "step", self.step if ckpt.exists() else -1)
             if ckpt.exists():
@@ -117,12 +120,15 @@ class Trainer:
 
     def save(self) -> None:
         t0 = self._sync_time()
+        extra = dict(data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
+                     train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
+                     steady_peaks=self._steady_peaks(), tracked_memory=self.tracked, run_id=self.cfg.run_id())
+        if self.d.sharded:  # every rank writes its shards; the tag is new for every save of every attempt
+            tag = f"step{self.step:09d}-attempt{len(self.attempt_starts)}"
+            checkpoint.save_sharded(self.run_dir, self.raw, self.optimizer, self.step, tag, self.d.is_main, **extra)
+        elif self.d.is_main:
+            checkpoint.save_checkpoint(self.run_dir / rundir.CKPT, self.raw, self.optimizer, self.step, **extra)
         if self.d.is_main:
-            checkpoint.save_checkpoint(
-                self.run_dir / rundir.CKPT, self.raw, self.optimizer, self.step,
-                data_position={"step": self.step, "sampler": "random-offset, pure function of (seed, step, micro)"},
-                train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
-                steady_peaks=self._steady_peaks(), tracked_memory=self.tracked, run_id=self.cfg.run_id())
             self.status(ckpt_step=self.step, wall_s=self._wall_s())  # where a resume would start, for `ablate status`
         if self.d.enabled:
             torch.distributed.barrier()
@@ -174,11 +180,16 @@ class Trainer:
         out, n = {}, self.cfg.eval_iters
         for split in ("val", "train"):
             losses = torch.zeros(n, device=self.d.device)  # one entry per batch; each rank fills its own
-            for i in range(self.d.rank, n, self.d.world_size):  # fixed batches, split over ranks
-                x, y = self.batches.eval(split, i)
+            # fixed batches, split over ranks; fsdp: every rank runs as many forwards (each one gathers
+            # weights with the others), the last rounds' spare ones on a repeat of the last batch
+            world = self.d.world_size
+            rounds = -(-n // world) if self.d.sharded else len(range(self.d.rank, n, world))
+            for i in (self.d.rank + r * world for r in range(rounds)):
+                x, y = self.batches.eval(split, min(i, n - 1))
                 with self.autocast():
                     _, loss = self.fwd(x, y)
-                losses[i] = loss.float()
+                if i < n:
+                    losses[i] = loss.float()
             out[split] = distributed.all_reduce(losses, self.d).tolist()
         self.fwd.train()
         self._excluded += self._sync_time() - t0
@@ -295,10 +306,12 @@ class Trainer:
 
     def finish(self, state: str, error: str | None = None) -> str:
         ckpt_bytes = None
+        # fsdp: the shards gathered into one state_dict on rank 0 (every rank takes part)
+        weights = sharding.full_weights(self.raw) if self.d.sharded and state == "done" else self.raw
         if self.d.is_main:
             self.status()  # still ours? (the results below are this attempt's to write)
             if state == "done":
-                ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", self.raw)
+                ckpt_bytes = checkpoint.save_weights(self.run_dir / "model.pt", weights)
             rec = summary.build(self.cfg, self.doc, state, self.raw, self.run_dir, self.d, steps=self.step,
                                 train_s=self._train_s(), wall_s=self._wall_s(), attempt_starts=self.attempt_starts,
                                 ckpt_bytes=ckpt_bytes, peaks=self._finish_peaks(),
@@ -307,5 +320,6 @@ class Trainer:
             self.status(state=state, ended=time.time(), step=self.step, error=error, wall_s=self._wall_s())
             if state == "done" and not self.cfg.keep_ckpt:  # model.pt has the weights: AdamW's state is 2/3 of the bytes
                 (self.run_dir / rundir.CKPT).unlink(missing_ok=True)
+                checkpoint.remove_stale_shards(self.run_dir)  # fsdp: the shards it named
             self.log(f"{state} at step {self.step}" + (f": {error}" if error else ""))
         return state
