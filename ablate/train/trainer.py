@@ -159,7 +159,7 @@ class Trainer:
         first = self.d.rank * self.micro
         batch = lambda i: self.batches.train(self.step, first + i)  # noqa: E731
         step = functools.partial(optimizer_step, self.model, self.raw, self.optimizer, micro=self.micro,
-                                 autocast=self.autocast, grad_clip=self.cfg.grad_clip, ddp=self.d.enabled)
+                                 autocast=self.autocast, grad_clip=self.cfg.grad_clip, ddp=isinstance(self.model, DDP))
         if self.step + 1 == self.track_step:  # one steady-state step, tensor by tensor
             with memtrack.StepTracker(self.raw, self.optimizer) as tracker:
                 loss = step(batch=tracker.each_micro_batch(batch))

@@ -1,26 +1,14 @@
 """DDP: two gloo processes on CPU compute the same run as one process with the same global batch."""
-import socket
-
 import pytest
 
 from ablate.core import rundir
 from ablate.train.job import train
-from train_helpers import log_of, read_lines, train_subprocess
+from train_helpers import launch_ranks, log_of, read_lines
 
 CFG = dict(max_iters=20, grad_accum=2, eval_interval=10, eval_iters=4, log_interval=5, ckpt_interval=10)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _launch(run_dir, world: int):
-    port = str(_free_port())
-    return [train_subprocess(run_dir, log_name=f"rank{r}", env={
-        "WORLD_SIZE": str(world), "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port})
-        for r in range(world)]
+_launch = launch_ranks
 
 
 @pytest.mark.parametrize("arch", ["gpt", "ngpt"])

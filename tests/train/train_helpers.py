@@ -39,6 +39,22 @@ def train_subprocess(run_dir, env=None, log_name="train") -> subprocess.Popen:
                             stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_ranks(run_dir, world: int, env=None) -> list[subprocess.Popen]:
+    """`world` gloo ranks of one run dir, as torchrun starts them; rank r logs to <run_dir>.rank<r>.log."""
+    port = str(free_port())
+    return [train_subprocess(run_dir, log_name=f"rank{r}", env={
+        "WORLD_SIZE": str(world), "RANK": str(r), "LOCAL_RANK": str(r), "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": port, **(env or {})}) for r in range(world)]
+
+
 def log_of(run_dir, log_name="train") -> str:
     return Path(f"{run_dir}.{log_name}.log").read_text()
 
