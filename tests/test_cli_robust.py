@@ -260,3 +260,24 @@ def test_gc_removes_what_finished_runs_no_longer_keep_and_nothing_else(tmp_path)
     for d in (running, failed):  # not finished: every file stays
         assert (d / rundir.CKPT).exists() and (d / ".ckpt.pt.abc.tmp").exists()
     assert "freed 0.0 MB in 0 finished run(s)" in ablate_cli("gc").stdout
+
+
+def test_gc_removes_a_finished_fsdp_runs_shards_with_its_ckpt(tmp_path):
+    """strategy fsdp: ckpt.pt names a directory of DCP shards; both go (or both stay, keep_ckpt)."""
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    done = write_run(runs, "g", {"arch": "gpt", "strategy": "fsdp"})
+    kept = write_run(runs, "g", {"arch": "ngpt", "strategy": "fsdp", "keep_ckpt": True})
+    for d in (done, kept):
+        (d / rundir.CKPT).write_bytes(b"x" * 1_000)
+        (d / "model.pt").write_bytes(b"x" * 1_000)
+        shards = d / rundir.CKPT_SHARDS / "step000000300-attempt1"
+        shards.mkdir(parents=True)
+        for rank in range(2):
+            (shards / f"__{rank}_0.distcp").write_bytes(b"x" * 2_000_000)
+    r = ablate_cli("gc", "--dry-run")
+    assert r.returncode == 0 and f"would remove {done / rundir.CKPT_SHARDS} (4.0 MB)" in r.stdout, r.stdout
+    assert "would free 4.0 MB in 1 finished run(s)" in r.stdout and (done / rundir.CKPT_SHARDS).is_dir()
+    r = ablate_cli("gc")
+    assert r.returncode == 0 and "freed 4.0 MB in 1 finished run(s)" in r.stdout, r.stdout
+    assert not (done / rundir.CKPT).exists() and not (done / rundir.CKPT_SHARDS).exists()
+    assert (done / "model.pt").exists() and (kept / rundir.CKPT_SHARDS / "step000000300-attempt1").is_dir()

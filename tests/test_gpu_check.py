@@ -47,6 +47,9 @@ def test_cpu_mode_runs_every_stage_and_writes_the_table(tmp_path):
         assert c["sim_breakdown"]["params"] > 0 and c["sim_breakdown"]["activations"] > 0
     assert by_name["gpt-8k-swa-auto-compiled"]["attn_backend"] == "sdpa"  # on CPU a window stays with SDPA
     assert by_name["ngpt-1k-sdpa-compiled"]["ngpt_over_gpt"] > 0
+    # the sharded path (FSDP2, world size 1) trains the same step as the plain one: the same first loss
+    fsdp, plain = by_name["ngpt-1k-fsdp-sdpa-compiled"], by_name["ngpt-1k-sdpa-compiled"]
+    assert fsdp["loss_first"] == pytest.approx(plain["loss_first"], abs=1e-5)
 
     assert [k["case"] for k in r["kernels"]] and all(k["named"] and k["ms"] > 0 for k in r["kernels"])
     assert all(k["seen"] == [k["named"]] for k in r["kernels"] if k["backend"] == "sdpa")
@@ -134,11 +137,13 @@ def test_the_gpu_profile_has_every_cell_the_issue_lists():
             for backend in ("sdpa", "flex"):
                 for mode in ("eager", "compiled"):
                     assert f"{arch}-{ctx}-{backend}-{mode}" in names
-    assert len(names) == len(set(names)) == 19
+    assert len(names) == len(set(names)) == 21
     by_name = {c["name"]: c["config"] for c in cells(GPU)}
     assert by_name["gpt-8k-swa-auto-compiled"]["window"] == 1024 and by_name["gpt-8k-swa-auto-compiled"]["context"] == 8192
     assert by_name["gpt-1k-gqa-sdpa-compiled"]["n_kv_head"] == 4
     assert by_name["gpt-1k-tied-sdpa-compiled"]["tie_embeddings"] is True
+    assert [n for n, c in by_name.items() if c.get("strategy") == "fsdp"] == ["gpt-1k-fsdp-sdpa-compiled",
+                                                                             "ngpt-1k-fsdp-sdpa-compiled"]
     assert all(c["n_layer"] == 12 and c["n_embd"] == 768 and c["vocab_size"] == 50304 and c["dtype"] == "bf16"
                for c in by_name.values())
     assert names[:4] == ["gpt-1k-sdpa-compiled", "ngpt-1k-sdpa-compiled", "gpt-8k-sdpa-compiled", "ngpt-8k-sdpa-compiled"]

@@ -84,7 +84,7 @@ def cell(spec: dict) -> dict:
     doc = {"config": spec["config"], "grid": "gpu-check", "run_id": run_dir.name}
     rundir.write_json_atomic(run_dir / rundir.CONFIG, doc)
     with StopFlag() as stop:
-        d = distributed.setup(spec["config"].get("device", "auto"))
+        d = distributed.setup(spec["config"].get("device", "auto"), spec["config"].get("strategy", "ddp"))
         t0 = time.perf_counter()
         trainer = Trainer(run_dir, make_config(spec["config"]), doc, d, stop)
         cfg = trainer.cfg  # resolved

@@ -3,7 +3,8 @@ inside 8 minutes) and "cpu" (the same stages at a tiny size, for the test suite)
 
 The benchmark cells come in priority order, because the bench stage runs them until its time
 is up: first what the targets need (GPT and nGPT compiled with SDPA at 1k and 8k), then the
-cheap eager runs, then one GQA, one SWA and one tied cell, then FlexAttention.
+cheap eager runs, then one GQA, one SWA and one tied cell, then GPT and nGPT sharded with
+strategy fsdp (world size 1), then FlexAttention.
 """
 from __future__ import annotations
 
@@ -54,7 +55,8 @@ CPU = {
     "env": {"OMP_NUM_THREADS": "1", "TORCH_COMPILE_DISABLE": "1"},
     # a subset, to stay quick: a GPT / nGPT pair, the routed window, and a cell that must fail
     # (torch has no CPU flex backward) so that a failing cell is seen to be recorded
-    "cells": ("gpt-1k-sdpa-compiled", "ngpt-1k-sdpa-compiled", "gpt-8k-swa-auto-compiled", "gpt-1k-flex-eager"),
+    "cells": ("gpt-1k-sdpa-compiled", "ngpt-1k-sdpa-compiled", "gpt-8k-swa-auto-compiled", "ngpt-1k-fsdp-sdpa-compiled",
+              "gpt-1k-flex-eager"),
 }
 
 PROFILES = {"gpu": GPU, "cpu": CPU}
@@ -78,6 +80,9 @@ def cells(p: dict) -> list[dict]:
             + [cell("gpt", "8k", "auto", True, "swa", window=p["window"]),  # auto: where routing sends a window
                cell("gpt", "1k", "sdpa", True, "gqa", n_kv_head=p["gqa_kv"]),
                cell("gpt", "1k", "sdpa", True, "tied", tie_embeddings=True)]
+            # the sharded code path (FSDP2 at world size 1: all-gathers, reduce-scatters, DCP), its
+            # allocator peak beside the simulation's; multi-GPU figures need a multi-GPU machine
+            + [cell(a, "1k", "sdpa", True, "fsdp", strategy="fsdp") for a in ARCHS]
             + [cell(a, c, "flex", True) for a, c in grid]
             + [cell(a, c, "flex", False) for a, c in grid])
 

@@ -86,6 +86,10 @@ def test_type_errors_are_one_line(values, message):
     ({"attn_backend": "flash", "device": "cpu"}, "flash needs CUDA"),
     ({"dataset": "shakespear"}, "did you mean 'shakespeare'"),
     ({"min_lr": 1.0, "lr": 0.1}, "'min_lr'"),
+    ({"strategy": "fsdp", "dtype": "bf16", "param_dtype": "bf16", "device": "cuda"},
+     "key 'strategy': fsdp needs one dtype per block, but param_dtype: bf16"),
+    ({"reshard_after_forward": False}, "key 'reshard_after_forward': false applies to strategy: fsdp only"),
+    ({"strategy": "zero3"}, "key 'strategy': 'zero3' is not allowed, expected one of ddp, fsdp"),
 ])
 def test_cross_field_rules(values, message):
     with pytest.raises(AblateError) as e:
@@ -146,3 +150,13 @@ def test_flops_count_the_matmuls_that_run_not_the_weights_stored():
     n = L * (4 * d * d) + L * 12 * d * d + (2 * L + 1) * d + V * d  # attention + SwiGLU + norms + head
     assert full["nanogpt"] == 6 * n + 12 * L * d * T
     assert full["causal"] == pytest.approx(6 * n + 12 * L * d * (T + 1) / 2)
+
+
+def test_strategy_names_a_new_run_only_when_set():
+    """strategy and reshard_after_forward came after runs existed: at their defaults they leave
+    every run id as it was; set, they name another run (its memory per rank is another result)."""
+    base = resolve(make_config({"vocab_size": 64}))
+    assert resolve(make_config({"vocab_size": 64, "strategy": "ddp"})).run_id() == base.run_id()
+    fsdp = resolve(make_config({"vocab_size": 64, "strategy": "fsdp"}))
+    kept = resolve(make_config({"vocab_size": 64, "strategy": "fsdp", "reshard_after_forward": False}))
+    assert len({base.run_id(), fsdp.run_id(), kept.run_id()}) == 3
