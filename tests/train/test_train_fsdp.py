@@ -130,7 +130,7 @@ def test_row_normalizations_are_shard_local_and_column_ones_reduce_across_shards
 
 # ---------------------------------------------------------------- kill -9, then resume
 
-RESUME = dict(CFG, max_iters=18, log_interval=1, eval_interval=6, ckpt_interval=6)
+RESUME = dict(CFG, max_iters=18, grad_accum=12, log_interval=1, eval_interval=6, ckpt_interval=6)
 
 
 def _killed(run_dir, world: int, kill: str) -> dict:
@@ -155,7 +155,7 @@ def _committed(run_dir) -> tuple:
 
 @pytest.mark.parametrize("kill, world, again", [
     ("save:1:12", 2, 2),  # rank 1 wrote its shards of step 12; ckpt.pt never named them
-    ("step:0:10", 2, 2),  # rank 0 dies inside step 10, after its backward
+    ("step:0:10", 3, 3),  # rank 0 of 3 dies inside step 10, after its backward (3 ranks: uneven shards)
     ("step:2:10", 4, 2),  # four ranks saved step 6; two resume from it (DCP reshards)
 ], ids=["mid-save", "mid-step", "4-to-2-ranks"])
 def test_a_killed_rank_resumes_from_the_last_committed_checkpoint(make_run, kill, world, again):
