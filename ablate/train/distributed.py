@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from submitit import JobEnvironment
 from submitit.helpers import TorchDistributedEnvironment
 
 from ablate.core.errors import AblateError
@@ -49,14 +50,13 @@ def slurm_rendezvous() -> dict[str, str]:
     submitit, a single task). MASTER_ADDR is
     always the job's first node (one inherited from the submitting shell names a machine outside
     the job); a MASTER_PORT the job was given is kept (submitit's rule)."""
-    executor = os.environ.get("SUBMITIT_EXECUTOR")
-    if "WORLD_SIZE" in os.environ or not executor:
+    if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
         return {}
     try:
         env = TorchDistributedEnvironment()
     except Exception as e:  # e.g. no SLURM_JOB_ID, or a SLURM_JOB_NODELIST submitit cannot parse
         tasks = os.environ.get("SLURM_NTASKS", "1")
-        if executor == "slurm" and tasks.isdigit() and int(tasks) > 1:
+        if tasks.isdigit() and int(tasks) > 1:
             raise AblateError(f"a Slurm job of {tasks} tasks (SLURM_NTASKS), but its rendezvous cannot be derived "
                               f"from SLURM_* (SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID')!r}, SLURM_JOB_NODELIST="
                               f"{os.environ.get('SLURM_JOB_NODELIST')!r}): {type(e).__name__}: {e}") from None
@@ -70,11 +70,15 @@ def slurm_rendezvous() -> dict[str, str]:
 
 def env_rank() -> int:
     """This process's rank as the environment says, before (or without) init: RANK, else the
-    task's global rank under submitit (Slurm's SLURM_PROCID; the local executor's own variable)."""
+    task's global rank under submitit, else SLURM_PROCID."""
     if "RANK" in os.environ:
         return int(os.environ["RANK"])
-    local = os.environ.get("SUBMITIT_EXECUTOR") == "local"
-    return int(os.environ.get("SUBMITIT_LOCAL_GLOBALID" if local else "SLURM_PROCID", "0"))
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        try:
+            return JobEnvironment().global_rank  # Slurm's SLURM_PROCID, or the local executor's variable
+        except Exception:  # not really inside a submitit job
+            pass
+    return int(os.environ.get("SLURM_PROCID", "0"))
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
