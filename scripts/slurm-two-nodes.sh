@@ -8,11 +8,14 @@
 #     |-- netns ablnode1: eth0 10.233.42.1, slurmd -N ablnode1   (2 fake GPUs)
 #     '-- netns ablnode2: eth0 10.233.42.2, slurmd -N ablnode2   (2 fake GPUs)
 #
-# Why network namespaces: Debian's slurmd is built without --enable-multiple-slurmd (scontrol show
-# config has no MULTIPLE_SLURMD = yes; two slurmd on one host would share a port and an address), so
-# each node gets its own network stack and address, and Slurm sees two hosts. Each slurmd runs in
-# its own mount namespace too, where /etc/hosts is /etc/netns/<node>/hosts: the node names resolve
-# to the nodes' addresses, and this machine's hostname to the node's own (gloo binds to it).
+# Why network namespaces: Debian's slurmd does support multiple slurmd (`scontrol show config` says
+# MULTIPLE_SLURMD = Yes; two `slurmd -N` with NodeName ... Port=6841/6842 on 127.0.0.1 run, and
+# `srun -N2` spans them), but then both "nodes" share one address and one network stack and their
+# names resolve to nothing, while ablate's rendezvous uses the first node's name as MASTER_ADDR:
+# every rank would meet on loopback, which proves little about two hosts. Here each node has its own
+# network stack and address and Slurm, srun and gloo see two hosts. Each slurmd runs in its own
+# mount namespace too, where /etc/hosts is /etc/netns/<node>/hosts: the node names resolve to the
+# nodes' addresses, and this machine's hostname to the node's own (gloo binds to it).
 # Not `ip netns exec`: it remounts /sys, and slurmd's cgroup plugin then finds no /sys/fs/cgroup.
 # Idempotent: a second start only starts what is not running (and restarts ci2 if its config changed).
 set -euo pipefail
