@@ -47,9 +47,8 @@ def slurm_rendezvous() -> dict[str, str]:
     """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for a task of a
     multi-task submitit job (Slurm: from its SLURM_* variables, see the module docstring; local:
     from submitit's SUBMITIT_LOCAL_*); {} for any other process (WORLD_SIZE already set, not under
-    submitit, a single task). MASTER_ADDR is
-    always the job's first node (one inherited from the submitting shell names a machine outside
-    the job); a MASTER_PORT the job was given is kept (submitit's rule)."""
+    submitit, a single task). MASTER_ADDR is always the job's first node (one inherited from the
+    submitting shell names a machine outside the job); a MASTER_PORT the job was given is kept."""
     if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
         return {}
     try:

@@ -32,9 +32,10 @@ def cluster(monkeypatch):
     test left is cancelled: its other ranks would wait for the killed one in a collective."""
     monkeypatch.setenv("SLURM_CONF", CONF)
     yield
-    ids = {(rundir.read_json(p) or {}).get("job_id") for p in Path(os.environ["ABLATE_RUNS_DIR"]).glob("*/*/status.json")}
-    if ids - {None}:
-        subprocess.run(["scancel", *sorted(ids - {None})], capture_output=True, timeout=60)
+    runs = Path(os.environ["ABLATE_RUNS_DIR"])
+    ids = {(rundir.read_json(p) or {}).get("job_id") for p in runs.glob("*/*/" + rundir.STATUS)} - {None}
+    if ids:
+        subprocess.run(["scancel", *sorted(ids)], capture_output=True, timeout=60)
 
 
 def task_logs(status: dict) -> list[str]:

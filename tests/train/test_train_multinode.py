@@ -44,7 +44,8 @@ def slurm_env(procid: int, job: str, nodelist: str = ",".join(NODES), nodes: int
             "SLURM_JOB_NUM_NODES": str(nodes), "SLURM_NNODES": str(nodes),
             "SLURM_NTASKS": str(nodes * per_node), "SLURM_NPROCS": str(nodes * per_node),
             "SLURM_NTASKS_PER_NODE": str(per_node), "SLURM_TASKS_PER_NODE": f"{per_node}(x{nodes})",
-            "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % per_node), "SLURM_NODEID": str(procid // per_node),
+            "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(procid % per_node),
+            "SLURM_NODEID": str(procid // per_node),
             "SLURM_STEP_ID": "0", "SLURM_STEPID": "0"}
 
 
