@@ -42,7 +42,10 @@ class CellJob(submitit.helpers.Checkpointable):
             if self.threads:  # before torch is imported: concurrent jobs must not oversubscribe the cores
                 for var in THREAD_VARS:
                     os.environ[var] = str(self.threads)
-            print(f"[ablate] {self.run_dir} on {socket.gethostname()}: CUDA_VISIBLE_DEVICES="
+            task, tasks = os.environ.get("SLURM_PROCID"), os.environ.get("SLURM_NTASKS", "1")
+            where = f" (node {os.environ.get('SLURMD_NODENAME', '?')}, task {task} of {tasks})" \
+                if task is not None and tasks != "1" else ""  # which task of a multi-task job, on which Slurm node
+            print(f"[ablate] {self.run_dir} on {socket.gethostname()}{where}: CUDA_VISIBLE_DEVICES="
                   f"{os.environ.get('CUDA_VISIBLE_DEVICES', '')!r}, threads {self.threads or 'default'}",
                   file=sys.stderr, flush=True)
             from ablate.train.job import train  # torch: imported in the job, never by the command that submits it

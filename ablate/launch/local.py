@@ -246,6 +246,7 @@ class LocalExecutor(Executor):
 
     @classmethod
     def for_submit(cls, grid, *, jobs=None, gpus=None, array_parallelism=None, echo=print) -> "LocalExecutor":
+        res.check_one_node(grid.resources, cls.name)
         return cls(res.local_slots(grid.resources, res.parse_gpus(gpus), jobs, warn=echo))
 
     def dispatch(self, grid, cells, folder, echo=print) -> LocalRunner:
@@ -278,6 +279,11 @@ class DebugExecutor(Executor):
     """In this process, one cell after the other (submitit's DebugExecutor): for tests and pdb."""
     name = "debug"
     unstarted = "pending"
+
+    @classmethod
+    def for_submit(cls, grid, *, jobs=None, gpus=None, array_parallelism=None, echo=print) -> "DebugExecutor":
+        res.check_one_node(grid.resources, cls.name)
+        return cls()
 
     def dispatch(self, grid, cells, folder, echo=print) -> None:
         run_debug(cells, folder, echo=echo)

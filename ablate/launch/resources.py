@@ -63,8 +63,8 @@ def slurm_parameters(resources, grid_name: str, array_parallelism: int | None = 
     params = _translate(resources, 0)
     ctor = {k: params.pop(k) for k in EXECUTOR_ARGS if k in params}
     ctor.setdefault("max_num_timeout", 0)
-    if resources.gpus > 1:  # DDP: one process per GPU, each sees all of the node's GPUs
-        params["ntasks_per_node"] = resources.gpus
+    if resources.gpus > 1 or resources.nodes > 1:  # DDP: one process per GPU, each sees all of the node's GPUs
+        params["ntasks_per_node"] = tasks_per_node(resources)
     params["signal_delay_s"] = signal_delay_s(resources.time_min or 60)
     params["job_name"] = f"ablate-{grid_name}"
     # held at submission, released once every status.json knows its job id (see slurm.py)
@@ -72,6 +72,19 @@ def slurm_parameters(resources, grid_name: str, array_parallelism: int | None = 
     if array_parallelism:
         params["array_parallelism"] = int(array_parallelism)
     return params, ctor
+
+
+def tasks_per_node(resources) -> int:
+    """Ranks per node: one per GPU; on CPU (gpus: 0) one per node, whose torch threads use the task's
+    `cpus`. A job runs nodes x tasks_per_node ranks (WORLD_SIZE), all from the same environment."""
+    return max(1, resources.gpus)
+
+
+def check_one_node(resources, executor: str) -> None:
+    """The local and debug executors run a cell on this machine: nodes > 1 is for Slurm."""
+    if resources.nodes > 1:
+        raise AblateError(f"resources.nodes is {resources.nodes}, but --executor {executor} runs each cell on this one "
+                          f"machine; use --executor slurm for several nodes, or nodes: 1")
 
 
 def threads_per_job(jobs: int, cpus: int | None = None) -> int:

@@ -1,9 +1,14 @@
 """torch.distributed setup from the environment: torchrun / Slurm env vars, or submitit.
 
 WORLD_SIZE > 1 (RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT set by torchrun or the launcher)
-means DDP; under a multi-task submitit job without those, submitit's
-TorchDistributedEnvironment exports them. Backend: nccl on CUDA, gloo on CPU. Rank 0 is the
-only process that writes files.
+means DDP; under a multi-task submitit Slurm job without those (one task per GPU on each of
+`nodes` nodes), they are derived from srun's SLURM_* variables by submitit's
+TorchDistributedEnvironment: RANK = SLURM_PROCID, WORLD_SIZE = SLURM_NTASKS, LOCAL_RANK =
+SLURM_LOCALID, MASTER_ADDR = the first host of SLURM_JOB_NODELIST, MASTER_PORT = the job's
+MASTER_PORT if set, else a port in 20000-60000 seeded by the job id (the same on every node, and
+again after a requeue). A multi-task job whose rendezvous cannot be derived is an error, never N
+independent single-process runs. Backend: nccl on CUDA, gloo on CPU. Rank 0 is the only process
+that writes files.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from submitit import JobEnvironment
 from submitit.helpers import TorchDistributedEnvironment
 
 from ablate.core.errors import AblateError
@@ -26,6 +32,7 @@ class Dist:
     device: torch.device = torch.device("cpu")
     cpu_group: Any = None  # gloo group for host-side flags under NCCL (None: the default group is gloo)
     sharded: bool = False  # strategy fsdp: FSDP2 over the default group (which exists even for one process)
+    stop: Any = None       # the job's StopFlag: any_rank shares its signal number (see any_rank)
 
     @property
     def is_main(self) -> bool:
@@ -36,20 +43,41 @@ class Dist:
         return self.world_size > 1
 
 
-def _export_submitit_env() -> None:
+def slurm_rendezvous() -> dict[str, str]:
+    """RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT for a task of a
+    multi-task submitit job (Slurm: from its SLURM_* variables, see the module docstring; local:
+    from submitit's SUBMITIT_LOCAL_*); {} for any other process (WORLD_SIZE already set, not under
+    submitit, a single task). MASTER_ADDR is always the job's first node (one inherited from the
+    submitting shell names a machine outside the job); a MASTER_PORT the job was given is kept."""
     if "WORLD_SIZE" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
-        return
+        return {}
     try:
         env = TorchDistributedEnvironment()
-        if env.world_size > 1:
-            env.export(set_cuda_visible_devices=False)
-    except Exception:  # not really inside a submitit job: single process
-        pass
+    except Exception as e:  # e.g. no SLURM_JOB_ID, or a SLURM_JOB_NODELIST submitit cannot parse
+        tasks = os.environ.get("SLURM_NTASKS", "1")
+        if tasks.isdigit() and int(tasks) > 1:
+            raise AblateError(f"a Slurm job of {tasks} tasks (SLURM_NTASKS), but its rendezvous cannot be derived "
+                              f"from SLURM_* (SLURM_JOB_ID={os.environ.get('SLURM_JOB_ID')!r}, SLURM_JOB_NODELIST="
+                              f"{os.environ.get('SLURM_JOB_NODELIST')!r}): {type(e).__name__}: {e}") from None
+        return {}  # not really inside a submitit job of several tasks: one process
+    if env.world_size <= 1:
+        return {}
+    return dict(MASTER_ADDR=env.master_addr, MASTER_PORT=str(env.master_port), RANK=str(env.rank),
+                WORLD_SIZE=str(env.world_size), LOCAL_RANK=str(env.local_rank),
+                LOCAL_WORLD_SIZE=str(env.local_world_size))
 
 
 def env_rank() -> int:
-    """This process's rank as the environment says, before (or without) init."""
-    return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    """This process's rank as the environment says, before (or without) init: RANK, else the
+    task's global rank under submitit, else SLURM_PROCID."""
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"])
+    if "SUBMITIT_EXECUTOR" in os.environ:
+        try:
+            return JobEnvironment().global_rank  # Slurm's SLURM_PROCID, or the local executor's variable
+        except Exception:  # not really inside a submitit job
+            pass
+    return int(os.environ.get("SLURM_PROCID", "0"))
 
 
 def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
@@ -60,10 +88,10 @@ def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def setup(device_pref: str, strategy: str = "ddp") -> Dist:
+def setup(device_pref: str, strategy: str = "ddp", stop=None) -> Dist:
     """The process group and this rank's device. fsdp needs a group even for a world of one (the
-    sharded code path on one GPU): a private in-memory store, no port."""
-    _export_submitit_env()
+    sharded code path on one GPU): a private in-memory store, no port. stop: the job's StopFlag."""
+    os.environ.update(slurm_rendezvous())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_pref, local_rank)
@@ -77,7 +105,7 @@ def setup(device_pref: str, strategy: str = "ddp") -> Dist:
         dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
     if world > 1 and device.type == "cuda":
         cpu_group = dist.new_group(backend="gloo")  # every rank calls it, in the same order
-    return Dist(rank, local_rank, world, device, cpu_group, sharded=strategy == "fsdp")
+    return Dist(rank, local_rank, world, device, cpu_group, sharded=strategy == "fsdp", stop=stop)
 
 
 def teardown(d: Dist | None) -> None:
@@ -87,12 +115,18 @@ def teardown(d: Dist | None) -> None:
 
 def any_rank(flag: bool, d: Dist) -> bool:
     """True on every rank when it is True on any: a CPU all-reduce (gloo), so asking every step
-    (has a stop signal arrived?) never waits for the GPU."""
+    (has a stop signal arrived?) never waits for the GPU. The signal number travels with it: a rank
+    that got none adopts the one another rank got, so that rank 0, whose chained submitit handler
+    is the one that requeues the job (submitit requeues from global rank 0 only), requeues it
+    after a SIGUSR2 that reached any rank (one job, one `scontrol requeue`, however many tasks)."""
     if not d.enabled:
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    mine = (d.stop.signum or 0) if d.stop is not None else 0
+    t = torch.tensor([1 if flag else 0, mine], dtype=torch.int32)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=d.cpu_group)
-    return bool(t.item())
+    if d.stop is not None and d.stop.signum is None and t[1].item() > 0:
+        d.stop.signum = int(t[1].item())
+    return bool(t[0].item())
 
 
 def all_reduce(t: torch.Tensor, d: Dist, op=dist.ReduceOp.SUM) -> torch.Tensor:

@@ -94,7 +94,7 @@ def train(run_dir, attempt: str | None = None, stop: StopFlag | None = None) -> 
             cfg, doc = rundir.read_config(run_dir)
             if _finished(run_dir):  # done and its checkpoint let go: nothing to train (a new start would retrain)
                 return "done"
-            d = distributed.setup(cfg.device, cfg.strategy)
+            d = distributed.setup(cfg.device, cfg.strategy, stop)
             if is_main:
                 owner = _claim(run_dir, d, attempt)
             trainer = Trainer(run_dir, cfg, doc, d, stop, owner)

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from ablate.core import rundir
+from ablate.launch import state as scheduler
+from ablate.plan.grid import load_grid
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,17 +88,44 @@ def steps_unbroken(run_dir: Path, key_file: str, every: int, last: int | None) -
     return steps
 
 
-def slurm_skip_reason() -> str | None:
-    """None when a Slurm controller answers here; otherwise why the Slurm tests are skipped."""
+def settle(grid_path, timeout=180, nudge_requeued=False):
+    """Wait until no cell of the grid has a live job; returns the reconciled cells. With
+    nudge_requeued, a requeued job is started at once: Slurm gives a requeued job a BeginTime
+    two minutes ahead (to let a failed node recover), which only slows this test down."""
+    grid = load_grid(grid_path)
+
+    def quiet():
+        cells = scheduler.reconcile(grid.cells)
+        if nudge_requeued:
+            for c in cells:
+                if c.job is not None and c.job.active and c.job.reason == "BeginTime":
+                    subprocess.run(["scontrol", "update", f"JobId={c.job.job_id}", "StartTime=now"],
+                                   capture_output=True, timeout=30)
+        return cells if not any(c.active for c in cells) else None
+
+    return wait_until(quiet, timeout, f"the jobs of {grid_path.name} to end", poll=1.0)
+
+
+def sacct_state(job_id: str) -> str:
+    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State"],
+                         capture_output=True, text=True, timeout=30).stdout
+    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
+    return states.get(job_id, "?").split()[0] if states.get(job_id) else "?"
+
+
+def slurm_skip_reason(conf: str | None = None, start: str = "scripts/start-slurm.sh") -> str | None:
+    """None when a Slurm controller answers here (conf: that cluster's SLURM_CONF); otherwise why the
+    Slurm tests are skipped, and `start`, the command that starts it."""
     if not shutil.which("sbatch"):
-        return "Slurm is not installed here (no sbatch on PATH); start it with scripts/start-slurm.sh"
+        return f"Slurm is not installed here (no sbatch on PATH); start it with {start}"
+    env = {**os.environ, "SLURM_CONF": conf} if conf else None
     try:
-        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=20, env=env)
     except (OSError, subprocess.SubprocessError) as e:
-        return f"Slurm is not running (scontrol ping: {e}); start it with scripts/start-slurm.sh"
+        return f"Slurm is not running (scontrol ping: {e}); start it with {start}"
     if "UP" not in out.stdout:
         said = (out.stdout + out.stderr).strip().splitlines()  # the first line; then a banner of asterisks
-        return f"Slurm is not running (scontrol ping: {said[0] if said else 'no answer'}); start it with scripts/start-slurm.sh"
+        return f"Slurm is not running (scontrol ping: {said[0] if said else 'no answer'}); start it with {start}"
     return None
 
 

@@ -137,3 +137,34 @@ def test_gpus_checked_against_sinfo_before_sbatch(tmp_path, monkeypatch, gres, g
         with pytest.raises(AblateError, match=message) as e:
             res.check_gpus_available(Resources(gpus=gpus, partition="gpu"))
         assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("gpus, tasks", [(0, 1), (1, 1), (4, 4)])
+def test_several_nodes_run_one_task_per_gpu_or_one_per_node_on_cpu(gpus, tasks):
+    """nodes x tasks_per_node ranks, set in the script (never left to a site's default task count)."""
+    params, _ = res.slurm_parameters(Resources(nodes=2, gpus=gpus), "g")
+    assert (params["nodes"], params["ntasks_per_node"], params.get("gpus_per_node")) == (2, tasks, gpus or None)
+
+
+def test_sbatch_script_golden_two_nodes(tmp_path):
+    """The script of a 2-node x 2-GPU cell: four tasks, srun starts them all (one per GPU per node)."""
+    r = Resources(gpus=2, nodes=2, cpus=4, time_min=90, partition="gpu", max_requeue=2)
+    text = sbatch_script("golden", r, "/runs/golden/.submitit/STAMP/array0", array_size=1)
+    path = GOLDEN / "sbatch_two_nodes.sh"
+    if os.environ.get("ABLATE_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text()
+    assert "#SBATCH --nodes=2" in text and "#SBATCH --ntasks-per-node=2" in text and "#SBATCH --gpus-per-node=2" in text
+
+
+@pytest.mark.parametrize("name", ["local", "debug"])
+def test_local_executors_refuse_several_nodes(name):
+    from types import SimpleNamespace
+
+    from ablate.launch.executors import executor_class
+
+    grid = SimpleNamespace(resources=Resources(nodes=2, gpus=1), name="g")
+    with pytest.raises(AblateError, match=f"resources.nodes is 2, but --executor {name} runs each cell on this one "
+                                          "machine; use --executor slurm") as e:
+        executor_class(name).for_submit(grid)
+    assert "\n" not in str(e.value)

@@ -11,40 +11,14 @@ from pathlib import Path
 import pytest
 
 from ablate.launch import resources as res
-from ablate.launch import state as scheduler
 from ablate.launch.submit import submit
 from ablate.core import rundir
 from ablate.plan.grid import load_grid
-from launch_helpers import cli, slurm_skip_reason, steps_unbroken, wait_until
+from launch_helpers import cli, sacct_state, settle, slurm_skip_reason, steps_unbroken, wait_until
 from launch_helpers import grid_file, one_thread  # noqa: F401  (fixtures)
 
 SKIP = slurm_skip_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(SKIP is not None, reason=SKIP or "")]
-
-
-def settle(grid_path, timeout=180, nudge_requeued=False):
-    """Wait until no cell of the grid has a live job; returns the reconciled cells. With
-    nudge_requeued, a requeued job is started at once: Slurm gives a requeued job a BeginTime
-    two minutes ahead (to let a failed node recover), which only slows this test down."""
-    grid = load_grid(grid_path)
-
-    def quiet():
-        cells = scheduler.reconcile(grid.cells)
-        if nudge_requeued:
-            for c in cells:
-                if c.job is not None and c.job.active and c.job.reason == "BeginTime":
-                    subprocess.run(["scontrol", "update", f"JobId={c.job.job_id}", "StartTime=now"],
-                                   capture_output=True, timeout=30)
-        return cells if not any(c.active for c in cells) else None
-
-    return wait_until(quiet, timeout, f"the jobs of {grid_path.name} to end", poll=1.0)
-
-
-def sacct_state(job_id: str) -> str:
-    out = subprocess.run(["sacct", "-X", "-n", "-P", "-j", job_id.split("_")[0], "-o", "JobID,State"],
-                         capture_output=True, text=True, timeout=30).stdout
-    states = dict(line.split("|", 1) for line in out.splitlines() if "|" in line)
-    return states.get(job_id, "?").split()[0] if states.get(job_id) else "?"
 
 
 def status_of(cell) -> dict:

@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# slurm-two-nodes.sh start|stop - a second Slurm cluster, "ci2", of two nodes on this one machine, for
+# ablate's multi-node tests (tests/launch/test_launch_slurm_nodes.py). start-slurm.sh runs it when
+# SLURM_TWO_NODES=1 (after the single-node cluster, whose munged and slurmdbd it shares);
+# stop-slurm.sh stops it. Use it with:  SLURM_CONF=$SLURM_STATE_DIR/two-nodes/slurm.conf sbatch ...
+#
+#   bridge ablbr0 10.233.42.254 (slurmctld of ci2, ports 6827/6828)
+#     |-- netns ablnode1: eth0 10.233.42.1, slurmd -N ablnode1   (2 fake GPUs)
+#     '-- netns ablnode2: eth0 10.233.42.2, slurmd -N ablnode2   (2 fake GPUs)
+#
+# Why network namespaces: Debian's slurmd does support multiple slurmd (`scontrol show config` says
+# MULTIPLE_SLURMD = Yes; two `slurmd -N` with NodeName ... Port=6841/6842 on 127.0.0.1 run, and
+# `srun -N2` spans them), but then both "nodes" share one address and one network stack and their
+# names resolve to nothing, while ablate's rendezvous uses the first node's name as MASTER_ADDR:
+# every rank would meet on loopback, which proves little about two hosts. Here each node has its own
+# network stack and address and Slurm, srun and gloo see two hosts. Each slurmd runs in its own
+# mount namespace too, where /etc/hosts is /etc/netns/<node>/hosts: the node names resolve to the
+# nodes' addresses, and this machine's hostname to the node's own (gloo binds to it).
+# Not `ip netns exec`: it remounts /sys, and slurmd's cgroup plugin then finds no /sys/fs/cgroup.
+# Idempotent: a second start only starts what is not running (and restarts ci2 if its config changed).
+set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then exec sudo -E bash "$0" "$@"; fi
+
+S="${SLURM_STATE_DIR:-/tmp/slurm}"
+D="$S/two-nodes"
+NET=10.233.42
+BR=ablbr0
+NODES=(ablnode1 ablnode2)
+CONF="$D/slurm.conf"
+ACCT="${SLURM_ACCOUNTING:-dbd}"
+H="$(hostname -s)"
+log() { echo "[slurm-two-nodes] $*"; }
+die() { echo "[slurm-two-nodes] ERROR: $*" >&2; exit 1; }
+alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+stop_pidfile() {  # stop_pidfile <name> <pidfile>
+  local pid
+  alive "$2" || { rm -f "$2"; return 0; }
+  pid=$(cat "$2"); log "stopping $1 (pid $pid)"; kill "$pid"
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -0 "$pid" 2>/dev/null && kill -9 "$pid"
+  rm -f "$2"
+}
+
+stop() {
+  if alive "$D/run/slurmctld.pid"; then
+    jobs=$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ')
+    if [ -n "${jobs// /}" ]; then
+      log "cancelling jobs: $jobs"; SLURM_CONF="$CONF" scancel $jobs 2>/dev/null || true
+      for _ in $(seq 1 60); do [ -z "$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null)" ] && break; sleep 0.5; done
+    fi
+  fi
+  for n in "${NODES[@]}"; do stop_pidfile "slurmd $n" "$D/run/slurmd-$n.pid"; done
+  stop_pidfile "slurmctld (ci2)" "$D/run/slurmctld.pid"
+  for i in 1 2; do
+    ip link del "vabl$i" 2>/dev/null || true
+    ip netns del "ablnode$i" 2>/dev/null || true
+    rm -rf "/etc/netns/ablnode$i"
+  done
+  ip link del "$BR" 2>/dev/null || true
+}
+
+network() {
+  command -v ip >/dev/null && command -v nsenter >/dev/null && command -v unshare >/dev/null \
+    || die "needs ip (iproute2), nsenter and unshare (util-linux)"
+  if ! ip link show "$BR" >/dev/null 2>&1; then
+    ip link add "$BR" type bridge || die "cannot create bridge $BR (ip link add: no CAP_NET_ADMIN here?)"
+    ip addr add "$NET.254/24" dev "$BR"
+  fi
+  ip link set "$BR" up
+  for i in 1 2; do
+    ns="ablnode$i"
+    [ -e "/run/netns/$ns" ] || ip netns add "$ns" || die "cannot create network namespace $ns"
+    if ! ip link show "vabl$i" >/dev/null 2>&1; then
+      ip link add "vabl$i" type veth peer name eth0 netns "$ns"
+      ip -n "$ns" addr add "$NET.$i/24" dev eth0
+    fi
+    ip link set "vabl$i" master "$BR"; ip link set "vabl$i" up
+    ip -n "$ns" link set lo up; ip -n "$ns" link set eth0 up
+    mkdir -p "/etc/netns/$ns"
+    printf '127.0.0.1 localhost\n%s %s\n%s.1 ablnode1\n%s.2 ablnode2\n%s.254 %s-ctld\n' \
+      "$NET.$i" "$H" "$NET" "$NET" "$NET" "$H" >"/etc/netns/$ns/hosts"
+  done
+}
+
+config() {
+  local ncpu mem
+  ncpu="$(nproc)"; mem=$(( $(awk '/MemTotal/{print int($2/1024)}' /proc/meminfo) * 45 / 100 ))  # half each
+  for i in 0 1; do [ -c "$S/fakegpu$i" ] || { rm -f "$S/fakegpu$i"; mknod "$S/fakegpu$i" c 1 3; }; done
+  if [ "$ACCT" = dbd ]; then
+    acct="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+AccountingStoragePort=6819
+JobAcctGatherType=jobacct_gather/linux
+MinJobAge=300"
+    SLURM_CONF=/etc/slurm/slurm.conf sacctmgr -n -P show cluster ci2 format=cluster 2>/dev/null | grep -qx ci2 \
+      || SLURM_CONF=/etc/slurm/slurm.conf sacctmgr -i add cluster ci2 >/dev/null
+  else
+    acct="AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+MinJobAge=86400"
+  fi
+  cat >"$CONF.new" <<EOF
+# generated by slurm-two-nodes.sh: cluster ci2, two nodes in network namespaces
+ClusterName=ci2
+SlurmctldHost=$H($NET.254)
+SlurmUser=slurm
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+SlurmctldPort=6827
+SlurmdPort=6828
+# job ids far from the single-node cluster's, so a run dir's job id names one job only
+FirstJobId=500000
+StateSaveLocation=$D/ctld
+SlurmdSpoolDir=$D/spool/%n
+SlurmctldPidFile=$D/run/slurmctld.pid
+SlurmdPidFile=$D/run/slurmd-%n.pid
+SlurmctldLogFile=$D/log/slurmctld.log
+SlurmdLogFile=$D/log/slurmd-%n.log
+SlurmctldDebug=info
+SlurmdDebug=info
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+SchedulerType=sched/backfill
+MpiDefault=none
+ReturnToService=2
+JobCompType=jobcomp/none
+$acct
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=5
+Waittime=0
+GresTypes=gpu
+NodeName=ablnode1 NodeAddr=$NET.1 CPUs=$ncpu RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+NodeName=ablnode2 NodeAddr=$NET.2 CPUs=$ncpu RealMemory=$mem Gres=gpu:2 State=UNKNOWN
+PartitionName=two Nodes=ablnode[1-2] Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=512
+EOF
+  echo "NodeName=ablnode[1-2] Name=gpu File=$S/fakegpu[0-1]" >"$D/gres.conf"
+  if cmp -s "$CONF.new" "$CONF"; then rm -f "$CONF.new"; return; fi
+  mv "$CONF.new" "$CONF"
+  if alive "$D/run/slurmctld.pid"; then
+    log "config changed: restarting ci2"
+    for n in "${NODES[@]}"; do stop_pidfile "slurmd $n" "$D/run/slurmd-$n.pid"; done
+    stop_pidfile "slurmctld (ci2)" "$D/run/slurmctld.pid"
+  fi
+}
+
+start() {
+  mkdir -p "$D"/{ctld,log,run} "$D/spool/ablnode1" "$D/spool/ablnode2"
+  chown slurm:slurm "$D" "$D"/{ctld,log,run}
+  network
+  config
+  export SLURM_CONF="$CONF"
+  alive "$D/run/slurmctld.pid" || { log "starting slurmctld (ci2)"; /usr/sbin/slurmctld; }
+  for _ in $(seq 1 120); do scontrol ping 2>/dev/null | grep -q "is UP" && break; sleep 0.25; done
+  scontrol ping | grep -q "is UP" || die "slurmctld of ci2 did not come up (see $D/log/slurmctld.log)"
+  for i in 1 2; do
+    n="ablnode$i"
+    alive "$D/run/slurmd-$n.pid" && continue
+    log "starting slurmd $n in network namespace $n"
+    nsenter --net="/run/netns/$n" unshare --mount --propagation private \
+      sh -c "mount --bind /etc/netns/$n/hosts /etc/hosts && exec /usr/sbin/slurmd -N $n"
+  done
+  usable() { [ "$(sinfo -h -N -p two -o %T | grep -Ec '^(idle|mixed|allocated|completing)$')" = 2 ]; }
+  for _ in $(seq 1 120); do
+    usable && break
+    if sinfo -h -N -p two -o %T | grep -Eq 'down|drain|inval|fail'; then  # left so by an unclean stop
+      scontrol update nodename=ablnode1,ablnode2 state=resume >/dev/null 2>&1 || true
+    fi
+    sleep 0.5
+  done
+  usable || { sinfo -N -l; die "nodes of ci2 not usable (see $D/log/slurmd-ablnode*.log)"; }
+  out=$(cd / && timeout 60 srun -p two -N2 -n2 -t 1 bash -c 'echo $SLURMD_NODENAME') || die "srun across both nodes failed"
+  log "srun -N2 -> $(echo $out)"
+  log "cluster ci2 is up: SLURM_CONF=$CONF (partition two: ablnode[1-2], 2 fake GPUs each)"
+}
+
+case "${1:-start}" in
+  start) start;;
+  stop) stop;;
+  *) die "usage: $0 start|stop";;
+esac
