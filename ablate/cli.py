@@ -25,7 +25,7 @@ from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
 from ablate.plan.measured import noise_warnings
 from ablate.plan.power import with_detect
-from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
+from ablate.plan.simcache import Measure, gpu_memory_gib, simulate, world_size
 
 
 # ---- what the plan asks of the model and trainer (only when it must: torch)
@@ -161,11 +161,12 @@ def cmd_report(args) -> int:
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
     # the formula's memory estimate; a cell that uses a plugin: its cached simulated step (plan_rows sizes it so)
-    sized = plugin_sizes(grid.cells, grid.resources.gpus, MEASURE, cached_only=True)
+    world = world_size(grid.resources)
+    sized = plugin_sizes(grid.cells, grid.resources.gpus, MEASURE, cached_only=True, world=world)
     estimates = {c.run_id: sized[c.run_id][1] if c.run_id in sized else
-                 estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
+                 estimate.memory_breakdown(c.config, world) for c in grid.cells}
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
-    simulated = simulate(grid.cells, grid.resources.gpus)  # what `plan --memory` cached (no step: nothing new)
+    simulated = simulate(grid.cells, grid.resources.gpus, world=world)  # what `plan --memory` cached (nothing new)
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
                 simulated=simulated, reused=grid.reused())
     print(f"report written to {out}/ (index.html, summary.md, charts)")

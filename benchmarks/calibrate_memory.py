@@ -85,14 +85,17 @@ def calibrate():
 def check(grids):
     from ablate.core import estimate
     from ablate.plan.grid import load_grid
-    from ablate.plan.simcache import simulate as simulate_cells
+    from ablate.plan.simcache import simulate as simulate_cells, world_size
+    from ablate.train.memtrack import simulate_config
 
     worst = 0.0
     for path in grids:
         grid = load_grid(path)
-        sims = simulate_cells(grid.cells, grid.resources.gpus, log=lambda m: print(m, file=sys.stderr))
+        world = world_size(grid.resources)
+        sims = simulate_cells(grid.cells, grid.resources.gpus, step=simulate_config, log=lambda m: print(m, file=sys.stderr),
+                              world=world)
         for cell in grid.cells:
-            sim, est = sims.get(cell.run_id, {}), estimate.memory_breakdown(cell.config, max(1, grid.resources.gpus))
+            sim, est = sims.get(cell.run_id, {}), estimate.memory_breakdown(cell.config, world)
             if "total" not in sim:
                 continue
             err = est["total"] / sim["total"] - 1
