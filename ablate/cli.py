@@ -179,7 +179,7 @@ def cmd_report(args) -> int:
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
     simulated = simulate(grid.cells, grid.resources.gpus, world=world)  # what `plan --memory` cached (nothing new)
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
-                simulated=simulated, reused=grid.reused())
+                simulated=simulated, reused=grid.reused(), world_size=world)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:
