@@ -200,3 +200,4 @@ def test_the_fsdp_estimate_per_rank_is_within_10_percent_of_the_simulation(shape
     cfg = resolve(make_config({**shape, "strategy": "fsdp"}))
     simulated, estimated = simulate_step(cfg, "cpu", world)["total"], estimate.memory_breakdown(cfg, world)["total"]
     assert abs(estimated / simulated - 1) < 0.10, (estimated / 2 ** 20, simulated / 2 ** 20)
+    assert estimated < estimate.memory_breakdown(cfg.replace(strategy="ddp"), world)["total"]  # sharding shows
