@@ -33,6 +33,7 @@ from ablate.core import estimate, plugin_keys
 from ablate.core.config import RunConfig
 from ablate.core.errors import value_text
 from ablate.plan import simcache
+from ablate.plan.plan import memory_unit
 from ablate.plan.simcache import HEADROOM, Measure
 
 GIB = 2 ** 30
@@ -132,11 +133,12 @@ def _peaks(configs: dict, gpus: int, simulate: bool, measure: Measure | None, lo
 def format_fit(grid, rows: list[dict], advice: dict, capacity_gib: float, world: int, simulated: bool) -> str:
     """The --fit table: per cell its peak per rank, whether it fits, the cheapest change that does."""
     keys = grid.varied_keys
-    head = ["run_id", *keys, "peak/GPU", "fits", "cheapest change that fits", "then", "slower"]
+    unit, scale = memory_unit([a.get(k) for a in advice.values() for k in ("peak", "peak_after")])
+    head = ["run_id", *keys, f"peak/GPU ({unit})", "fits", "cheapest change that fits", "then", "slower"]
     body = []
     for r in rows:
         a = advice.get(r["run_id"], {})
-        peak = "n/a" if a.get("peak") is None else f"{a['peak'] / GIB:.1f}"
+        peak = "n/a" if a.get("peak") is None else f"{a['peak'] / scale:.1f}"
         if "error" in a:
             answer, then, slower = a["error"], "", ""
         elif a["fits"]:
@@ -144,7 +146,7 @@ def format_fit(grid, rows: list[dict], advice: dict, capacity_gib: float, world:
         elif a.get("change") is None:
             answer, then, slower = f"none up to fsdp over {max(MORE_GPUS)} GPUs with every knob", "", ""
         else:
-            answer, then = a["label"], f"{a['peak_after'] / GIB:.1f}"
+            answer, then = a["label"], f"{a['peak_after'] / scale:.1f}"
             slower = f"~{a['cost']}%" + (f", {a['world']} GPUs" if a["world"] > world else "")
         body.append([r["run_id"], *[value_text(r["varied"].get(k)) for k in keys], peak,
                      "yes" if a.get("fits") else "no", answer, then, slower])
@@ -154,9 +156,9 @@ def format_fit(grid, rows: list[dict], advice: dict, capacity_gib: float, world:
     devices = sorted({s["device"] for r in rows for s in [r.get("simulated") or {}] if "device" in s})
     how = (f"one simulated step per shape (FakeTensorMode, {', '.join(devices) or 'cpu'} dispatch)" if simulated
            else "the analytical estimate (within 10% of the simulation; --memory simulates)")
-    out += ["", f"fit: GiB per GPU (per rank) at the peak of one training step, from {how}, on a job of {world} "
+    out += ["", f"fit: {unit} per GPU (per rank) at the peak of one training step, from {how}, on a job of {world} "
                 f"GPU{'s' * (world > 1)}; fits: within {HEADROOM:.0%} of {capacity_gib:g} GiB "
-                f"({HEADROOM * capacity_gib:.1f} GiB: the rest for the CUDA context and the allocator's rounding)",
+                f"({HEADROOM * capacity_gib:.3g} GiB: the rest for the CUDA context and the allocator's rounding)",
             "cheapest change: the first that fits, by the step time it costs (rough: loss_chunk ~3%, act_ckpt "
             "selective ~5%, fsdp on the cell's GPUs ~8%, act_ckpt blocks ~33%: a second forward), then more GPUs "
             "(fsdp over 2, 4, 8), fewest first; then: the peak per GPU with it"]
