@@ -21,11 +21,12 @@ from pathlib import Path
 from ablate.core import estimate
 from ablate.core.errors import AblateError
 from ablate.core.paths import reports_root, runs_root
+from ablate.plan import fit
 from ablate.plan.grid import load_grid, select
 from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
 from ablate.plan.measured import noise_warnings
 from ablate.plan.power import with_detect
-from ablate.plan.simcache import Measure, gpu_memory_gib, simulate
+from ablate.plan.simcache import Measure, gpu_memory_gib, simulate, world_size
 
 
 # ---- what the plan asks of the model and trainer (only when it must: torch)
@@ -87,8 +88,15 @@ def cmd_plan(args) -> int:
     power = with_detect(grid.power, getattr(args, "seeds_for", None))
     memory = getattr(args, "memory", False)
     capacity = _capacity(grid, args) if memory else None  # a bad --gpu-mem is refused before any work
-    rows = plan_rows(grid, _cells(grid, args), simulate=memory, log=lambda m: print(m, file=sys.stderr),
-                     measure=MEASURE)
+    fit_gib = getattr(args, "fit", None)
+    fit_gib = None if fit_gib is None else _number("--fit", fit_gib, "GiB of memory per GPU", above=0)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    cells = _cells(grid, args)
+    rows = plan_rows(grid, cells, simulate=memory, log=log, measure=MEASURE)
+    advice = {} if fit_gib is None else fit.advise(cells, grid.resources.gpus, world_size(grid.resources), fit_gib,
+                                                   simulate=memory, measure=MEASURE, log=log)
+    for r in rows if advice else ():
+        r["fit"] = advice.get(r["run_id"])
     seeds = seed_plan(grid, power, rows, args.json) if power is not None and not args.explain else None
     for warning in noise_warnings(grid.path, rows, power.value if power is not None and power.kind == "loss" else None):
         print(f"warning: {warning}", file=sys.stderr)
@@ -102,6 +110,9 @@ def cmd_plan(args) -> int:
     else:
         print(f"grid {grid.name}: {grid.path}")
         print(format_table(grid, rows, capacity))
+        if advice:
+            print()
+            print(fit.format_fit(grid, rows, advice, fit_gib, world_size(grid.resources), memory))
         if seeds is not None:
             print()
             print(seeds)
@@ -161,13 +172,14 @@ def cmd_report(args) -> int:
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
     out = reports_root() / grid.name
     # the formula's memory estimate; a cell that uses a plugin: its cached simulated step (plan_rows sizes it so)
-    sized = plugin_sizes(grid.cells, grid.resources.gpus, MEASURE, cached_only=True)
+    world = world_size(grid.resources)
+    sized = plugin_sizes(grid.cells, grid.resources.gpus, MEASURE, cached_only=True, world=world)
     estimates = {c.run_id: sized[c.run_id][1] if c.run_id in sized else
-                 estimate.memory_breakdown(c.config, max(1, grid.resources.gpus)) for c in grid.cells}
+                 estimate.memory_breakdown(c.config, world) for c in grid.cells}
     planned = [{"run_id": c.run_id, **c.config.to_dict()} for c in grid.cells]
-    simulated = simulate(grid.cells, grid.resources.gpus)  # what `plan --memory` cached (no step: nothing new)
+    simulated = simulate(grid.cells, grid.resources.gpus, world=world)  # what `plan --memory` cached (nothing new)
     make_report(store, grid.name, grid.compare, out, plan_estimates=estimates, log_x=args.log_x, planned=planned,
-                simulated=simulated, reused=grid.reused())
+                simulated=simulated, reused=grid.reused(), world_size=world)
     print(f"report written to {out}/ (index.html, summary.md, charts)")
     summary = out / "summary.md"
     if summary.exists() and not args.quiet:
@@ -299,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulate one training step per distinct shape (FakeTensorMode, cached): memory by category")
     s.add_argument("--seeds-for", metavar="GAP", help="seeds needed to detect a final val loss gap (e.g. 0.01) or a "
                    "speedup (e.g. 1.1x), from the seeds of a pilot in the store (the grid itself, or power: pilot:)")
+    s.add_argument("--fit", type=float, metavar="GIB",
+                   help="per cell: does its peak per GPU fit GIB (estimate; simulated with --memory), and if not, the "
+                        "cheapest change that does (loss_chunk, act_ckpt, fsdp, more GPUs)")
     s.add_argument("--gpu-mem", type=float, metavar="GIB",
                    help="with --memory: say whether each cell fits a GPU of this many GiB (default: the GPU "
                         "named in resources, e.g. constraint: h100)")

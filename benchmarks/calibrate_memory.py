@@ -3,6 +3,7 @@ the simulated step (ablate/train/memtrack.simulate_step), then check it.
 
     .venv/bin/python benchmarks/calibrate_memory.py                 # simulate, fit, print the table
     .venv/bin/python benchmarks/calibrate_memory.py --check GRID...  # estimate vs simulation per cell
+    .venv/bin/python benchmarks/calibrate_memory.py --check GRID --fsdp 2,4,8 --knobs  # and as plan --fit varies it
 
 Per regime (arch, dtype, act_ckpt, chunked head) it simulates nine small shapes (d 512, 8 heads,
 1,024 tokens, 2 or 4 layers, GQA or not, vocabulary 64 / 8k / 16k, twice the tokens) and reads
@@ -82,29 +83,48 @@ def calibrate():
         print(f"    {(arch, dtype, ckpt, chunked)!r}: {table[(arch, dtype, ckpt, chunked)]},", flush=True)
 
 
-def check(grids):
+def check(grids, fsdp=(), knobs=False):
+    """Estimate vs simulation for every cell of the grids as it is; fsdp: also each cell under
+    strategy fsdp at these world sizes; knobs: also with loss_chunk 1024 and each act_ckpt."""
     from ablate.core import estimate
     from ablate.plan.grid import load_grid
-    from ablate.plan.simcache import simulate as simulate_cells
+    from ablate.plan.simcache import simulate_configs, world_size
+    from ablate.train.memtrack import simulate_config
 
     worst = 0.0
     for path in grids:
         grid = load_grid(path)
-        sims = simulate_cells(grid.cells, grid.resources.gpus, log=lambda m: print(m, file=sys.stderr))
+        world = world_size(grid.resources)
+        variants = [({}, world)] + [({"strategy": "fsdp"}, w) for w in fsdp]
+        if knobs:
+            variants = [({**v, **k}, w) for v, w in variants
+                        for k in ({}, {"loss_chunk": 1024}, {"act_ckpt": "selective"}, {"act_ckpt": "blocks"},
+                                  {"loss_chunk": 1024, "act_ckpt": "blocks"})]
+        cases = {}
         for cell in grid.cells:
-            sim, est = sims.get(cell.run_id, {}), estimate.memory_breakdown(cell.config, max(1, grid.resources.gpus))
+            for changes, w in variants:
+                changes = {k: v for k, v in changes.items() if getattr(cell.config, k) != v}
+                label = " ".join(f"{k}={v}" for k, v in {**cell.varied, **changes}.items()) + f" world={w}"
+                cases[label] = (cell.config.replace(**changes), w)
+        sims = simulate_configs({k: (c.to_dict(), grid.resources.gpus, w) for k, (c, w) in cases.items()},
+                                step=simulate_config, log=lambda m: print(m, file=sys.stderr))
+        for label, (cfg, w) in cases.items():
+            sim, est = sims.get(label, {}), estimate.memory_breakdown(cfg, w)
             if "total" not in sim:
                 continue
             err = est["total"] / sim["total"] - 1
             worst = max(worst, abs(err))
-            label = " ".join(f"{k}={v}" for k, v in cell.varied.items())
-            print(f"{grid.name:10} {label:90} simulated {sim['total'] / 2**30:8.3f} GiB  estimate "
-                  f"{est['total'] / 2**30:8.3f} GiB  {100 * err:+6.1f}%")
+            print(f"{grid.name:10} {label:100} simulated {sim['total'] / 2**30:8.3f} GiB  estimate "
+                  f"{est['total'] / 2**30:8.3f} GiB  {100 * err:+6.1f}%", flush=True)
     print(f"largest error {100 * worst:.1f}%")
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--check", nargs="+", metavar="GRID")
+    p.add_argument("--fsdp", default="", metavar="W,W", help="--check: also each cell under strategy fsdp at these "
+                   "world sizes, e.g. 2,4,8")
+    p.add_argument("--knobs", action="store_true", help="--check: also each cell with loss_chunk and act_ckpt")
     args = p.parse_args()
-    check(args.check) if args.check else calibrate()
+    fsdp = tuple(int(w) for w in args.fsdp.split(",") if w)
+    check(args.check, fsdp, args.knobs) if args.check else calibrate()

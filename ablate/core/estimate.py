@@ -121,16 +121,28 @@ def memory_breakdown(c: RunConfig, world_size: int = 1) -> dict:
               rerun, with the gradients of the blocks after it)
     optimizer the step: every gradient, and two temporaries the size of the largest matrix
 
+    strategy fsdp (world_size ranks): parameters, gradients and AdamW state are 1/world_size per
+    rank, plus the unsharded weights in flight (fsdp_in_flight), counted under params: the
+    root's (embeddings, head: gathered at the forward's start and kept to the end of backward,
+    as the root does not reshard) at every moment but the optimizer's, one block more while a
+    block runs backward (its own, and its unsharded gradient's first matrix), and one block
+    prefetched for the next backward at world_size > 1 (the simulation shows no prefetched
+    block at a world of one). Measured against the simulation (a fake process group).
+
     The constants (MEMORY_COEF) are measured; benchmarks/calibrate_memory.py --check compares
-    the estimate with the simulation cell by cell: within 10% on grids/memory.yaml and the
-    quickstart. Not modelled: a sliding window's mask on CPU dispatch (CPU attention with a
-    mask keeps more: +1.5 GiB at 8k context, 124M, where the estimate is 9% low; CUDA kernels
-    take the window natively), the CUDA allocator's rounding, DDP's gradient buckets. A
-    torch-free approximation: `ablate plan --memory` simulates the real step."""
+    the estimate with the simulation cell by cell: within 10% on grids/memory.yaml, the
+    quickstart and grids/fit_24gb.yaml (ddp and fsdp at 2, 4, 8 GPUs). Not modelled: a sliding
+    window's mask on CPU dispatch (CPU attention with a mask keeps more: +1.5 GiB at 8k
+    context, 124M, where the estimate is 9% low; CUDA kernels take the window natively), the
+    CUDA allocator's rounding, DDP's gradient buckets, FSDP2's padding of a shard (a tensor's
+    dim 0 up to a multiple of world_size). A torch-free approximation: `ablate plan --memory`
+    simulates the real step."""
     block, other = matrix_params(c)
     pb = BYTES[c.param_dtype]
-    params = block * pb + other * 4
-    optimizer = 2 * 4 * (block + other)
+    W = max(1, world_size)
+    shards = W if c.strategy == "fsdp" else 1
+    params = (block * pb + other * 4) / shards
+    optimizer = 2 * 4 * (block + other) / shards
     B, T, d, L, V = c.batch_size, c.context, c.n_embd, c.n_layer, c.vocab_size
     N, d_kv, bf16 = B * T, c.kv_heads * c.head_dim, c.dtype == "bf16"
     mode = "none" if c.act_ckpt == "blocks" else c.act_ckpt
@@ -143,16 +155,31 @@ def memory_breakdown(c: RunConfig, world_size: int = 1) -> dict:
         head_tmp = rows * V * (h_act + h_tmp) + N * d * ch
     else:
         head_act, head_tmp = N * V * h_act, N * V * h_tmp + N * d * ch
-    accumulated = params if c.grad_accum // max(1, world_size) > 1 else 0  # grads from the micro-batch before
-    moments = {"head": (accumulated, kept + head_act, head_tmp)}  # (grads, activations, temps)
+    accumulated = params if c.grad_accum // W > 1 else 0  # grads from the micro-batch before
+    flight = fsdp_in_flight(c, W) if c.strategy == "fsdp" else dict.fromkeys(("head", "block"), 0)
+    # (weights in flight, grads, activations, temps) at each moment
+    moments = {"head": (flight["head"], accumulated, kept + head_act, head_tmp)}
     if c.act_ckpt == "blocks":  # rerunning one block, the gradients of the blocks after it exist
-        grads_after = (params - block * pb / L) * (L - 1) / L
-        moments["block"] = (max(accumulated, grads_after), one_layer + L * N * d * 4, N * d * cb)
+        grads_after = (block * pb + other * 4 - block * pb / L) * (L - 1) / L / shards
+        moments["block"] = (flight["block"], max(accumulated, grads_after), one_layer + L * N * d * 4, N * d * cb)
     else:
-        moments["block"] = (accumulated, kept, N * d * cb)
+        moments["block"] = (flight["block"], accumulated, kept, N * d * cb)
     largest = max(V * d, 8 * d * d) * 4
-    moments["optimizer"] = (params, 0, 2 * largest)
-    grads, activations, temps = max(moments.values(), key=sum)
-    total = params + optimizer + grads + activations + temps
-    return {"params": params, "grads": grads, "optimizer": optimizer, "activations": activations, "temps": temps,
-            "total": total}
+    moments["optimizer"] = (0, params, 0, 2 * largest / shards)
+    in_flight, grads, activations, temps = max(moments.values(), key=sum)
+    total = params + in_flight + optimizer + grads + activations + temps
+    return {"params": params + in_flight, "grads": grads, "optimizer": optimizer, "activations": activations,
+            "temps": temps, "total": total}
+
+
+def fsdp_in_flight(c: RunConfig, world_size: int) -> dict:
+    """Bytes of unsharded (all-gathered, fp32) weights and gradients one rank holds beside its
+    shards, at the head's backward and at a block's backward (memory_breakdown's moments): the
+    root's embedding and head, the block being run (one layer's matrices, its attention group's
+    included) with the first unsharded gradient matrix of its backward (a quarter of the
+    block), and at world_size > 1 the next block, prefetched."""
+    p = param_counts(c)
+    root = (p["embedding"] + c.vocab_size) * 4  # wte, lm_head (one when tied), with the root's vectors
+    unit = (p["attention"] // c.attn_groups + p["mlp"] // c.n_layer) * 4  # FSDP2's largest unit: a block
+    prefetched = unit if world_size > 1 else 0
+    return {"head": root + prefetched, "block": root + unit + unit / 4 + prefetched}

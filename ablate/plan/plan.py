@@ -26,7 +26,8 @@ def _as_estimate(sim: dict | None) -> dict:
     return {k: sum(sim.get(c, 0) for c in cats) for k, cats in parts.items()}
 
 
-def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool = False) -> dict:
+def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool = False,
+                 world: int | None = None) -> dict:
     """{run_id: (sizes, memory, attention)} for the cells that use a plugin, which no formula
     knows: the model built on the meta device (measure.sizes: param_counts, ckpt_bytes) and one
     simulated step (measure.step: memory, as the formula's categories, and the attention backend
@@ -36,7 +37,7 @@ def plugin_sizes(cells, gpus: int, measure: Measure, log=None, cached_only: bool
     used = [c for c in cells if c.config.plugins and plugin_keys.used(c.config)]
     if not used:
         return {}
-    sims = simcache.simulate(used, gpus, step=None if cached_only else measure.step, log=log)
+    sims = simcache.simulate(used, gpus, step=None if cached_only else measure.step, log=log, world=world)
     broken = next((s["error"] for s in sims.values() if s.get("plugin_error")), None)
     if broken:
         raise AblateError(broken)
@@ -57,8 +58,9 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
     its model (plugin_sizes, with `measure`): "memory_source" says "simulated" instead of
     "formula". Without `measure`: the cache only, and no cell may use a plugin."""
     cells = grid.cells if cells is None else cells
-    sims = simcache.simulate(cells, grid.resources.gpus, step=measure and measure.step, log=log) if simulate else {}
-    sized = plugin_sizes(cells, grid.resources.gpus, measure, log=log) if measure else _needs_no_measure(cells)
+    gpus, world = grid.resources.gpus, simcache.world_size(grid.resources)
+    sims = simcache.simulate(cells, gpus, step=measure and measure.step, log=log, world=world) if simulate else {}
+    sized = plugin_sizes(cells, gpus, measure, log=log, world=world) if measure else _needs_no_measure(cells)
     finished = measured.finished_runs(runs_root())
     throughput, noise = measured.throughput(finished), measured.Noise(finished)
     # list the grid's run dirs once instead of probing 10,000 missing status files
@@ -71,7 +73,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
             params, mem, attention = sized[cell.run_id]
             ckpt = params["ckpt_bytes"]
         else:
-            params, mem = estimate.param_counts(c), estimate.memory_breakdown(c, max(1, grid.resources.gpus))
+            params, mem = estimate.param_counts(c), estimate.memory_breakdown(c, world)
             ckpt = estimate.checkpoint_bytes(c)
         tokens = estimate.total_tokens(c)
         config = c.to_dict()

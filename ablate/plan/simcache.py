@@ -35,10 +35,11 @@ CATEGORIES = ("params", "buffers", "grads", "optimizer", "activations", "temps",
 # the fields that decide what one step allocates (lr, budget, seed, cadence do not), and the
 # plugins a cell uses with their keys (plugin_keys.identity: the plugin's content id included)
 MEMORY_SHAPE = ("arch", "n_layer", "n_head", "n_embd", "n_kv_head", "tie_embeddings", "share_attn", "window", "context",
-              "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk")
+              "vocab_size", "attn_backend", "batch_size", "dtype", "param_dtype", "act_ckpt", "loss_chunk",
+              "strategy", "reshard_after_forward")
 # the code whose change changes what a step allocates
 CODE = ("model", "train/step.py", "train/memtrack.py", "train/optim.py", "train/build.py")
-CACHE_VERSION = 2  # 2: entries record the torch state they were simulated under
+CACHE_VERSION = 3  # 2: entries record the torch state they were simulated under; 3: fsdp keys (strategy, world)
 # the torch state every simulated step starts from (ablate.train.build.clean_torch_state sets it,
 # and undoes whatever a part changes); an entry records it, and one without it is not trusted
 TORCH_STATE = {"default_dtype": "float32", "grad_enabled": True, "deterministic_algorithms": False,
@@ -64,6 +65,11 @@ class Measure(NamedTuple):
     """
     step: Callable[[tuple], dict]
     sizes: Callable[[object], dict]
+
+
+def world_size(resources) -> int:
+    """The processes of one job: GPUs per node x nodes (one process on a CPU-only grid)."""
+    return max(1, resources.gpus) * max(1, resources.nodes)
 
 
 def gpu_memory_gib(resources) -> tuple[float, str] | None:
@@ -127,10 +133,13 @@ class Cache:
         data = read_json(self.path, default=None)
         self.entries = data if isinstance(data, dict) else {}
 
-    def key(self, config: dict, gpus: int, device: str) -> str:
-        micro = max(1, config["grad_accum"] // max(1, gpus))
+    def key(self, config: dict, world: int, device: str) -> str:
+        """world: the job's processes (micro-batches per process; fsdp: the shards)."""
+        micro = max(1, config["grad_accum"] // max(1, world))
         shape = {**shape_of(config), "micro": min(micro, 2),  # memtrack: 2 = any more
                  "clip": config["grad_clip"] > 0, "device": device, **self.stamp}
+        if config.get("strategy") == "fsdp":  # ddp's memory per process does not depend on the world size
+            shape["world"] = max(1, world)
         return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
     def get(self, key: str) -> dict | None:
@@ -150,21 +159,29 @@ class Cache:
 
 
 def simulate(cells, gpus: int, step: Callable[[tuple], dict] | None = None, workers: int | None = None,
-             cache: Cache | None = None, log=None) -> dict:
+             cache: Cache | None = None, log=None, world: int | None = None) -> dict:
     """{run_id: {category: bytes, "total", "device" (simulated), "target" (where it will run)}, or
     {"error", ...}} for the cells; shapes not cached are simulated by `step` (Measure.step, in
-    parallel), then cached. Without `step`, only what the cache holds."""
+    parallel), then cached. Without `step`, only what the cache holds. gpus: per node (where the
+    cells run); world: the job's processes (default max(1, gpus); world_size(resources))."""
+    world = max(1, gpus) if world is None else world
+    return simulate_configs({c.run_id: (c.config.to_dict(), gpus, world) for c in cells}, step, workers, cache, log)
+
+
+def simulate_configs(configs: dict, step: Callable[[tuple], dict] | None = None, workers: int | None = None,
+                     cache: Cache | None = None, log=None) -> dict:
+    """simulate() for {name: (config dict, gpus per node, world size)}: each config at its own
+    world size (plan --fit asks for a cell's fsdp variants at 2, 4 and 8 GPUs)."""
     cache = cache or Cache()
     can_cuda = cuda_build()
     keys, todo = {}, {}
-    for cell in cells:
-        config = cell.config.to_dict()
+    for name, (config, gpus, world) in configs.items():
         target = target_device(config, gpus)
         device = "cuda" if target == "cuda" and can_cuda else "cpu"
-        key = cache.key(config, gpus, device)
-        keys[cell.run_id] = (key, device, target)
+        key = cache.key(config, world, device)
+        keys[name] = (key, device, target)
         if cache.get(key) is None and key not in todo:
-            todo[key] = (config, device, max(1, gpus))
+            todo[key] = (config, device, world)
     results = {}
     if todo and step is not None:
         # a worker process costs a torch import (seconds): worth it from two shapes each

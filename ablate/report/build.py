@@ -159,12 +159,13 @@ def _with_planned(runs: pd.DataFrame, planned: list | None, compare: dict | None
 
 def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estimates: dict | None = None,
                 log_x: bool = False, planned: list | None = None, simulated: dict | None = None,
-                reused: dict | None = None) -> dict:
+                reused: dict | None = None, world_size: int | None = None) -> dict:
     """Write the report of one grid into out_dir (log_x: loss curves on a log step / token axis;
     planned: every cell of the grid file as {"run_id", **config}, and the runs the report covers (other
     runs of the same grid name in the store are left out, and counted); simulated: the plan's cached memory
     simulations by run_id, shown for the cells that have not run; reused: {run_id: grid folder} of the
-    cells another grid ran, named in the intro); returns {"paths": {name: Path},
+    cells another grid ran, named in the intro; world_size: the grid's processes per job, for the
+    memory of cells not run); returns {"paths": {name: Path},
     "speedup", "memory", "knobs", "size", "throughput", "cells", "lr_sweep", "paired", "tradeoffs",
     "effects", "fits", "scaling" (DataFrames), "status" (dict), "comparison"}."""
     out = Path(out_dir)
@@ -174,7 +175,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
     runs, comp, cells, sp = a.runs, a.comparison, a.cells, a.speedup
     mem_runs = _with_planned(runs, planned, compare)  # None: every planned cell has run
     mem_runs = runs if mem_runs is None else mem_runs
-    mem, sz, th = tables.memory(mem_runs, plan_estimates, simulated), tables.size(runs), tables.throughput(runs)
+    mem, sz, th = tables.memory(mem_runs, plan_estimates, simulated, world_size), tables.size(runs), tables.throughput(runs)
     kn = tables.knobs(mem_runs, mem, th)
     lr = tables.lr_sweep(cells)
     status = tables.status(runs, plan_estimates)
@@ -232,7 +233,7 @@ def make_report(store, grid_name: str, compare: dict | None, out_dir, plan_estim
         ("Final validation loss per cell (mean ± standard error over seeds; eval s.e.: the eval sample's own)",
          "lr_sweep",
          render.loss_table(cells) if len(cells) else None),
-        ("Peak memory", "memory", render.memory_table(mem) if len(mem) else None),
+        ("Peak memory per GPU", "memory", render.memory_table(mem) if len(mem) else None),
         ("Memory knobs: memory saved and step time paid", None, render.knobs_table(kn) if len(kn) else None),
         ("Model size", "size", render.size_table(sz) if len(sz) else None),
         ("Throughput", "throughput", render.throughput_table(th) if len(th) else None),

@@ -114,6 +114,7 @@ def memory_table(mem: pd.DataFrame) -> pd.DataFrame:
         f"params / grads / optim / act / temps ({unit})": [_parts(r, "mem", scale) for r in mem.itertuples()],
         f"estimate ({unit})": [num(x, scale=scale) for x in mem.est_total],
         f"est. params / grads / optim / act / temps ({unit})": [_parts(r, "est", scale) for r in mem.itertuples()],
+        "strategy": mem.strategy, "GPUs": [num(x, ".0f") for x in mem.world_size],  # figures are per GPU (rank 0)
         "device": mem.device_name.fillna("–")})
 
 

@@ -39,14 +39,14 @@ def _config(config_json):
         return None  # a config from another ablate version: no estimate rather than a crash
 
 
-def _plan(g: pd.DataFrame, plan_estimates: dict | None) -> tuple[dict, dict]:
+def _plan(g: pd.DataFrame, plan_estimates: dict | None, world_size: float = 1) -> tuple[dict, dict]:
     """(memory breakdown, param counts) for a shape's runs: the plan's estimate for any of them,
-    else plan.estimate on the first run's own config."""
+    else plan.estimate on the first run's own config (per process of world_size)."""
     cfg = _config(g.config_json.iloc[0] or "null")
     mem = next((plan_estimates[r] for r in g.run_id if r in (plan_estimates or {})), None)
     try:
         if mem is None and cfg is not None:
-            mem = estimate.memory_breakdown(cfg)
+            mem = estimate.memory_breakdown(cfg, 1 if pd.isna(world_size) else int(world_size))
         counts = estimate.param_counts(cfg) if cfg is not None else {}
         counts["ckpt_bytes"] = estimate.checkpoint_bytes(cfg) if cfg is not None else None
     except (TypeError, KeyError, estimate.NoFormula):  # a plugin cell: only the plan's simulation, and its run
@@ -114,15 +114,22 @@ def _by_category(g: pd.DataFrame, simulated: dict | None) -> dict:
             **{f"mem_{p}": sum(num(found.get(c)) for c in cats) for p, cats in MEM_PARTS.items()}}
 
 
-def memory(runs: pd.DataFrame, plan_estimates: dict | None = None, simulated: dict | None = None) -> pd.DataFrame:
-    """simulated: {run_id: memtrack breakdown} for shapes that have not run (the plan's cache)."""
+def memory(runs: pd.DataFrame, plan_estimates: dict | None = None, simulated: dict | None = None,
+           world_size: int | None = None) -> pd.DataFrame:
+    """simulated: {run_id: memtrack breakdown} for shapes that have not run (the plan's cache).
+    Every figure is per process (per GPU: rank 0's); strategy and world_size say over how many
+    processes the cell trains (measured in summary.json, else the grid's: world_size)."""
     def fn(g):
         live = g[~g.state.isin(PROBLEM)]
-        mem, _ = _plan(g, plan_estimates)
+        world = _max(g.world_size) if "world_size" in g else math.nan
+        world = world_size if math.isnan(world) and world_size else world
+        mem, _ = _plan(g, plan_estimates, world)
         peak = _max(live.peak_alloc)
         if math.isnan(peak):  # no summary yet: the peak a running job has logged so far
             peak = _max(live.max_mem_peak)
-        return {"oom": bool((g.state == "oom").any()), "peak_alloc": peak, "peak_reserved": _max(live.peak_reserved),
+        return {"strategy": (_first(g.strategy) if "strategy" in g else None) or "ddp",  # before fsdp: ddp
+                "world_size": world,
+                "oom": bool((g.state == "oom").any()), "peak_alloc": peak, "peak_reserved": _max(live.peak_reserved),
                 "oom_peak_alloc": _max(g.oom_peak_alloc), "device_capacity": _max(g.device_capacity),
                 "device_name": _first(g.device_name), **_by_category(live, simulated),
                 "plugins": _first(g.plugins) if "plugins" in g else None,  # its estimate is a simulation

@@ -14,12 +14,19 @@ gradient buckets) are not seen.
     tracker.peak()  # {"params": bytes, ..., "total": bytes}
 
     simulate_step(cfg, "cpu")   # the same step under FakeTensorMode: no memory, no compute
+    simulate_step(cfg, "cpu", 4)  # strategy fsdp: rank 0 of 4, sharded over a fake process group
 
 `simulate_step` builds the model with fake tensors, takes one untracked step (so AdamW's state
 exists, as in a running job) and tracks the next, through the trainer's own step function
 (step.py). A CPU-only torch build can only simulate CPU dispatch (autocast and the attention
 kernels differ on CUDA); a CUDA build simulates fake CUDA tensors, which is the real GPU
 dispatch minus the allocator's rounding.
+
+strategy fsdp: the step of rank 0 of `world_size` ranks, sharded as the trainer shards it
+(sharding.shard_model) over torch's fake process group, as torchtitan's memory estimator does:
+its collectives return at once and move nothing, but FSDP2 allocates its all-gather and
+reduce-scatter buffers as for real, so the tracker counts them (a real 2-rank gloo step tracks
+the same bytes: tests/train/test_memtrack.py). The fake group lives for the simulation only.
 
 If a torch upgrade changes what MemTracker reports (its categories, its API), `check_torch`
 raises at the first use, and tests/train/test_memtrack.py fails, rather than numbers silently
@@ -31,12 +38,15 @@ import contextlib
 import functools
 
 import torch
+import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
 from torch._subclasses.fake_tensor import FakeTensorMode  # private module: tests/train/test_memtrack.py pins it
 
 from ablate.core.config import make_config
 from ablate.core.errors import AblateError
 from ablate.model import backends
 from ablate.plan import plugins
+from ablate.train import sharding
 from ablate.train.build import attention_for, clean_torch_state, model_for, torch_state
 from ablate.train.optim import build_optimizer
 from ablate.train.step import optimizer_step
@@ -153,6 +163,24 @@ def _to_fake_device(model: torch.nn.Module, device_type: str) -> None:
 
 
 @contextlib.contextmanager
+def _fake_process_group(world_size: int, device_type: str):
+    """Rank 0 of a fake process group of world_size ranks, and its DeviceMesh (built before
+    FakeTensorMode, which cannot build one), destroyed when the block ends."""
+    if dist.is_initialized():
+        raise AblateError("simulating strategy fsdp needs a process without a process group (this one has one)")
+    try:
+        from torch.testing._internal.distributed.fake_pg import FakeStore  # private, guarded: one line if it moved
+    except ImportError as e:
+        raise AblateError(f"torch {torch.__version__} has no fake process group "
+                          f"(torch.testing._internal.distributed.fake_pg: {e}): strategy fsdp cannot be simulated") from e
+    dist.init_process_group("fake", rank=0, world_size=world_size, store=FakeStore())
+    try:
+        yield init_device_mesh(device_type, (world_size,))
+    finally:
+        dist.destroy_process_group()
+
+
+@contextlib.contextmanager
 def _fresh_attention_masks():
     """Attention masks are cached per (T, window, device): a fake mask must not outlive the
     simulation, and a real one must not enter it."""
@@ -170,7 +198,8 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
 
     device_type "cuda" needs a CUDA build of torch (a CPU-only build cannot run CUDA autocast).
     The step is eager even when cfg.compile is set, and DDP's gradient buckets (one more copy
-    of the gradients when world_size > 1) are not counted. It starts from torch's defaults and
+    of the gradients when world_size > 1) are not counted. strategy fsdp: rank 0's step, with
+    parameters, gradients and AdamW state sharded over world_size ranks (a fake process group). It starts from torch's defaults and
     leaves the process as it found it (build.clean_torch_state), whatever a plugin's part sets."""
     if device_type == "cuda" and not torch.backends.cuda.is_built():
         raise AblateError(f"simulating CUDA needs a CUDA build of torch; this one ({torch.__version__}) is CPU-only")
@@ -191,9 +220,13 @@ def simulate_step(cfg, device_type: str = "cpu", world_size: int = 1) -> dict:
         buf = torch.zeros((B, T + 1), dtype=torch.long, device=device)
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
 
-    with clean_torch_state(), _fresh_attention_masks(), FakeTensorMode():
+    group = _fake_process_group(max(1, world_size), device_type) if cfg.strategy == "fsdp" \
+        else contextlib.nullcontext()
+    with clean_torch_state(), _fresh_attention_masks(), group as mesh, FakeTensorMode():
         model = model_for(cfg, device_type)
         _to_fake_device(model, device_type)
+        if mesh is not None:  # fsdp: shards before AdamW sees the parameters, as the trainer does
+            sharding.shard_model(model, cfg, mesh)
         optimizer = build_optimizer(model, cfg, device)
         model.normalize_()
         step = functools.partial(optimizer_step, model, model, optimizer, micro=micro, autocast=autocast,

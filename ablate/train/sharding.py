@@ -28,11 +28,14 @@ import torch.distributed as dist
 from ablate.core.config import RunConfig
 
 
-def shard_model(model: torch.nn.Module, cfg: RunConfig) -> None:
-    """Apply FSDP2 to the model in place (a process group must exist: a world of 1 is allowed)."""
+def shard_model(model: torch.nn.Module, cfg: RunConfig, mesh=None) -> None:
+    """Apply FSDP2 to the model in place (a process group must exist: a world of 1 is allowed).
+    mesh: the DeviceMesh to shard over (default: FSDP2's, the whole default group on this
+    machine's accelerator); the memory simulation makes it before FakeTensorMode, where a mesh
+    cannot be built (it reads its rank map back as numbers)."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # FSDP2 pulls in DTensor: 3.5 s of imports a ddp run never needs
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
-    kw = dict(reshard_after_forward=cfg.reshard_after_forward, mp_policy=policy)
+    kw = dict(reshard_after_forward=cfg.reshard_after_forward, mp_policy=policy, mesh=mesh)
     shared = {}
     for block in model.blocks:
         shared.setdefault(id(block.attn), block.attn)

@@ -412,3 +412,24 @@ def test_a_report_covers_exactly_the_cells_its_grid_file_plans(env):
     assert f"1 other runs of grid 'g' in the store are not cells of this grid file" in md and other.name in md
     everything = report()  # without a plan (the API's default): every run of the grid name
     assert everything["status"]["n_runs"] == 3 and 0.02 in set(everything["cells"].lr)
+
+
+@pytest.mark.usefixtures("specs_only")
+def test_memory_table_says_each_cells_strategy_and_gpus_and_estimates_per_gpu(env):
+    """An fsdp run on 4 GPUs: its row says fsdp and 4, and with no plan estimate the formula's
+    per-GPU figure for 4 shards; a ddp run says ddp and 1; an fsdp cell not run yet takes the
+    grid's world size (make_report's world_size)."""
+    runs, store, report = env
+    write_run(runs, "g", {"arch": "gpt"}, peak_alloc=GIB)
+    fsdp = {"arch": "gpt", "strategy": "fsdp", "n_layer": 3}
+    write_run(runs, "g", fsdp, peak_alloc=GIB // 2, summary={"world_size": 4})
+    planned = {"arch": "ngpt", "strategy": "fsdp"}
+    out = report(planned=[{"run_id": config_for(c).run_id(), **config_for(c).to_dict()}
+                          for c in ({"arch": "gpt"}, fsdp, planned)], world_size=8)
+    mem = out["memory"].set_index("variant")
+    rows = {v: (r.strategy, r.world_size) for v, r in mem.iterrows()}
+    assert sorted(rows.values()) == [("ddp", 1), ("fsdp", 4), ("fsdp", 8)]
+    (sharded,) = [v for v, (s, w) in rows.items() if w == 4]
+    assert mem.loc[sharded, "est_total"] == estimate.memory_breakdown(config_for(fsdp), 4)["total"]
+    md = out["paths"]["summary.md"].read_text()
+    assert "## Peak memory per GPU" in md and re.search(r"\| fsdp \| 4 \| cpu \|", md)
