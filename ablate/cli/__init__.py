@@ -13,127 +13,18 @@ from __future__ import annotations
 import argparse
 import errno
 import json
-import math
 import os
 import sys
 from pathlib import Path
 
+from ablate.cli.common import cells_of, number, read_grid
+from ablate.cli.plan import MEASURE, cmd_plan
 from ablate.core import estimate
 from ablate.core.errors import AblateError
 from ablate.core.paths import reports_root, runs_root
-from ablate.plan import fit
-from ablate.plan.grid import load_grid, select
-from ablate.plan.plan import explain, format_table, lr_sweep_warning, plan_rows, plugin_sizes
-from ablate.plan.measured import noise_warnings
-from ablate.plan.power import with_detect
-from ablate.plan.simcache import Measure, gpu_memory_gib, simulate, world_size
-
-
-# ---- what the plan asks of the model and trainer (only when it must: torch)
-
-def simulate_config(args: tuple) -> dict:
-    """The plan's worker for one shape not in the simulation cache (picklable: a module function)."""
-    from ablate.train.memtrack import simulate_config as simulate_step  # torch: only for a shape not cached
-    return simulate_step(args)
-
-
-def sizes_for(cfg) -> dict:
-    """Parameter counts and checkpoint bytes of a cell that uses a plugin (its model, on meta)."""
-    from ablate.train.build import sizes_for as model_sizes  # torch: only for a grid with plugins
-    return model_sizes(cfg)
-
-
-MEASURE = Measure(step=simulate_config, sizes=sizes_for)
-
-
-def _grid(args):
-    grid = load_grid(args.grid)
-    for w in grid.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    return grid
-
-
-def _cells(grid, args):
-    return select(grid.cells, getattr(args, "where", None) or [])
-
-
-def seed_plan(grid, power, rows: list, as_json: bool):
-    """The seed plan from the pilot's seeds in the store: the text printed after the plan table,
-    or {"seed_plan": records, "pilot": name} for --json."""
-    import pandas as pd  # pandas, scipy, DuckDB: only when a seed plan is asked for (plan stays light)
-
-    from ablate.report.analysis import analyse  # same reason
-    from ablate.report.seeds import COLUMNS, format_seed_plan, seed_plan as plan_seeds  # same reason
-    from ablate.store import Store  # same reason
-
-    pilot = power.pilot or grid.name
-    if (runs_root() / pilot).is_dir():
-        with Store(runs_root() / "ablate.duckdb") as store:
-            store.ingest(runs_root(), grid=pilot)  # the store is a cache of runs/: bring the pilot's runs up to date
-            analysis = analyse(store, pilot, grid.compare, parts=("paired",))
-        plan, n_runs = plan_seeds(analysis, power), len(analysis.runs)
-    else:  # nothing ran: no pilot, and no store created for it (plan writes nothing)
-        plan, n_runs = pd.DataFrame(columns=COLUMNS), 0
-    if as_json:
-        return {"seed_plan": plan.astype(object).where(plan.notna(), None).to_dict("records"), "pilot": pilot}
-    n_seeds = len({c.config.seed for c in grid.cells})
-    return format_seed_plan(plan, pilot, n_runs, power, grid_flops_per_seed=sum(r["flops"] for r in rows) / n_seeds,
-                            n_grid_seeds=n_seeds)
-
-
-def cmd_plan(args) -> int:
-    grid = _grid(args)
-    if warning := lr_sweep_warning(grid):
-        print(f"warning: {warning}", file=sys.stderr)
-    power = with_detect(grid.power, getattr(args, "seeds_for", None))
-    memory = getattr(args, "memory", False)
-    capacity = _capacity(grid, args) if memory else None  # a bad --gpu-mem is refused before any work
-    fit_gib = getattr(args, "fit", None)
-    fit_gib = None if fit_gib is None else _number("--fit", fit_gib, "GiB of memory per GPU", above=0)
-    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    cells = _cells(grid, args)
-    rows = plan_rows(grid, cells, simulate=memory, log=log, measure=MEASURE)
-    advice = {} if fit_gib is None else fit.advise(cells, grid.resources.gpus, world_size(grid.resources), fit_gib,
-                                                   simulate=memory, measure=MEASURE, log=log)
-    for r in rows if advice else ():
-        r["fit"] = advice.get(r["run_id"])
-    seeds = seed_plan(grid, power, rows, args.json) if power is not None and not args.explain else None
-    for warning in noise_warnings(grid.path, rows, power.value if power is not None and power.kind == "loss" else None):
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.explain:
-        match = [r for r in rows if r["run_id"].startswith(args.explain)]
-        if not match:
-            raise AblateError(f"--explain: no cell with run_id {args.explain!r} in {args.grid}")
-        print(explain(match[0]))
-    elif args.json:
-        print(json.dumps(rows if seeds is None else {"cells": rows, **seeds}, indent=1, default=str))
-    else:
-        print(f"grid {grid.name}: {grid.path}")
-        print(format_table(grid, rows, capacity))
-        if advice:
-            print()
-            print(fit.format_fit(grid, rows, advice, fit_gib, world_size(grid.resources), memory))
-        if seeds is not None:
-            print()
-            print(seeds)
-    return 0
-
-
-def _capacity(grid, args):
-    """(GiB, what) of the GPU to check cells against: --gpu-mem, else a GPU named in resources."""
-    if args.gpu_mem is not None:
-        return _number("--gpu-mem", args.gpu_mem, "GiB of GPU memory", above=0), "--gpu-mem"
-    found = gpu_memory_gib(grid.resources) if grid.resources.gpus else None
-    return (found[0], f"{found[1]} in resources") if found else None
-
-
-def _number(flag: str, value: float, what: str, above: float | None = None, at_least: float | None = None) -> float:
-    """A numeric option's value, refused in one line unless finite and in range (nan compares
-    false with everything, so it would pass a plain `< 0` check)."""
-    if not (math.isfinite(value) and (above is None or value > above) and (at_least is None or value >= at_least)):
-        bound = f"> {above:g}" if above is not None else f">= {at_least:g}"
-        raise AblateError(f"{flag} {value}: expected {what}, a finite number {bound}")
-    return value
+from ablate.plan.grid import load_grid
+from ablate.plan.plan import plugin_sizes
+from ablate.plan.simcache import simulate, world_size
 
 
 def _retry(value):
@@ -147,8 +38,8 @@ def cmd_submit(args) -> int:
     from ablate.launch.executors import default_name  # submitit: 0.1 s that plan never needs
     from ablate.launch.submit import ENDED_BADLY, submit  # numpy (it prepares data): plan must start without it
 
-    grid = _grid(args)
-    out = submit(grid, _cells(grid, args), executor=args.executor or default_name(), retry=_retry(args.retry),
+    grid = read_grid(args)
+    out = submit(grid, cells_of(grid, args), executor=args.executor or default_name(), retry=_retry(args.retry),
                  force=args.force, jobs=args.jobs, gpus=args.gpus, array_parallelism=args.array_parallelism,
                  wait=True if args.verb == "run" else args.wait, detach=args.detach and args.verb != "run")
     bad = [v for v in out.views if v.state in ENDED_BADLY]
@@ -166,7 +57,7 @@ def cmd_report(args) -> int:
     if getattr(args, "where", None) and args.verb == "report":
         raise AblateError("report --where: a report compares the whole grid (baselines, groups, seeds), so it "
                           "takes no --where; `ablate query` answers questions about a subset")
-    grid = _grid(args)
+    grid = read_grid(args)
     grid.link_shared()  # cells another grid ran are this grid's too: the report reads them from its folder
     store = Store(Path(args.db) if args.db else runs_root() / "ablate.duckdb")
     store.ingest(runs_root(), grid=grid.name, rebuild=args.rebuild)
@@ -201,16 +92,16 @@ def cmd_run(args) -> int:
 def cmd_status(args) -> int:
     from ablate.launch.status import status_report  # submitit: 0.1 s that plan never needs
 
-    print(status_report(_grid(args) if args.grid else None))
+    print(status_report(read_grid(args) if args.grid else None))
     return 0
 
 
 def cmd_cancel(args) -> int:
     from ablate.launch.status import cancel  # submitit: 0.1 s that plan never needs
 
-    grid = _grid(args)
-    grace = {} if args.grace is None else {"grace_s": _number("--grace", args.grace, "seconds", at_least=0)}
-    cancel(grid, _cells(grid, args), **grace)
+    grid = read_grid(args)
+    grace = {} if args.grace is None else {"grace_s": number("--grace", args.grace, "seconds", at_least=0)}
+    cancel(grid, cells_of(grid, args), **grace)
     return 0
 
 
@@ -218,7 +109,7 @@ def cmd_gc(args) -> int:
     from ablate.launch.gc import gc  # as the other launch verbs: plan never needs it
 
     if args.grid:
-        run_dirs = [c.run_dir for c in _grid(args).cells]
+        run_dirs = [c.run_dir for c in read_grid(args).cells]
     else:  # every run dir under the runs dir, each once (a shared one is also linked from other grids)
         run_dirs = list({p.resolve(): p for p in sorted(runs_root().glob("*/*")) if p.is_dir()}.values())
     gc(run_dirs, dry_run=args.dry_run)
@@ -251,7 +142,7 @@ def _data_sets(args) -> list[tuple[str, str]]:
 def cmd_data(args) -> int:
     from ablate.data import prepare  # numpy (and tiktoken): only the verbs that tokenize
 
-    workers = None if args.workers is None else int(_number("--workers", args.workers, "processes", at_least=1))
+    workers = None if args.workers is None else int(number("--workers", args.workers, "processes", at_least=1))
     if args.hf_dir and args.dataset != "openwebtext":
         raise AblateError("--from DIR: only for openwebtext (any other data set on disk is a corpus: PATH)")
     for dataset, tokenizer in _data_sets(args):
@@ -272,7 +163,7 @@ def cmd_query(args) -> int:
 
     if (args.sql is None) == (not args.schema):
         raise AblateError("ablate query: give one SQL statement, or --schema for what the store holds")
-    memory = None if args.memory_limit is None else _number("--memory-limit", args.memory_limit, "GB", above=0)
+    memory = None if args.memory_limit is None else number("--memory-limit", args.memory_limit, "GB", above=0)
     if args.threads is not None and args.threads < 1:
         raise AblateError(f"--threads {args.threads}: expected a number of threads >= 1")
     db = Path(args.db) if args.db else runs_root() / "ablate.duckdb"
@@ -455,7 +346,3 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("ablate: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
