@@ -93,7 +93,7 @@ def plan_rows(grid: Grid, cells=None, simulate: bool = False, log=None, measure:
             "memory": mem,
             "memory_source": "simulated" if cell.run_id in sized else "formula",
             "attention": attention,
-            "est_hours": (tokens / known[0] / 3600 * max(1, grid.resources.gpus)) if known else None,
+            "est_hours": (tokens / known[0] / 3600 * world) if known else None,  # GPU-hours: every GPU of every node
             "throughput_device": known[1] if known else None,
             "run_dir": str(cell.run_dir),
             **noise.expected(config).as_row(),

@@ -11,15 +11,15 @@ GRID = """
 name: {name}
 data: {{dataset: shakespeare, tokenizer: char}}
 base: {{n_layer: 2, n_head: 2, n_embd: 32, context: 16, batch_size: 4, max_iters: 900, device: {device}}}
-resources: {{gpus: {gpus}}}
+resources: {{gpus: {gpus}, nodes: {nodes}}}
 grid:
   n_layer: [2, 4]
 """
 
 
-def grid(tmp_path, name="g", device="cpu", gpus=0):
+def grid(tmp_path, name="g", device="cpu", gpus=0, nodes=1):
     path = tmp_path / f"{name}.yaml"
-    path.write_text(textwrap.dedent(GRID.format(name=name, device=device, gpus=gpus)))
+    path.write_text(textwrap.dedent(GRID.format(name=name, device=device, gpus=gpus, nodes=nodes)))
     return load_grid(path)
 
 
@@ -56,6 +56,14 @@ def test_gpu_grids_count_gpu_hours_and_ignore_unfinished_runs(tmp_path):
     rows = plan_rows(g)
     assert [r["est_hours"] for r in rows] == [900 * 4 * 16 / 3600.0 / 3600 * 8] * 2
     assert "cost ~4 GPU-min (from measured tokens/s on NVIDIA H200)" in format_table(g, rows)  # 0.071 GPU-hours
+
+
+def test_gpu_hours_count_every_node(tmp_path):
+    """A job of 2 nodes x 8 GPUs holds 16 GPUs for as long as it runs."""
+    g = grid(tmp_path, device="auto", gpus=8, nodes=2)
+    for cell in g.cells:
+        finish(cell, 3600.0, "cuda", "NVIDIA H200")
+    assert [r["est_hours"] for r in plan_rows(g)] == [900 * 4 * 16 / 3600.0 / 3600 * 16] * 2
 
 
 def test_plan_warns_when_a_variant_sweeps_fewer_than_three_lrs(tmp_path):
