@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from ablate.core.rundir import CKPT, CKPT_SHARDS, atomic_file
 
@@ -93,9 +95,6 @@ def save_sharded(run_dir, model: torch.nn.Module, optimizer: torch.optim.Optimiz
                  is_main: bool, **extra) -> None:
     """Every rank: its shards of the model and AdamW state into ckpt.shards/<tag> (tag: the same
     on every rank, new for every save), then rank 0 commits ckpt.pt and removes older shard dirs."""
-    import torch.distributed.checkpoint as dcp  # DCP pulls in DTensor: 3.5 s of imports that a ddp run never needs
-    from torch.distributed.checkpoint.state_dict import get_state_dict  # DCP pulls in DTensor: 3.5 s of imports that a ddp run never needs
-
     run_dir = Path(run_dir)
     model_state, optim_state = get_state_dict(model, optimizer)
     dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=run_dir / SHARDS / tag)
@@ -108,9 +107,6 @@ def save_sharded(run_dir, model: torch.nn.Module, optimizer: torch.optim.Optimiz
 
 
 def _load_shards(where: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    import torch.distributed.checkpoint as dcp  # DCP pulls in DTensor: 3.5 s of imports that a ddp run never needs
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict  # DCP pulls in DTensor: 3.5 s of imports that a ddp run never needs
-
     model_state, optim_state = get_state_dict(model, optimizer)  # the shapes this world size shards to
     state = {"model": model_state, "optimizer": optim_state}
     dcp.load(state, checkpoint_id=where)  # reshards from whatever world size saved it

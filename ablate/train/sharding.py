@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from ablate.core.config import RunConfig
 
@@ -33,7 +35,6 @@ def shard_model(model: torch.nn.Module, cfg: RunConfig, mesh=None) -> None:
     mesh: the DeviceMesh to shard over (default: FSDP2's, the whole default group on this
     machine's accelerator); the memory simulation makes it before FakeTensorMode, where a mesh
     cannot be built (it reads its rank map back as numbers)."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # FSDP2 pulls in DTensor: 3.5 s of imports a ddp run never needs
     policy = MixedPrecisionPolicy(param_dtype=None, reduce_dtype=torch.float32)
     kw = dict(reshard_after_forward=cfg.reshard_after_forward, mp_policy=policy, mesh=mesh)
     shared = {}
@@ -52,7 +53,6 @@ def full_weights(model: torch.nn.Module) -> dict | None:
     """The consolidated state_dict (CPU tensors) on rank 0, None elsewhere: a collective, every rank
     calls it. Tied weights come back as one tensor under both names, as the unsharded model's
     state_dict has them (so model.pt stores the matrix once)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # FSDP2 pulls in DTensor: 3.5 s of imports a ddp run never needs
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
