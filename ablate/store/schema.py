@@ -24,7 +24,7 @@ from typing import Literal
 from ablate.core.config import FIELD_NAMES, FIELD_TYPES, HASHED_NAMES, identity
 from ablate.core.rundir import EVAL_FIELDS, METRIC_FIELDS
 
-SCHEMA_VERSION = "9"  # 9: one tokens_per_s, final_* filled while running; 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
+SCHEMA_VERSION = "10"  # 10: runs.strategy, runs.reshard_after_forward (issue 23); 9: one tokens_per_s, final_* filled while running; 8: runs.plugins and plugin key columns; 7: evals.val_loss_se; 6: broken runs, skipped lines, tracked memory, knobs
 
 # status.json key -> runs column (the config has its own `device`, so status's is `status_device`)
 STATUS_COLUMNS = {

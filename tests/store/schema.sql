@@ -69,6 +69,8 @@ CREATE TABLE runs (
     compile BOOLEAN,
     act_ckpt VARCHAR,
     loss_chunk BIGINT,
+    strategy VARCHAR,
+    reshard_after_forward BOOLEAN,
     plugins VARCHAR,
     device VARCHAR,
     diverge_loss DOUBLE,
@@ -156,7 +158,7 @@ CREATE TABLE train (
 );
 
 CREATE VIEW final AS
-SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, plugins, diverge_loss, eval_iters,
+SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, strategy, reshard_after_forward, plugins, diverge_loss, eval_iters,
        coalesce(final_val_loss, last_val_loss) AS final_val_loss,
        -- the last eval's standard error: the final eval's, since a finished run evals at its last step
        last_val_loss_se AS final_val_loss_se,
@@ -167,7 +169,7 @@ SELECT grid, run_id, cell_id, state, seed, arch, n_layer, n_head, n_embd, n_kv_h
 FROM runs;
 
 CREATE VIEW cells AS
-SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, plugins, diverge_loss, eval_iters,
+SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, strategy, reshard_after_forward, plugins, diverge_loss, eval_iters,
        count(*) AS n_runs,
        count(*) FILTER (WHERE finished) AS n_done,
        list(run_id ORDER BY seed) AS run_ids,
@@ -180,4 +182,4 @@ SELECT grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, 
        avg(final_val_loss_se) FILTER (WHERE finished) AS eval_se_val_loss,
        avg(final_train_loss) FILTER (WHERE finished) AS mean_train_loss
 FROM final
-GROUP BY grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, plugins, diverge_loss, eval_iters;
+GROUP BY grid, cell_id, arch, n_layer, n_head, n_embd, n_kv_head, tie_embeddings, share_attn, "window", context, vocab_size, attn_backend, dataset, data_id, tokenizer, max_iters, batch_size, grad_accum, lr, min_lr, warmup_iters, lr_decay_iters, weight_decay, beta1, beta2, grad_clip, dtype, param_dtype, compile, act_ckpt, loss_chunk, strategy, reshard_after_forward, plugins, diverge_loss, eval_iters;
