@@ -336,6 +336,11 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
                 warnings=warnings, plugins=loaded, power=power)
+    ranks = max(1, grid.resources.gpus) * max(1, grid.resources.nodes)
+    if ranks == 1 and any(c.strategy == "fsdp" for _, c, _ in cells):
+        warnings.append(f"{path}: strategy fsdp on a job of one process shards nothing (resources: gpus "
+                        f"{grid.resources.gpus}, nodes {grid.resources.nodes}): it runs FSDP's code path at ddp's "
+                        "memory plus FSDP's buffers; give the job several GPUs (or nodes) to divide the memory")
     runs_dir = grid.runs_dir
     where = rundir.locate_runs(runs_root())  # a run id's run dir wherever it lives: one per model and training
     own = {e.name for e in os.scandir(runs_dir)} if runs_dir.is_dir() else set()  # real dirs and links

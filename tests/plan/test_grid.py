@@ -72,6 +72,15 @@ def test_duplicate_cells_kept_once_with_warning(tmp_path):
     assert any("same config" in w for w in g.warnings)
 
 
+@pytest.mark.parametrize("resources, warned", [("", True), ("resources: {gpus: 1}\n", True),
+                                                ("resources: {gpus: 2}\n", False), ("resources: {nodes: 2}\n", False)])
+def test_fsdp_on_one_process_is_warned(tmp_path, resources, warned):
+    """fsdp shards over the job's processes: with one there is nothing to divide."""
+    g = load_grid(write(tmp_path, GOOD + "  strategy: [ddp, fsdp]\n" + resources))
+    assert any("strategy fsdp on a job of one process shards nothing" in w for w in g.warnings) == warned
+    assert not any("shards nothing" in w for w in load_grid(write(tmp_path, GOOD + resources, "ddp.yaml")).warnings)
+
+
 def test_unused_exclude_warns(tmp_path):
     g = load_grid(write(tmp_path, GOOD + "exclude: [{arch: gpt, n_layer: 9}]\n"))
     assert any("matches no cell" in w for w in g.warnings)
