@@ -132,8 +132,9 @@ def test_time_limit_checkpoints_requeues_and_finishes_with_an_unbroken_curve(gri
     assert all(isinstance(x, float) for x in losses) and losses[-1] < losses[0]
     log = open(st["stdout"]).read() + open(st["stderr"]).read()
     assert "Requeued job" in log and "resumed from" in log and "timed-out" in log
-    # the job writes "done" a moment before its process exits and accounting catches up
-    wait_until(lambda: sacct_state(st["job_id"]) in ("COMPLETED", "?"), 60, "sacct to say COMPLETED", poll=1.0)
+    # the job writes "done" a moment before its process exits and accounting catches up (slurmdbd
+    # on a loaded 2-core machine, now shared with the two-node cluster, took over 60 s once)
+    wait_until(lambda: sacct_state(st["job_id"]) in ("COMPLETED", "?"), 240, "sacct to say COMPLETED", poll=1.0)
 
 
 def _cluster_gpus() -> int:
