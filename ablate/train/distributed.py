@@ -12,6 +12,7 @@ that writes files.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,14 @@ def setup(device_pref: str, strategy: str = "ddp", stop=None) -> Dist:
 
 
 def teardown(d: Dist | None) -> None:
+    """Destroy the process group, after the trainer let go of its DDP wrapper (Trainer.close).
+    DDP's Reducer holds the group from C++. Were it the last holder, ~ProcessGroupGloo would run
+    inside a Python dealloc with the GIL held and join gloo's worker threads, while a worker still
+    freeing the last collective's tensors waits for that GIL: a deadlock (one rank of four hung
+    after its job was done). Freed here, the last holder is the Python group object, whose
+    destructor releases the GIL. gc: a cycle through the DDP module would keep its Reducer alive."""
     if d is not None and (d.enabled or d.sharded) and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
 
 

@@ -118,6 +118,8 @@ def train(run_dir, attempt: str | None = None, stop: StopFlag | None = None) -> 
             status(state="failed", ended=time.time(), error=_error_text(e))
             raise
         finally:
+            if trainer is not None:
+                trainer.close()  # first: see distributed.teardown
             distributed.teardown(d)
 
 

@@ -304,6 +304,11 @@ class Trainer:
         # a run too short to pass its warm-up: the whole-run peak is the only figure there is
         return steady if any(v is not None for v in steady.values()) else devices.peaks(self.d.device)
 
+    def close(self) -> None:
+        """Drop the DDP wrapper (and with it the Reducer, which holds the process group from C++)
+        before the group is destroyed: see distributed.teardown."""
+        self.model = None
+
     def finish(self, state: str, error: str | None = None) -> str:
         ckpt_bytes = None
         # fsdp: the shards gathered into one state_dict on rank 0 (every rank takes part)
