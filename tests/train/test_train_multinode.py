@@ -13,7 +13,7 @@ import pytest
 from ablate.core import rundir
 from ablate.core.errors import AblateError
 from ablate.train import distributed
-from train_helpers import log_of, read_lines, train_subprocess
+from train_helpers import assert_same_curves, log_of, train_subprocess
 
 TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 NODES = ("localhost", "127.0.0.1")  # two names for this machine: the first is the master, as on a cluster
@@ -107,15 +107,7 @@ def test_two_nodes_of_two_tasks_equal_one_process(make_run, no_torch_env, strate
     assert all("step 10/10" not in log_of(run_dir, f"rank{r}") for r in (1, 2, 3))  # rank 0 alone reports
     status, summary = rundir.read_status(run_dir), rundir.read_json(run_dir / rundir.SUMMARY)
     assert (status["state"], status["attempts"], status["world_size"], summary["world_size"]) == ("done", 1, 4, 4)
-    e1, e4 = read_lines(single / rundir.EVALS), read_lines(run_dir / rundir.EVALS)
-    assert [e["step"] for e in e4] == [0, 5, 10]
-    for a, b in zip(e1, e4):
-        assert b["val_loss"] == pytest.approx(a["val_loss"], abs=2e-6)
-        assert b["train_loss"] == pytest.approx(a["train_loss"], abs=2e-6)
-    m1, m4 = read_lines(single / rundir.METRICS), read_lines(run_dir / rundir.METRICS)
-    assert [m["tokens"] for m in m4] == [m["tokens"] for m in m1] == [s * 4 * 8 * 32 for s in (5, 10)]
-    for a, b in zip(m1, m4):
-        assert b["loss"] == pytest.approx(a["loss"], abs=2e-6)
+    assert_same_curves(single, run_dir, [0, 5, 10], [s * 4 * 8 * 32 for s in (5, 10)])
 
 
 def test_a_stop_signal_to_a_rank_of_the_second_node_reaches_rank_0(make_run, no_torch_env):

@@ -62,3 +62,19 @@ def log_of(run_dir, log_name="train") -> str:
 def read_lines(path) -> list[dict]:
     """Every line must be complete JSON (stricter than rundir.read_jsonl)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def assert_same_curves(single, other, eval_steps: list[int], tokens: list[int], tol: float = 2e-6) -> None:
+    """Two runs of one config (one process vs several, same global batch) logged the same losses:
+    evals at eval_steps (val and train), metrics with these cumulative token counts."""
+    import pytest
+
+    e1, e2 = read_lines(Path(single) / rundir.EVALS), read_lines(Path(other) / rundir.EVALS)
+    assert [e["step"] for e in e2] == [e["step"] for e in e1] == eval_steps
+    for a, b in zip(e1, e2):
+        for k in ("val_loss", "train_loss"):
+            assert b[k] == pytest.approx(a[k], abs=tol), (a["step"], k, a[k], b[k])
+    m1, m2 = read_lines(Path(single) / rundir.METRICS), read_lines(Path(other) / rundir.METRICS)
+    assert [m["tokens"] for m in m2] == [m["tokens"] for m in m1] == tokens
+    for a, b in zip(m1, m2):
+        assert b["loss"] == pytest.approx(a["loss"], abs=tol), (a["step"], a["loss"], b["loss"])
