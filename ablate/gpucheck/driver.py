@@ -27,7 +27,6 @@ processes (jobs.py); this file imports only torch-free modules (core, the check'
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal

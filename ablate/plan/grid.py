@@ -27,10 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ablate.core import plugin_keys, rundir
-from ablate.core.config import (ARCHS, DERIVED, FIELDS, INT_MAX, RESOURCE_KEYS, SWEPT, Resources, derive, make_config,
-                                resolve, validate)
+from ablate.core.config import (ARCHS, DERIVED, FIELDS, RESOURCE_KEYS, SWEPT, Resources, RunConfig, derive, make_config,
+                                resolve)
 from ablate.core.errors import AblateError, closest, value_text
 from ablate.core.paths import runs_root
+from ablate.core.validate import INT_MAX, validate
 from ablate.data import corpora, sources
 from ablate.plan import plugins
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text

@@ -8,6 +8,7 @@ import pytest
 
 from ablate.core.errors import AblateError
 from ablate.core import config as cfgmod
+from ablate.core import validate
 from ablate.plan.grid import load_grid, select
 
 HEAD = """\
@@ -79,7 +80,7 @@ def test_grid_size_limit_is_checked_from_the_axis_sizes_before_expanding(tmp_pat
 
 def test_every_numeric_field_has_an_explicit_range():
     numeric = [n for n in cfgmod.FIELDS if cfgmod.FIELD_TYPES[n] in (int, float, cfgmod.Optional[int], cfgmod.Optional[float])]
-    assert sorted(numeric) == sorted(cfgmod.RANGES), "a numeric RunConfig field needs an entry in RANGES"
+    assert sorted(numeric) == sorted(validate.RANGES), "a numeric RunConfig field needs an entry in RANGES"
 
 
 BAD_VALUES = [
