@@ -85,34 +85,40 @@ def cell(spec: dict) -> dict:
     rundir.write_json_atomic(run_dir / rundir.CONFIG, doc)
     with StopFlag() as stop:
         d = distributed.setup(spec["config"].get("device", "auto"), spec["config"].get("strategy", "ddp"))
-        t0 = time.perf_counter()
-        trainer = Trainer(run_dir, make_config(spec["config"]), doc, d, stop)
-        cfg = trainer.cfg  # resolved
-        out = {"attn_backend": trainer.raw.attn_backend, "build_s": time.perf_counter() - t0,
-               "device_name": devices.device_name(d.device), "tokens_per_step": cfg.tokens_per_step,
-               "params": trainer.raw.param_counts()["total"]}
-        t0 = _sync(d.device)
-        loss0 = trainer.train_step().item()  # compiles when compile: true
-        out["first_step_s"] = _sync(d.device) - t0
-        for _ in range(spec["warmup"] - 1):
-            trainer.train_step()
-        if spec["steps"] == 0:  # a warm-up job: it only fills the compile caches
-            return out
-        _sync(d.device)
-        devices.reset_peaks(d.device)
-        t0 = time.perf_counter()
-        for _ in range(spec["steps"]):
-            loss = trainer.train_step()
-        seconds = (_sync(d.device) - t0) / spec["steps"]
-        tps = cfg.tokens_per_step / seconds
-        fpt = estimate.flops_per_token(cfg)
-        breakdown = estimate.memory_breakdown(cfg)
-        out.update(ms_per_step=1000 * seconds, tokens_per_s=tps, loss_first=loss0, loss_last=loss.item(),
-                   mfu_causal=devices.mfu(fpt["causal"], tps, out["device_name"], 1),
-                   mfu_nanogpt=devices.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
-                   peak_flops=devices.peak_flops(out["device_name"]), **devices.peaks(d.device),
-                   est_peak=breakdown["total"], est_breakdown=breakdown,
-                   attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device))
+        trainer = None
+        try:
+            t0 = time.perf_counter()
+            trainer = Trainer(run_dir, make_config(spec["config"]), doc, d, stop)
+            cfg = trainer.cfg  # resolved
+            out = {"attn_backend": trainer.raw.attn_backend, "build_s": time.perf_counter() - t0,
+                   "device_name": devices.device_name(d.device), "tokens_per_step": cfg.tokens_per_step,
+                   "params": trainer.raw.param_counts()["total"]}
+            t0 = _sync(d.device)
+            loss0 = trainer.train_step().item()  # compiles when compile: true
+            out["first_step_s"] = _sync(d.device) - t0
+            for _ in range(spec["warmup"] - 1):
+                trainer.train_step()
+            if spec["steps"] == 0:  # a warm-up job: it only fills the compile caches
+                return out
+            _sync(d.device)
+            devices.reset_peaks(d.device)
+            t0 = time.perf_counter()
+            for _ in range(spec["steps"]):
+                loss = trainer.train_step()
+            seconds = (_sync(d.device) - t0) / spec["steps"]
+            tps = cfg.tokens_per_step / seconds
+            fpt = estimate.flops_per_token(cfg)
+            breakdown = estimate.memory_breakdown(cfg)
+            out.update(ms_per_step=1000 * seconds, tokens_per_s=tps, loss_first=loss0, loss_last=loss.item(),
+                       mfu_causal=devices.mfu(fpt["causal"], tps, out["device_name"], 1),
+                       mfu_nanogpt=devices.mfu(fpt["nanogpt"], tps, out["device_name"], 1),
+                       peak_flops=devices.peak_flops(out["device_name"]), **devices.peaks(d.device),
+                       est_peak=breakdown["total"], est_breakdown=breakdown,
+                       attn_kernel=backends.attention_kernel(trainer.raw.attn_backend, cfg, d.device))
+        finally:  # a fsdp cell's process group (of one rank, too) is torn down as a job's is
+            if trainer is not None:
+                trainer.close()
+            distributed.teardown(d)
     return out
 
 
