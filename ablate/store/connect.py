@@ -9,7 +9,9 @@ reader. A reader's connection (`ablate query`) is sandboxed and bounded in memor
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -93,3 +95,37 @@ def connect(path: str, read_only: bool = False, limits: dict | None = None, echo
                 moved = True
                 continue
         raise AblateError(f"cannot open the store {path}: {first}")
+
+
+def interruptible(con: duckdb.DuckDBPyConnection, run):
+    """run() (a call on con) such that Ctrl-C always stops it, as KeyboardInterrupt. DuckDB's own
+    check of Python's signals misses some plans: a hash aggregate waiting in Executor::WaitForTask
+    ran on after SIGINT. And a Python handler cannot run while the main thread is inside DuckDB.
+    So the call runs in a worker thread; the main thread waits in short joins, where the handler
+    runs, and calls con.interrupt() until the call returns (again and again: an interrupt that
+    lands before DuckDB has started the query would be lost)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+        return run()
+    hit, box = threading.Event(), {}
+
+    def work():
+        try:
+            box["out"] = run()
+        except BaseException as e:  # handed to the caller's thread
+            box["err"] = e
+
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.set())
+    try:
+        worker = threading.Thread(target=work, name="duckdb-query", daemon=True)
+        worker.start()
+        while worker.is_alive():
+            worker.join(0.05)
+            if hit.is_set():
+                con.interrupt()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if hit.is_set():
+        raise KeyboardInterrupt
+    if "err" in box:
+        raise box["err"]
+    return box["out"]

@@ -27,7 +27,7 @@ import pandas as pd
 
 from ablate.core.errors import AblateError
 from ablate.store import ingest as ing
-from ablate.store.connect import connect
+from ablate.store.connect import connect, interruptible
 from ablate.store.schema import CELL_STATS_SQL, RUN_COLUMNS, SCHEMA_VERSION, TABLE_COLUMNS, VIEWS, ddl, views
 
 BATCH_RUNS = 200  # run dirs per INSERT: bounds memory on a 10,000-run grid
@@ -226,7 +226,7 @@ class Store:
 
     def query(self, sql: str, params=None) -> pd.DataFrame:
         try:
-            return self.con.execute(sql, params or []).df()
+            return interruptible(self.con, lambda: self.con.execute(sql, params or []).df())
         except (duckdb.InterruptException, RuntimeError) as e:  # Ctrl-C while DuckDB ran: "Query interrupted"
             if isinstance(e, duckdb.InterruptException) or "interrupted" in str(e).lower():
                 raise KeyboardInterrupt from None  # the user's interrupt, not a failed query
