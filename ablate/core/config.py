@@ -214,7 +214,6 @@ def identity(config: dict, names=HASHED_NAMES) -> dict:
 
 
 _FLOAT_FIELDS = {n for n in FIELDS if FIELD_TYPES[n] in (float, Optional[float])}
-NUMERIC_FIELDS = tuple(n for n in FIELDS if FIELD_TYPES[n] in (int, float, Optional[int], Optional[float]))
 _DEFAULT_CONFIG = RunConfig()
 
 

@@ -26,7 +26,6 @@ RANGES = {
     "beta1": (0.0, 1.0, True), "beta2": (0.0, 1.0, True), "grad_clip": (0.0, FLOAT32_MAX, True),
     "diverge_loss": (0.0, math.inf, False),
 }
-DEFAULT_RANGE = (0, math.inf, True)
 _HALF_OPEN = {"beta1", "beta2"}  # [0, 1): AdamW's bias correction divides by 1 - beta**t
 _IN_RANGE = {n: set() for n in RANGES}  # values already found in range, per field (types are checked before)
 
@@ -35,7 +34,7 @@ def range_problem(name: str, value) -> Optional[str]:
     """Why a numeric value is out of its field's range, or None."""
     if value is None or isinstance(value, (bool, str)):
         return None
-    lo, hi, lo_ok = RANGES.get(name, DEFAULT_RANGE)
+    lo, hi, lo_ok = RANGES[name]
     if isinstance(value, float) and not math.isfinite(value):
         return f"{value} is not a finite number"
     if value < lo or (value == lo and not lo_ok):

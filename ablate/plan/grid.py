@@ -36,6 +36,7 @@ from ablate.data import corpora, sources
 from ablate.plan import plugins
 from ablate.plan.checks import check_baseline, check_splits, disguises, num_eq, origin, values_text
 from ablate.plan.power import Power, parse_power
+from ablate.plan.simcache import world_size
 from ablate.plan.yamlload import line_of, load_yaml
 
 TOP_KEYS = ("name", "description", "plugins", "data", "base", "arch_defaults", "grid", "zip", "exclude", "include",
@@ -337,8 +338,7 @@ def load_grid(path, check_backend_device: bool = True) -> Grid:
     grid = Grid(name=name, path=path, description=str(doc.get("description") or ""), cells=[],
                 varied_keys=varied, compare=compare, resources=_resources(ctx, doc.get("resources"), doc),
                 warnings=warnings, plugins=loaded, power=power)
-    ranks = max(1, grid.resources.gpus) * max(1, grid.resources.nodes)
-    if ranks == 1 and any(c.strategy == "fsdp" for _, c, _ in cells):
+    if world_size(grid.resources) == 1 and any(c.strategy == "fsdp" for _, c, _ in cells):
         warnings.append(f"{path}: strategy fsdp on a job of one process shards nothing (resources: gpus "
                         f"{grid.resources.gpus}, nodes {grid.resources.nodes}): it runs FSDP's code path at ddp's "
                         "memory plus FSDP's buffers; give the job several GPUs (or nodes) to divide the memory")
